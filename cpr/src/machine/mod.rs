@@ -1,0 +1,1 @@
+//! The KVM machine: VM, vCPUs, devices, built-in guest.
