@@ -1,0 +1,219 @@
+//! `cargo xtask ci`: the checks CI runs on every submission.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+/// Totals gathered from libtest's `test result:` lines.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TestTotals {
+    pub passed: u64,
+    pub failed: u64,
+    pub ignored: u64,
+}
+
+impl TestTotals {
+    /// Adds the counts of one libtest summary line
+    /// (`test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; ...`).
+    pub fn add_summary_line(&mut self, line: &str) -> bool {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return false;
+        };
+        let mut found = false;
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(label), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match label {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                "ignored" => self.ignored += count,
+                _ => continue,
+            }
+            found = true;
+        }
+        found
+    }
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+/// The cargo that invoked us, so `cargo +toolchain xtask` stays on that toolchain.
+pub fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
+}
+
+/// Runs one step, echoing it first; a non-zero exit is an error naming the step.
+pub fn run_step(title: &str, cmd: &mut Command) -> Result<(), String> {
+    println!("==> {title}");
+    println!("    $ {}", describe(cmd));
+    let start = Instant::now();
+    let status = cmd
+        .current_dir(workspace_root())
+        .status()
+        .map_err(|e| format!("{title}: cannot start: {e}"))?;
+    println!("    ({:.1} s)", start.elapsed().as_secs_f64());
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{title} failed ({status})"))
+    }
+}
+
+/// Runs a `cargo test` step, streaming its output and adding its libtest summaries to `totals`.
+pub fn run_test_step(
+    title: &str,
+    cmd: &mut Command,
+    totals: &mut TestTotals,
+) -> Result<(), String> {
+    println!("==> {title}");
+    println!("    $ {}", describe(cmd));
+    let start = Instant::now();
+    let mut child = cmd
+        .current_dir(workspace_root())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{title}: cannot start: {e}"))?;
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("{line}");
+            totals.add_summary_line(&line);
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("{title}: wait failed: {e}"))?;
+    println!("    ({:.1} s)", start.elapsed().as_secs_f64());
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{title} failed ({status})"))
+    }
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = String::new();
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            s.push_str(&format!("{}={} ", k.to_string_lossy(), v.to_string_lossy()));
+        }
+    }
+    s.push_str(&cmd.get_program().to_string_lossy());
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+fn cargo_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(cargo());
+    c.args(args);
+    c
+}
+
+/// `cargo xtask ci`.
+pub fn run(lint: bool) -> Result<(), String> {
+    let start = Instant::now();
+    if lint {
+        run_step("format", &mut cargo_cmd(&["fmt", "--all", "--", "--check"]))?;
+        run_step(
+            "clippy (default features)",
+            &mut cargo_cmd(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--locked",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        )?;
+        run_step(
+            "clippy (all features)",
+            &mut cargo_cmd(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--all-features",
+                "--locked",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        )?;
+    }
+    let mut totals = TestTotals::default();
+    run_test_step(
+        "tests (default features: no vfio)",
+        &mut cargo_cmd(&["test", "--workspace", "--locked"]),
+        &mut totals,
+    )?;
+    run_test_step(
+        "tests (feature vfio)",
+        &mut cargo_cmd(&[
+            "test",
+            "--locked",
+            "-p",
+            "cpr-vfio-info",
+            "-p",
+            "cpr-tests",
+            "--features",
+            "cpr-vfio-info/vfio,cpr-tests/vfio",
+        ]),
+        &mut totals,
+    )?;
+    let mut doc = cargo_cmd(&["doc", "--workspace", "--no-deps", "--locked"]);
+    doc.env("RUSTDOCFLAGS", "-D warnings");
+    run_step("rustdoc", &mut doc)?;
+    println!(
+        "xtask ci finished in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    // The plain closing line CI reads.
+    println!(
+        "ci: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if totals.failed > 0 {
+        return Err(format!("{} tests failed", totals.failed));
+    }
+    if totals.passed == 0 {
+        return Err("no test ran".to_string());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_libtest_summaries() {
+        let mut t = TestTotals::default();
+        assert!(t.add_summary_line(
+            "test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s"
+        ));
+        assert!(t.add_summary_line(
+            "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out"
+        ));
+        assert!(!t.add_summary_line("running 3 tests"));
+        assert_eq!(
+            t,
+            TestTotals {
+                passed: 15,
+                failed: 2,
+                ignored: 1
+            }
+        );
+    }
+}
