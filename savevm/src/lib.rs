@@ -1,1 +1,174 @@
-//! Placeholder: filled in by its patch.
+//! The QEMU savevm device-state stream and VMState descriptions in Rust.
+//!
+//! Mirrors patch 4 of Steve Sistare's "Live Update" V7 series,
+//! **"migration: simplify savevm"** (`migration/savevm.c`), together with
+//! the parts of `migration/savevm.c` and `migration/vmstate.c` that write
+//! and read the device-state stream that `cpr-save`/`cpr-load` use.
+//!
+//! # What the C patch does
+//!
+//! `qmp_xen_save_devices_state` and `qmp_xen_load_devices_state` each
+//! created a `QIOChannelFile` from a path, set the channel name, wrapped it
+//! in a `QEMUFile` and dropped the channel reference. The patch replaces
+//! those steps with one call to `qemu_file_open(path, flags, mode,
+//! channel name)` from patch 3: `O_WRONLY|O_CREAT|O_TRUNC`, 0660,
+//! `"migration-xen-save-state"` and `O_RDONLY|O_BINARY`, 0,
+//! `"migration-xen-load-state"`. "No functional change." This crate's
+//! [`save_device_state_to_path`] and [`load_device_state_from_path`] are
+//! that helper; `cpr-save`/`cpr-load` (patch 6) use them with
+//! [`CHANNEL_CPR_SAVE`]/[`CHANNEL_CPR_LOAD`].
+//!
+//! # The stream
+//!
+//! All integers big-endian; "str" is a counted string (length byte +
+//! bytes). Constants are in [`consts`].
+//!
+//! ```text
+//! "QEVM" (be32 0x5145564d) | be32 3
+//! per needed section, in registry order:
+//!   0x04 | be32 section_id | str idstr | be32 instance_id | be32 version_id
+//!   fields (scalars big-endian, bool 1 byte, buffers raw, arrays by element)
+//!   per needed subsection: 0x05 | str name | be32 version | fields ...
+//!   0x7e | be32 section_id                                  (footer)
+//! 0x00                                                      (EOF)
+//! 0x06 | be32 len | len bytes of compact JSON               (vmdesc)
+//! "CPRC" | be32 CRC-32 of every byte from the magic to the end of the JSON
+//! ```
+//!
+//! There is no configuration section: V7's `cpr-save` writes none.
+//!
+//! # VMState in Rust
+//!
+//! A state type implements [`VmState`]: `NAME`, `VERSION_ID`,
+//! `MINIMUM_VERSION_ID` and the required hooks `needed`, `pre_save`,
+//! `save`, `load`, `post_load`. `save` writes typed, named fields through a
+//! [`FieldWriter`], which at the same time records them for the vmdesc;
+//! `load` reads them back through a [`FieldReader`], gating fields on the
+//! version that added them ([`FieldReader::since`]) and reading
+//! subsections ([`FieldReader::subsection`]). The reader enforces QEMU's
+//! rules: too-new and too-old versions, subsection peeking by name prefix,
+//! unknown subsections as errors, missing ones left at their default,
+//! `post_load` after the subsections.
+//!
+//! A component implements [`Persist`] (capture a `State`, restore one) and
+//! is registered in a [`Registry`] under an (idstr, instance id); see
+//! [`Registry`] for ordering, ids and presence rules:
+//!
+//! ```
+//! use std::sync::{Arc, Mutex};
+//! use cpr_savevm::*;
+//!
+//! #[derive(Debug, Clone, Default, PartialEq)]
+//! struct SerialState { ier: u8, lcr: u8, scratch: u8 }
+//!
+//! impl VmState for SerialState {
+//!     const NAME: &'static str = "serial";
+//!     const VERSION_ID: u32 = 1;
+//!     const MINIMUM_VERSION_ID: u32 = 1;
+//!     fn needed(&self) -> bool { true }
+//!     fn pre_save(&mut self) -> Result<()> { Ok(()) }
+//!     fn save(&mut self, w: &mut FieldWriter<'_>) -> Result<()> {
+//!         w.u8("ier", self.ier);
+//!         w.u8("lcr", self.lcr);
+//!         w.u8("scr", self.scratch);
+//!         Ok(())
+//!     }
+//!     fn load(r: &mut FieldReader<'_>, _v: u32) -> Result<Self> {
+//!         Ok(SerialState { ier: r.u8("ier")?, lcr: r.u8("lcr")?, scratch: r.u8("scr")? })
+//!     }
+//!     fn post_load(&mut self, _v: u32) -> Result<()> { Ok(()) }
+//! }
+//!
+//! /// The device, shared with the VMM's event loop.
+//! struct Serial { regs: SerialState }
+//!
+//! impl Persist for Serial {
+//!     type State = SerialState;
+//!     fn save_state(&mut self) -> std::result::Result<SerialState, BoxError> {
+//!         Ok(self.regs.clone())
+//!     }
+//!     fn restore_state(&mut self, s: SerialState) -> std::result::Result<(), BoxError> {
+//!         self.regs = s;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let serial = Arc::new(Mutex::new(Serial { regs: SerialState { ier: 1, lcr: 3, scratch: 9 } }));
+//! let mut registry = Registry::new();
+//! registry.register_persist(
+//!     Registration::new("serial", InstanceId::Any, OnLoad::Required),
+//!     Arc::clone(&serial),
+//! )?;
+//!
+//! let mut f = cpr_migration_file::QemuFile::memory_writer("cpr-save");
+//! save_device_state(&mut f, &mut registry)?;
+//! let bytes = f.into_bytes().expect("memory file");
+//!
+//! serial.lock().unwrap().regs = SerialState::default();
+//! let mut f = cpr_migration_file::QemuFile::from_bytes(bytes, "cpr-load");
+//! let loaded = load_device_state(&mut f, &registry)?;   // parse + check all
+//! loaded.apply(&mut registry)?;                           // then commit
+//! assert_eq!(serial.lock().unwrap().regs.scratch, 9);
+//! # Ok::<(), cpr_savevm::Error>(())
+//! ```
+//!
+//! # Where this crate deliberately does better than QEMU
+//!
+//! * **Parse everything, then apply.** QEMU loads each section into the
+//!   live device as it reads it, so a bad byte in section 7 leaves
+//!   sections 1–6 restored. [`load_device_state`] parses and checks the
+//!   whole stream — framing, versions, every section known and present
+//!   when required, footers, EOF, vmdesc, checksum, end of file — into a
+//!   [`LoadedState`] without touching any handler; only
+//!   [`LoadedState::apply`] commits. Handlers split `parse` (no side
+//!   effects) from `apply` accordingly, and `post_load` runs at parse time.
+//! * **Checksum trailer.** A CRC-32 over the whole stream catches any
+//!   corruption the framing would not; a missing trailer, a bad CRC or
+//!   bytes after the trailer are refused.
+//! * **vmdesc after EOF**, although V7's `cpr-save` writes none, so that
+//!   `scripts/analyze-migration.py`-style tools can describe the file. It
+//!   is compact JSON with arrays recorded once (`array_len`).
+//! * **Required hooks.** Every [`VmState`] and [`SectionHandler`] hook
+//!   that touches state is a required method, and each registry entry
+//!   states whether it must be present on load ([`OnLoad`]).
+//! * **Atomic save to a path**: temporary file, fsync, rename; a failed
+//!   save leaves the previous file byte-identical.
+//! * Stricter input: `bool` bytes other than 0/1, over-long arrays,
+//!   duplicate sections and section types that a device-state stream never
+//!   holds (START/PART/END/COMMAND/CONFIGURATION) are errors.
+//!
+//! # Compatibility with QEMU
+//!
+//! The bytes up to EOF are exactly what QEMU frames, and the vmdesc is
+//! QEMU's record. V7's `cpr-load` (`qemu_load_device_state` after reading
+//! the magic and version itself) reads sections up to EOF and stops: it
+//! never looks at the vmdesc or the trailer. The generic
+//! `qemu_loadvm_state` reads to EOF, then expects `0x06` + vmdesc, which it
+//! finds and skips, and ignores what follows — the trailer (like V7's own
+//! `cpr-save` files, our files carry no configuration section, which that
+//! loader demands when the machine sends one). The other way round,
+//! QEMU-written device-state files (no vmdesc, no trailer) are refused by
+//! this loader, as is anything it cannot fully verify.
+
+pub mod consts;
+mod error;
+mod handler;
+mod path;
+mod registry;
+mod stream;
+pub mod vmdesc;
+mod vmstate;
+
+pub use error::{BoxError, Error, Result};
+pub use handler::{Persist, PersistHandler, Saved, SectionHandler, SharedState, Staged};
+pub use path::{
+    CHANNEL_CPR_LOAD, CHANNEL_CPR_SAVE, CHANNEL_XEN_LOAD, CHANNEL_XEN_SAVE,
+    load_device_state_from_path, read_device_state_from_path, save_device_state_to_path,
+};
+pub use registry::{InstanceId, OnLoad, Registration, Registry, SectionInfo};
+pub use stream::{
+    FullHeader, LoadStats, LoadedSection, LoadedState, SaveStats, check_section_footer,
+    load_device_state, read_full_header, read_stream_header, save_device_state, write_full_header,
+    write_part_header, write_section_footer, write_stream_header,
+};
+pub use vmstate::{FieldReader, FieldWriter, Scalar, VmState, decode_vmstate, encode_vmstate};

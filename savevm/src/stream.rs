@@ -1,0 +1,505 @@
+//! Writing and reading the device-state stream (QEMU's
+//! `qemu_save_device_state` and `qemu_loadvm_state_main`), plus the vmdesc
+//! and the checksum trailer this crate adds after EOF.
+
+use std::any::Any;
+
+use cpr_migration_file::QemuFile;
+
+use crate::consts::*;
+use crate::error::{Error, Result};
+use crate::handler::{Saved, Staged};
+use crate::registry::{OnLoad, Registry};
+use crate::vmdesc::{self, DeviceDesc, VmDesc, VmsdDesc};
+use crate::vmstate::{FieldReader, FieldWriter};
+
+/// What [`save_device_state`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaveStats {
+    /// Number of FULL sections written.
+    pub sections: usize,
+    /// Length of the vmdesc JSON.
+    pub vmdesc_len: u32,
+    /// CRC-32 stored in the trailer.
+    pub crc32: u32,
+    /// Total bytes written, trailer included.
+    pub bytes: u64,
+}
+
+/// Write the stream header: be32 magic, be32 version 3.
+pub fn write_stream_header(f: &mut QemuFile) {
+    f.put_u32(QEMU_VM_FILE_MAGIC);
+    f.put_u32(QEMU_VM_FILE_VERSION);
+}
+
+/// Read and check the stream header with the generic loader's messages
+/// (`Not a migration stream`, `SaveVM v2 format is obsolete...`,
+/// `Unsupported migration stream version`).
+pub fn read_stream_header(f: &mut QemuFile) -> Result<()> {
+    let magic = get(f, "stream magic", QemuFile::get_u32)?;
+    if magic != QEMU_VM_FILE_MAGIC {
+        return Err(Error::NotAMigrationStream { magic });
+    }
+    let version = get(f, "stream version", QemuFile::get_u32)?;
+    match version {
+        QEMU_VM_FILE_VERSION => Ok(()),
+        QEMU_VM_FILE_VERSION_COMPAT => Err(Error::ObsoleteStreamVersion { version }),
+        _ => Err(Error::UnsupportedStreamVersion { version }),
+    }
+}
+
+/// `save_section_header` for START/FULL: type, section id, idstr, instance
+/// id, version id.
+pub fn write_full_header(
+    f: &mut QemuFile,
+    ty: u8,
+    section_id: u32,
+    idstr: &str,
+    instance_id: u32,
+    version_id: u32,
+) {
+    f.put_u8(ty);
+    f.put_u32(section_id);
+    f.put_counted_string(idstr);
+    f.put_u32(instance_id);
+    f.put_u32(version_id);
+}
+
+/// `save_section_header` for PART/END: type and section id only.
+pub fn write_part_header(f: &mut QemuFile, ty: u8, section_id: u32) {
+    f.put_u8(ty);
+    f.put_u32(section_id);
+}
+
+/// `save_section_footer`: 0x7e + be32 section id.
+pub fn write_section_footer(f: &mut QemuFile, section_id: u32) {
+    f.put_u8(QEMU_VM_SECTION_FOOTER);
+    f.put_u32(section_id);
+}
+
+/// The header of a START/FULL section, as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FullHeader {
+    /// Section id.
+    pub section_id: u32,
+    /// Section idstr.
+    pub idstr: String,
+    /// Instance id.
+    pub instance_id: u32,
+    /// Version id of the payload.
+    pub version_id: u32,
+}
+
+/// Read the rest of a START/FULL header (after the type byte).
+pub fn read_full_header(f: &mut QemuFile) -> Result<FullHeader> {
+    let section_id = get(f, "section id", QemuFile::get_u32)?;
+    let idstr = f
+        .get_counted_string()
+        .map_err(|source| Error::ReadIdstr { section_id, source })?;
+    let instance_id = get(f, "instance id", QemuFile::get_u32)?;
+    let version_id = get(f, "version id", QemuFile::get_u32)?;
+    Ok(FullHeader {
+        section_id,
+        idstr,
+        instance_id,
+        version_id,
+    })
+}
+
+/// `check_section_footer`.
+pub fn check_section_footer(f: &mut QemuFile, idstr: &str, section_id: u32) -> Result<()> {
+    let offset = f.position();
+    let missing = |found| Error::MissingFooter {
+        idstr: idstr.to_owned(),
+        found,
+        offset,
+    };
+    match f.get_u8() {
+        Ok(QEMU_VM_SECTION_FOOTER) => {}
+        Ok(b) => return Err(missing(Some(b))),
+        Err(_) => return Err(missing(None)),
+    }
+    let read = get(f, "section footer id", QemuFile::get_u32)?;
+    if read != section_id {
+        return Err(Error::FooterMismatch {
+            idstr: idstr.to_owned(),
+            read,
+            expected: section_id,
+        });
+    }
+    Ok(())
+}
+
+fn get<T>(
+    f: &mut QemuFile,
+    what: &'static str,
+    read: impl FnOnce(&mut QemuFile) -> cpr_migration_file::Result<T>,
+) -> Result<T> {
+    let offset = f.position();
+    read(f).map_err(|source| Error::Read {
+        what,
+        offset,
+        source,
+    })
+}
+
+fn io(op: &'static str) -> impl FnOnce(cpr_migration_file::Error) -> Error {
+    move |source| Error::Io { op, source }
+}
+
+/// V7's `qemu_save_device_state`, plus vmdesc and trailer: magic, version,
+/// a FULL section for every needed entry in registry order, EOF, then
+/// `0x06` + be32 length + compact vmdesc JSON, then the trailer `"CPRC"` +
+/// be32 CRC-32 of every byte from the magic through the JSON.
+///
+/// A handler error stops the save ([`Error::SaveSection`]); the partial
+/// stream must be discarded (the path helper does so).
+pub fn save_device_state(f: &mut QemuFile, registry: &mut Registry) -> Result<SaveStats> {
+    f.reset_crc();
+    let start = f.position();
+    write_stream_header(f);
+    let mut devices = Vec::new();
+    for entry in &mut registry.entries {
+        let info = &entry.info;
+        let h = &mut entry.handler;
+        let mut payload = Vec::new();
+        let mut desc = VmsdDesc::new(h.vmsd_name(), h.version_id());
+        let saved = h
+            .save(&mut FieldWriter::new(&mut payload, &mut desc))
+            .map_err(|e| Error::SaveSection {
+                idstr: info.idstr.clone(),
+                instance_id: info.instance_id,
+                source: Box::new(e),
+            })?;
+        if saved == Saved::NotNeeded {
+            continue;
+        }
+        write_full_header(
+            f,
+            QEMU_VM_SECTION_FULL,
+            info.section_id,
+            &info.idstr,
+            info.instance_id,
+            h.version_id(),
+        );
+        f.put_buffer(&payload);
+        write_section_footer(f, info.section_id);
+        f.check().map_err(io("writing the stream"))?;
+        devices.push(DeviceDesc {
+            name: info.idstr.clone(),
+            instance_id: info.instance_id,
+            vmsd: desc,
+        });
+    }
+    f.put_u8(QEMU_VM_EOF);
+
+    let sections = devices.len();
+    let json = VmDesc {
+        page_size: TARGET_PAGE_SIZE,
+        devices,
+    }
+    .to_json();
+    let vmdesc_len = u32::try_from(json.len())
+        .ok()
+        .filter(|&l| l <= MAX_VMDESC_LEN)
+        .ok_or(Error::VmdescTooLarge {
+            len: u32::try_from(json.len()).unwrap_or(u32::MAX),
+            max: MAX_VMDESC_LEN,
+        })?;
+    f.put_u8(QEMU_VM_VMDESCRIPTION);
+    f.put_u32(vmdesc_len);
+    f.put_buffer(&json);
+
+    let crc32 = f.crc32();
+    f.put_buffer(&TRAILER_TAG);
+    f.put_u32(crc32);
+    f.flush().map_err(io("writing the stream"))?;
+    Ok(SaveStats {
+        sections,
+        vmdesc_len,
+        crc32,
+        bytes: f.position() - start,
+    })
+}
+
+/// One section parsed from a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedSection {
+    /// Section idstr.
+    pub idstr: String,
+    /// Instance id.
+    pub instance_id: u32,
+    /// Section id in the stream.
+    pub section_id: u32,
+    /// Version of the payload.
+    pub version_id: u32,
+    /// Offset of the section's type byte.
+    pub offset: u64,
+}
+
+struct StagedSection {
+    info: LoadedSection,
+    entry: usize,
+    staged: Staged,
+}
+
+/// A fully parsed and checked stream, not yet applied.
+pub struct LoadedState {
+    stamp: (u64, u64),
+    sections: Vec<StagedSection>,
+    vmdesc: serde_json::Value,
+}
+
+impl std::fmt::Debug for LoadedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedState")
+            .field("sections", &self.sections().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`LoadedState::apply`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadStats {
+    /// Sections applied, in stream order.
+    pub sections: Vec<LoadedSection>,
+}
+
+impl LoadedState {
+    /// The sections, in stream order.
+    pub fn sections(&self) -> impl Iterator<Item = &LoadedSection> {
+        self.sections.iter().map(|s| &s.info)
+    }
+
+    /// The vmdesc JSON of the stream.
+    pub fn vmdesc(&self) -> &serde_json::Value {
+        &self.vmdesc
+    }
+
+    /// The parsed state of a section, before it is applied (e.g. to read
+    /// `globalstate`'s runstate). `T` is the handler's staged type (the
+    /// [`VmState`](crate::VmState) for a [`Persist`](crate::Persist)
+    /// component).
+    pub fn staged<T: Any>(&self, idstr: &str, instance_id: u32) -> Option<&T> {
+        self.sections
+            .iter()
+            .find(|s| s.info.instance_id == instance_id && s.info.idstr == idstr)
+            .and_then(|s| s.staged.downcast_ref())
+    }
+
+    /// Apply every section, in stream order, to the registry it was parsed
+    /// against (unchanged since: else [`Error::RegistryMismatch`] and
+    /// nothing is applied). Stops at the first handler error
+    /// ([`Error::ApplySection`]); all validation happened at parse time, so
+    /// only the component itself (e.g. a KVM ioctl) can fail here.
+    pub fn apply(self, registry: &mut Registry) -> Result<LoadStats> {
+        if self.stamp != registry.stamp() {
+            return Err(Error::RegistryMismatch {
+                parsed: self.stamp,
+                applied: registry.stamp(),
+            });
+        }
+        let mut applied = Vec::with_capacity(self.sections.len());
+        for s in self.sections {
+            let Some(entry) = registry.entries.get_mut(s.entry) else {
+                return Err(Error::RegistryMismatch {
+                    parsed: self.stamp,
+                    applied: registry.stamp(),
+                });
+            };
+            entry
+                .handler
+                .apply(s.staged)
+                .map_err(|e| Error::ApplySection {
+                    idstr: s.info.idstr.clone(),
+                    instance_id: s.info.instance_id,
+                    source: Box::new(e),
+                })?;
+            applied.push(s.info);
+        }
+        Ok(LoadStats { sections: applied })
+    }
+}
+
+/// Parse and check a whole device-state stream against `registry` without
+/// changing any state: header (a bad one is `<file> is not a vmstate file`,
+/// `file` being the channel name), FULL sections to EOF (every section
+/// known, versions, footers, no duplicates, every [`OnLoad::Required`] entry
+/// present), the vmdesc, the checksum trailer, and end of file.
+pub fn load_device_state(f: &mut QemuFile, registry: &Registry) -> Result<LoadedState> {
+    let file = f.name().to_owned();
+    load_device_state_as(f, registry, &file)
+}
+
+/// [`load_device_state`] naming the file `file` in header errors.
+pub(crate) fn load_device_state_as(
+    f: &mut QemuFile,
+    registry: &Registry,
+    file: &str,
+) -> Result<LoadedState> {
+    f.reset_crc();
+    read_stream_header(f).map_err(|e| Error::NotVmstateFile {
+        file: file.to_owned(),
+        source: Box::new(e),
+    })?;
+    let sections = load_sections(f, registry)?;
+
+    for entry in &registry.entries {
+        let info = &entry.info;
+        let present = sections
+            .iter()
+            .any(|s| s.info.instance_id == info.instance_id && s.info.idstr == info.idstr);
+        if info.on_load == OnLoad::Required && !present {
+            return Err(Error::MissingSection {
+                idstr: info.idstr.clone(),
+                instance_id: info.instance_id,
+            });
+        }
+    }
+
+    let offset = f.position();
+    let ty = get(f, "vmdesc", QemuFile::get_u8)?;
+    if ty != QEMU_VM_VMDESCRIPTION {
+        return Err(Error::MissingVmdesc { found: ty, offset });
+    }
+    let len = get(f, "vmdesc length", QemuFile::get_u32)?;
+    if len > MAX_VMDESC_LEN {
+        return Err(Error::VmdescTooLarge {
+            len,
+            max: MAX_VMDESC_LEN,
+        });
+    }
+    let json_offset = f.position();
+    let mut json = vec![0; len as usize];
+    get(f, "vmdesc", |f| f.get_buffer(&mut json))?;
+    let names: Vec<(&str, u32)> = sections
+        .iter()
+        .map(|s| (s.info.idstr.as_str(), s.info.instance_id))
+        .collect();
+    let vmdesc = vmdesc::check(&json, json_offset, &names)?;
+
+    check_trailer(f)?;
+    Ok(LoadedState {
+        stamp: registry.stamp(),
+        sections,
+        vmdesc,
+    })
+}
+
+fn load_sections(f: &mut QemuFile, registry: &Registry) -> Result<Vec<StagedSection>> {
+    let mut sections: Vec<StagedSection> = Vec::new();
+    loop {
+        let offset = f.position();
+        let ty = get(f, "section type", QemuFile::get_u8)?;
+        match ty {
+            QEMU_VM_EOF => return Ok(sections),
+            QEMU_VM_SECTION_FULL => {
+                let s = load_full_section(f, registry, offset)?;
+                if sections.iter().any(|t| {
+                    t.info.instance_id == s.info.instance_id && t.info.idstr == s.info.idstr
+                }) {
+                    return Err(Error::DuplicateSection {
+                        idstr: s.info.idstr,
+                        instance_id: s.info.instance_id,
+                        offset,
+                    });
+                }
+                sections.push(s);
+            }
+            // START/PART/END (live sections, e.g. a later streamed `ram`),
+            // COMMAND, CONFIGURATION, ...: QEMU knows them, a V7
+            // device-state stream never holds them.
+            _ => {
+                return Err(match section_type_name(ty) {
+                    Some(name) => Error::UnexpectedSectionType { ty, name, offset },
+                    None => Error::UnknownSectionType { ty, offset },
+                });
+            }
+        }
+    }
+}
+
+fn load_full_section(f: &mut QemuFile, registry: &Registry, offset: u64) -> Result<StagedSection> {
+    let hdr = read_full_header(f)?;
+    let Some(index) = registry.find(&hdr.idstr, hdr.instance_id) else {
+        return Err(Error::UnknownSection {
+            idstr: hdr.idstr,
+            instance_id: hdr.instance_id,
+            offset,
+        });
+    };
+    let Some(entry) = registry.entries.get(index) else {
+        return Err(Error::UnknownSection {
+            idstr: hdr.idstr,
+            instance_id: hdr.instance_id,
+            offset,
+        });
+    };
+    let h = &entry.handler;
+    if hdr.version_id > h.version_id() {
+        return Err(Error::UnsupportedSectionVersion {
+            idstr: hdr.idstr,
+            version_id: hdr.version_id,
+            local_version_id: h.version_id(),
+        });
+    }
+    let parse = |f: &mut QemuFile| {
+        if hdr.version_id < h.minimum_version_id() {
+            return Err(Error::VersionTooOld {
+                vmsd: h.vmsd_name().to_owned(),
+                version_id: hdr.version_id,
+                minimum_version_id: h.minimum_version_id(),
+            });
+        }
+        h.parse(
+            &mut FieldReader::new(f, h.vmsd_name(), hdr.version_id),
+            hdr.version_id,
+        )
+    };
+    let staged = parse(f).map_err(|e| Error::LoadSection {
+        idstr: hdr.idstr.clone(),
+        instance_id: hdr.instance_id,
+        section_id: hdr.section_id,
+        source: Box::new(e),
+    })?;
+    check_section_footer(f, &hdr.idstr, hdr.section_id)?;
+    Ok(StagedSection {
+        info: LoadedSection {
+            idstr: hdr.idstr,
+            instance_id: hdr.instance_id,
+            section_id: hdr.section_id,
+            version_id: hdr.version_id,
+            offset,
+        },
+        entry: index,
+        staged,
+    })
+}
+
+fn check_trailer(f: &mut QemuFile) -> Result<()> {
+    let computed = f.crc32();
+    let offset = f.position();
+    let mut tag = [0u8; 4];
+    if f.get_buffer(&mut tag).is_err() || tag != TRAILER_TAG {
+        let found = if f.error().is_some() {
+            Vec::new()
+        } else {
+            tag.to_vec()
+        };
+        return Err(Error::MissingTrailer { offset, found });
+    }
+    let stored = get(f, "trailer checksum", QemuFile::get_u32)?;
+    if stored != computed {
+        return Err(Error::ChecksumMismatch { stored, computed });
+    }
+    let end = f.position();
+    match f.at_eof() {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(Error::TrailingData { offset: end }),
+        Err(source) => Err(Error::Read {
+            what: "end of file",
+            offset: end,
+            source,
+        }),
+    }
+}
