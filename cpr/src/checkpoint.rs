@@ -1,0 +1,440 @@
+//! The checkpoint file: which sections a `cpr-save` writes, and how `cpr-load` reads them
+//! back into a [`MachineState`] without touching the machine.
+//!
+//! Stream layout (every section a savevm FULL section; order = save order):
+//!
+//! | idstr | instance | owner | content |
+//! |---|---|---|---|
+//! | `cpr-machine` | 0 | this module | vCPU count and RAM block layout (names, sizes, backing identity) |
+//! | `globalstate` | 0 | this module | QEMU 6.2 layout: be32 size + 100-byte run-state name |
+//! | `cpu` | vCPU index | [`VcpuState`] | registers, MSRs, LAPIC, XSAVE, events, CPUID, TSC rate |
+//! | `i8259` | 0, 1 | [`PicSection`] | PIC master, slave |
+//! | `ioapic` | 0 | [`IoapicSection`] | IOAPIC |
+//! | `i8254` | 0 | [`PitSection`] | PIT |
+//! | `kvmclock` | 0 | [`KvmClockSection`] | kvmclock |
+//! | `serial` | 0 | [`SerialSection`] | COM1 |
+//! | `cpr-pm` | 0 | [`PmState`] | PM1 control register, suspended flag |
+//! | `cpr-testdev` | 0 | [`TestDevState`] | the guest's last progress reports |
+//!
+//! Guest RAM contents are never written: they stay in place in the shared RAM file.
+//!
+//! `cpr-machine` is saved first so that loading a file into a machine of another shape fails
+//! with one clear sentence ("the checkpoint has 2 vCPUs, this VM has 1") before any other
+//! section is looked at. Every section is required on load.
+
+use std::sync::{Arc, Mutex};
+
+use cpr_runstate::RunState;
+use cpr_runstate::global_state::{GlobalState, RUNSTATE_BUF_LEN};
+use cpr_savevm::{
+    BoxError, FieldReader, FieldWriter, InstanceId, LoadedState, OnLoad, Persist, Registration,
+    Registry, Saved, SectionHandler, Staged, VmState,
+};
+
+use crate::machine::devices::serial::SerialSection;
+use crate::machine::vm::{IoapicSection, KvmClockSection, PicSection, PitSection};
+use crate::machine::{MachineState, PmState, TestDevState, VcpuState, VmState as KvmVmState};
+
+/// QEMU's `globalstate` section (migration/global_state.c, 6.2 layout): the run state the
+/// VM was in when the checkpoint was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GlobalStateSection(pub RunState);
+
+impl VmState for GlobalStateSection {
+    const NAME: &'static str = "globalstate";
+    const VERSION_ID: u32 = 1;
+    const MINIMUM_VERSION_ID: u32 = 1;
+
+    fn needed(&self) -> bool {
+        true
+    }
+
+    fn pre_save(&mut self) -> cpr_savevm::Result<()> {
+        Ok(())
+    }
+
+    fn save(&mut self, w: &mut FieldWriter<'_>) -> cpr_savevm::Result<()> {
+        let (size, buf) = GlobalState::new(self.0).encode();
+        w.u32("size", size);
+        w.buffer("runstate", &buf);
+        Ok(())
+    }
+
+    fn load(r: &mut FieldReader<'_>, _version_id: u32) -> cpr_savevm::Result<Self> {
+        let size = r.u32("size")?;
+        let buf = r.buffer::<RUNSTATE_BUF_LEN>("runstate")?;
+        let state = GlobalState::decode(size, &buf).map_err(|e| r.invalid(e.to_string()))?;
+        Ok(GlobalStateSection(state.runstate))
+    }
+
+    fn post_load(&mut self, _version_id: u32) -> cpr_savevm::Result<()> {
+        Ok(())
+    }
+}
+
+/// One RAM block as the checkpoint records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RamBlockInfo {
+    /// RAMBlock idstr (`pc.ram`).
+    pub idstr: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Mapped shared.
+    pub shared: bool,
+    /// What backs it: `anonymous`, or the file's canonical path.
+    pub backing: String,
+}
+
+/// The shape of the machine: what `cpr-load` insists on before it touches anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineLayout {
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// RAM blocks, largest first.
+    pub ram: Vec<RamBlockInfo>,
+}
+
+/// Most RAM blocks a `cpr-machine` section may list.
+const MAX_BLOCKS: usize = 64;
+/// Longest backing path a `cpr-machine` section may hold.
+const MAX_PATH: usize = 4096;
+
+impl VmState for MachineLayout {
+    const NAME: &'static str = "cpr-machine";
+    const VERSION_ID: u32 = 1;
+    const MINIMUM_VERSION_ID: u32 = 1;
+
+    fn needed(&self) -> bool {
+        true
+    }
+
+    fn pre_save(&mut self) -> cpr_savevm::Result<()> {
+        Ok(())
+    }
+
+    fn save(&mut self, w: &mut FieldWriter<'_>) -> cpr_savevm::Result<()> {
+        w.u32("vcpus", self.vcpus);
+        w.u32(
+            "nr_blocks",
+            crate::machine::persist::count_u32(self.ram.len()),
+        );
+        for b in &self.ram {
+            w.array("idstr", b.idstr.as_bytes())?;
+            w.u64("size", b.size);
+            w.bool("shared", b.shared);
+            w.array("backing", b.backing.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn load(r: &mut FieldReader<'_>, _version_id: u32) -> cpr_savevm::Result<Self> {
+        let vcpus = r.u32("vcpus")?;
+        let nr = usize::try_from(r.u32("nr_blocks")?).unwrap_or(usize::MAX);
+        if nr > MAX_BLOCKS {
+            return Err(r.invalid(format!("{nr} RAM blocks (at most {MAX_BLOCKS})")));
+        }
+        let text = |r: &mut FieldReader<'_>, name, max| -> cpr_savevm::Result<String> {
+            let bytes = r.array::<u8>(name, max)?;
+            String::from_utf8(bytes).map_err(|_| r.invalid(format!("{name} is not UTF-8")))
+        };
+        let mut ram = Vec::with_capacity(nr);
+        for _ in 0..nr {
+            ram.push(RamBlockInfo {
+                idstr: text(r, "idstr", 256)?,
+                size: r.u64("size")?,
+                shared: r.bool("shared")?,
+                backing: text(r, "backing", MAX_PATH)?,
+            });
+        }
+        Ok(MachineLayout { vcpus, ram })
+    }
+
+    fn post_load(&mut self, _version_id: u32) -> cpr_savevm::Result<()> {
+        Ok(())
+    }
+}
+
+impl MachineLayout {
+    /// Why a checkpoint of layout `saved` cannot be loaded into this machine, if it cannot.
+    pub fn mismatch(&self, saved: &MachineLayout) -> Option<String> {
+        if saved.vcpus != self.vcpus {
+            return Some(format!(
+                "the checkpoint has {} vCPUs, this VM has {}",
+                saved.vcpus, self.vcpus
+            ));
+        }
+        for b in &saved.ram {
+            let Some(local) = self.ram.iter().find(|l| l.idstr == b.idstr) else {
+                return Some(format!(
+                    "the checkpoint has RAM block {}, this VM does not",
+                    b.idstr
+                ));
+            };
+            if local.size != b.size {
+                return Some(format!(
+                    "RAM block {}: the checkpoint has {} bytes, this VM {}",
+                    b.idstr, b.size, local.size
+                ));
+            }
+            if local.backing != b.backing || local.shared != b.shared {
+                return Some(format!(
+                    "RAM block {}: the checkpoint's RAM is in {} (shared={}), this VM's in {} (shared={})",
+                    b.idstr, b.backing, b.shared, local.backing, local.shared
+                ));
+            }
+        }
+        if let Some(extra) = self
+            .ram
+            .iter()
+            .find(|l| !saved.ram.iter().any(|b| b.idstr == l.idstr))
+        {
+            return Some(format!(
+                "this VM has RAM block {}, the checkpoint does not",
+                extra.idstr
+            ));
+        }
+        None
+    }
+}
+
+/// The `cpr-machine` handler: saves this machine's layout and, when parsing, refuses a
+/// checkpoint taken on a machine of another shape (before anything is applied).
+struct LayoutHandler {
+    local: MachineLayout,
+}
+
+impl SectionHandler for LayoutHandler {
+    fn vmsd_name(&self) -> &'static str {
+        MachineLayout::NAME
+    }
+
+    fn version_id(&self) -> u32 {
+        MachineLayout::VERSION_ID
+    }
+
+    fn minimum_version_id(&self) -> u32 {
+        MachineLayout::MINIMUM_VERSION_ID
+    }
+
+    fn save(&mut self, w: &mut FieldWriter<'_>) -> cpr_savevm::Result<Saved> {
+        self.local.clone().save(w)?;
+        Ok(Saved::Written)
+    }
+
+    fn parse(&self, r: &mut FieldReader<'_>, version_id: u32) -> cpr_savevm::Result<Staged> {
+        let saved = MachineLayout::load(r, version_id)?;
+        if let Some(why) = self.local.mismatch(&saved) {
+            return Err(r.invalid(format!("machine mismatch: {why}")));
+        }
+        Ok(Box::new(saved))
+    }
+
+    fn apply(&mut self, _staged: Staged) -> cpr_savevm::Result<()> {
+        Ok(())
+    }
+}
+
+/// A value slot: saves the value it holds; loading fills it.
+struct Slot<S>(Arc<Mutex<Option<S>>>);
+
+impl<S: VmState + Clone + Send + 'static> Persist for Slot<S> {
+    type State = S;
+
+    fn save_state(&mut self) -> Result<S, BoxError> {
+        let guard = self.0.lock().map_err(|_| BoxError::from("slot poisoned"))?;
+        guard
+            .clone()
+            .ok_or_else(|| BoxError::from(format!("no {} state captured", S::NAME)))
+    }
+
+    fn restore_state(&mut self, state: S) -> Result<(), BoxError> {
+        *self.0.lock().map_err(|_| BoxError::from("slot poisoned"))? = Some(state);
+        Ok(())
+    }
+}
+
+type Cell<S> = Arc<Mutex<Option<S>>>;
+
+fn cell<S>(value: Option<S>) -> Cell<S> {
+    Arc::new(Mutex::new(value))
+}
+
+fn take<S>(c: &Cell<S>, what: &str) -> Result<S, String> {
+    c.lock()
+        .map_err(|_| format!("{what}: slot poisoned"))?
+        .take()
+        .ok_or_else(|| format!("{what}: section was not loaded"))
+}
+
+/// The cells a checkpoint's sections are saved from or loaded into.
+struct Cells {
+    global: Cell<GlobalStateSection>,
+    vcpus: Vec<Cell<VcpuState>>,
+    pic_master: Cell<PicSection>,
+    pic_slave: Cell<PicSection>,
+    ioapic: Cell<IoapicSection>,
+    pit: Cell<PitSection>,
+    clock: Cell<KvmClockSection>,
+    serial: Cell<SerialSection>,
+    pm: Cell<PmState>,
+    testdev: Cell<TestDevState>,
+}
+
+impl Cells {
+    fn empty(vcpus: usize) -> Self {
+        Cells {
+            global: cell(None),
+            vcpus: (0..vcpus).map(|_| cell(None)).collect(),
+            pic_master: cell(None),
+            pic_slave: cell(None),
+            ioapic: cell(None),
+            pit: cell(None),
+            clock: cell(None),
+            serial: cell(None),
+            pm: cell(None),
+            testdev: cell(None),
+        }
+    }
+
+    fn filled(runstate: RunState, state: MachineState) -> Self {
+        let MachineState {
+            vcpus,
+            vm,
+            serial,
+            pm,
+            testdev,
+        } = state;
+        Cells {
+            global: cell(Some(GlobalStateSection(runstate))),
+            vcpus: vcpus.into_iter().map(|v| cell(Some(v))).collect(),
+            pic_master: cell(Some(PicSection(vm.pic_master))),
+            pic_slave: cell(Some(PicSection(vm.pic_slave))),
+            ioapic: cell(Some(IoapicSection(vm.ioapic))),
+            pit: cell(Some(PitSection(vm.pit))),
+            clock: cell(Some(KvmClockSection(vm.clock))),
+            serial: cell(Some(SerialSection(serial))),
+            pm: cell(Some(pm)),
+            testdev: cell(Some(testdev)),
+        }
+    }
+
+    /// A registry over these cells, `cpr-machine` first.
+    fn registry(&self, layout: MachineLayout) -> cpr_savevm::Result<Registry> {
+        fn reg<S: VmState + Clone + Send + 'static>(
+            r: &mut Registry,
+            idstr: &str,
+            instance: u32,
+            c: &Cell<S>,
+        ) -> cpr_savevm::Result<()> {
+            r.register_persist(
+                Registration::new(idstr, InstanceId::Id(instance), OnLoad::Required),
+                Slot(Arc::clone(c)),
+            )
+            .map(|_| ())
+        }
+        let mut r = Registry::new();
+        r.register(
+            Registration::new(MachineLayout::NAME, InstanceId::Id(0), OnLoad::Required)
+                .priority(100),
+            Box::new(LayoutHandler { local: layout }),
+        )?;
+        r.register_persist(
+            Registration::new(
+                GlobalStateSection::NAME,
+                InstanceId::Id(0),
+                OnLoad::Required,
+            )
+            .priority(90),
+            Slot(Arc::clone(&self.global)),
+        )?;
+        for (i, v) in self.vcpus.iter().enumerate() {
+            reg(&mut r, "cpu", crate::machine::persist::count_u32(i), v)?;
+        }
+        reg(&mut r, "i8259", 0, &self.pic_master)?;
+        reg(&mut r, "i8259", 1, &self.pic_slave)?;
+        reg(&mut r, "ioapic", 0, &self.ioapic)?;
+        reg(&mut r, "i8254", 0, &self.pit)?;
+        reg(&mut r, "kvmclock", 0, &self.clock)?;
+        reg(&mut r, "serial", 0, &self.serial)?;
+        reg(&mut r, "cpr-pm", 0, &self.pm)?;
+        reg(&mut r, "cpr-testdev", 0, &self.testdev)?;
+        Ok(r)
+    }
+
+    fn into_state(self) -> Result<(RunState, MachineState), String> {
+        let vcpus = self
+            .vcpus
+            .iter()
+            .enumerate()
+            .map(|(i, c)| take(c, &format!("cpu {i}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let vm = KvmVmState {
+            pic_master: take(&self.pic_master, "i8259 0")?.0,
+            pic_slave: take(&self.pic_slave, "i8259 1")?.0,
+            ioapic: take(&self.ioapic, "ioapic")?.0,
+            pit: take(&self.pit, "i8254")?.0,
+            clock: take(&self.clock, "kvmclock")?.0,
+        };
+        let state = MachineState {
+            vcpus,
+            vm,
+            serial: take(&self.serial, "serial")?.0,
+            pm: take(&self.pm, "cpr-pm")?,
+            testdev: take(&self.testdev, "cpr-testdev")?,
+        };
+        Ok((take(&self.global, "globalstate")?.0, state))
+    }
+}
+
+/// The registry a `cpr-save` writes: `layout`, the run state, and a captured machine.
+pub fn save_registry(
+    layout: MachineLayout,
+    runstate: RunState,
+    state: MachineState,
+) -> cpr_savevm::Result<Registry> {
+    Cells::filled(runstate, state).registry(layout)
+}
+
+/// A checkpoint read and checked completely, not yet applied to anything.
+pub struct ParsedCheckpoint {
+    loaded: LoadedState,
+    registry: Registry,
+    cells: Cells,
+}
+
+impl ParsedCheckpoint {
+    /// The run state the checkpoint was taken in (available before anything is applied).
+    pub fn runstate(&self) -> Option<RunState> {
+        self.loaded
+            .staged::<GlobalStateSection>(GlobalStateSection::NAME, 0)
+            .map(|g| g.0)
+    }
+
+    /// Hands the parsed values out as a [`MachineState`].
+    pub fn into_state(self) -> Result<(RunState, MachineState), String> {
+        let ParsedCheckpoint {
+            loaded,
+            mut registry,
+            cells,
+        } = self;
+        loaded
+            .apply(&mut registry)
+            .map_err(|e| format!("unpacking the checkpoint: {e}"))?;
+        cells.into_state()
+    }
+}
+
+/// Reads and checks the whole checkpoint from `f` for a machine of shape `layout`.
+pub fn parse(
+    f: &mut cpr_migration_file::QemuFile,
+    layout: MachineLayout,
+) -> cpr_savevm::Result<ParsedCheckpoint> {
+    let cells = Cells::empty(layout.vcpus as usize);
+    let registry = cells.registry(layout)?;
+    let loaded = cpr_savevm::load_device_state(f, &registry)?;
+    Ok(ParsedCheckpoint {
+        loaded,
+        registry,
+        cells,
+    })
+}

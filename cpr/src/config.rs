@@ -1,0 +1,265 @@
+//! What a `cpr-vm` process is asked to run: its command line.
+//!
+//! The options follow QEMU's where QEMU has one (`-m`/`--mem-size`, `--mem-path`, `--smp`,
+//! `-S`, `--incoming`, `--qmp`, `--serial`). Restarting with *the same arguments* (plus `-S`
+//! or `--incoming`) is how reboot mode finds the old RAM again, so every option that shapes the
+//! machine is also recorded in the checkpoint and checked by `cpr-load`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// One mebibyte.
+pub const MIB: u64 = 1 << 20;
+/// One gibibyte.
+pub const GIB: u64 = 1 << 30;
+
+/// A size with an optional binary suffix, as QEMU's `-m` takes it: `512` (MiB, QEMU's default
+/// unit), `512M`, `1G`, `65536K`, `1073741824B`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+/// Why a size argument was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid size '{text}': {why}")]
+pub struct SizeError {
+    text: String,
+    why: &'static str,
+}
+
+impl FromStr for Size {
+    type Err = SizeError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let err = |why| SizeError {
+            text: text.to_string(),
+            why,
+        };
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, suffix) = t.split_at(split);
+        if digits.is_empty() {
+            return Err(err(
+                "expected a number with an optional K, M, G or T suffix",
+            ));
+        }
+        let n: u64 = digits.parse().map_err(|_| err("number too large"))?;
+        let shift = match suffix.to_ascii_uppercase().as_str() {
+            "" | "M" | "MB" | "MIB" => 20,
+            "B" => 0,
+            "K" | "KB" | "KIB" => 10,
+            "G" | "GB" | "GIB" => 30,
+            "T" | "TB" | "TIB" => 40,
+            _ => return Err(err("unknown suffix (use K, M, G or T)")),
+        };
+        n.checked_mul(1u64 << shift)
+            .map(Size)
+            .ok_or_else(|| err("size overflows 64 bits"))
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        if b != 0 && b.is_multiple_of(GIB) {
+            write!(f, "{}G", b / GIB)
+        } else if b != 0 && b.is_multiple_of(MIB) {
+            write!(f, "{}M", b / MIB)
+        } else {
+            write!(f, "{b}B")
+        }
+    }
+}
+
+/// `on`/`off`, as QEMU spells booleans on its command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+/// Where a `cpr-vm` takes its state from at start-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// `--incoming defer`: start in `inmigrate` and wait for `migrate-incoming`.
+    Defer,
+    /// `--incoming file:<path>[,offset=<n>]` or `--incoming <path>`: load this file at start-up.
+    File {
+        /// The state file.
+        path: PathBuf,
+        /// Where the stream starts in the file (mainline's `offset=`).
+        offset: u64,
+    },
+}
+
+impl FromStr for Incoming {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "defer" {
+            return Ok(Incoming::Defer);
+        }
+        let spec = s.strip_prefix("file:").unwrap_or(s);
+        let (path, offset) = match spec.split_once(",offset=") {
+            Some((p, o)) => (
+                p,
+                o.parse::<u64>()
+                    .map_err(|_| format!("invalid offset '{o}' in '{s}'"))?,
+            ),
+            None => (spec, 0),
+        };
+        if path.is_empty() {
+            return Err(format!("'{s}' names no file"));
+        }
+        Ok(Incoming::File {
+            path: PathBuf::from(path),
+            offset,
+        })
+    }
+}
+
+/// The machine options shared by `cpr-vm` and `cpr-vm demo`.
+#[derive(Args, Clone, Debug)]
+pub struct VmArgs {
+    /// Guest RAM size (QEMU `-m` syntax: 512 means MiB; K, M, G, T suffixes).
+    #[arg(long = "mem-size", short = 'm', default_value = "256M")]
+    pub mem_size: Size,
+    /// File that backs guest RAM (created and sized if missing; reused, never resized, if
+    /// present). Without it RAM is anonymous, which cpr-save refuses as volatile.
+    #[arg(long = "mem-path")]
+    pub mem_path: Option<PathBuf>,
+    /// Map the RAM file shared (on, the default) or private (off; volatile, like QEMU's
+    /// memory-backend-file share=off).
+    #[arg(long = "mem-share", value_enum, default_value = "on")]
+    pub mem_share: OnOff,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub smp: u32,
+    /// Serial console output: a file path, or `stdout` (default), or `none`.
+    #[arg(long, default_value = "stdout")]
+    pub serial: String,
+    /// How many bytes of RAM the guest's workload keeps busy (default: half of RAM, at most 1G).
+    #[arg(long = "workload-size")]
+    pub workload_size: Option<Size>,
+}
+
+/// `cpr-vm`: a KVM VMM whose guest survives a process restart (CPR reboot mode).
+#[derive(Parser, Debug)]
+#[command(name = "cpr-vm", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// Run something other than a VM.
+    #[command(subcommand)]
+    pub command: Option<CliCommand>,
+    /// The machine.
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// QMP monitor socket (created mode 0600).
+    #[arg(long)]
+    pub qmp: Option<PathBuf>,
+    /// Do not start the guest: stay in `prelaunch` until `cont` or `cpr-load`.
+    #[arg(short = 'S')]
+    pub no_start: bool,
+    /// Load state at start-up: a file (`file:<path>[,offset=N]` or a plain path), or `defer`.
+    #[arg(long)]
+    pub incoming: Option<Incoming>,
+}
+
+/// Subcommands of `cpr-vm`.
+#[derive(Subcommand, Debug)]
+pub enum CliCommand {
+    /// Boot the built-in guest, cpr-save it, restart the process, cpr-load, and show that the
+    /// guest carried on.
+    Demo(DemoArgs),
+}
+
+/// Options of `cpr-vm demo`.
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Directory for the RAM file, the state file and the QMP socket (default: a new
+    /// temporary directory under /dev/shm, removed afterwards).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Guest RAM size.
+    #[arg(long = "mem-size", default_value = "256M")]
+    pub mem_size: Size,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub smp: u32,
+    /// How many save/quit/start/load cycles to run.
+    #[arg(long, default_value_t = 3)]
+    pub cycles: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_use_qemu_units() {
+        assert_eq!("512".parse::<Size>(), Ok(Size(512 * MIB)));
+        assert_eq!("1G".parse::<Size>(), Ok(Size(GIB)));
+        assert_eq!("64k".parse::<Size>(), Ok(Size(64 << 10)));
+        assert_eq!("4096B".parse::<Size>(), Ok(Size(4096)));
+        assert_eq!("16GiB".parse::<Size>(), Ok(Size(16 * GIB)));
+        for bad in ["", "G", "1X", "99999999999999999999", "17179869184T"] {
+            let err = bad.parse::<Size>().expect_err(bad);
+            assert!(err.to_string().starts_with("invalid size"), "{err}");
+        }
+        assert_eq!(Size(GIB).to_string(), "1G");
+        assert_eq!(Size(3 * MIB).to_string(), "3M");
+    }
+
+    #[test]
+    fn incoming_forms() {
+        assert_eq!("defer".parse::<Incoming>(), Ok(Incoming::Defer));
+        assert_eq!(
+            "file:/tmp/a,offset=4096".parse::<Incoming>(),
+            Ok(Incoming::File {
+                path: "/tmp/a".into(),
+                offset: 4096
+            })
+        );
+        assert_eq!(
+            "/tmp/b".parse::<Incoming>(),
+            Ok(Incoming::File {
+                path: "/tmp/b".into(),
+                offset: 0
+            })
+        );
+        assert_eq!(
+            "file:".parse::<Incoming>(),
+            Err("'file:' names no file".to_string())
+        );
+        assert_eq!(
+            "file:/x,offset=abc".parse::<Incoming>(),
+            Err("invalid offset 'abc' in 'file:/x,offset=abc'".to_string())
+        );
+    }
+
+    #[test]
+    fn command_line_parses() {
+        let cli = Cli::try_parse_from([
+            "cpr-vm",
+            "--mem-path",
+            "/dev/shm/vm0.ram",
+            "--mem-size",
+            "1G",
+            "--qmp",
+            "/tmp/vm0.qmp",
+            "-S",
+            "--smp",
+            "2",
+        ])
+        .expect("valid command line");
+        assert!(cli.no_start);
+        assert_eq!(cli.vm.mem_size, Size(GIB));
+        assert_eq!(cli.vm.smp, 2);
+        assert!(cli.command.is_none());
+        let demo = Cli::try_parse_from(["cpr-vm", "demo", "--cycles", "2"]).expect("demo");
+        assert!(matches!(demo.command, Some(CliCommand::Demo(ref d)) if d.cycles == 2));
+    }
+}

@@ -1,0 +1,265 @@
+//! Driving real `cpr-vm` processes over QMP: used by `cpr-vm demo`, `cargo xtask e2e` and
+//! `cargo xtask bench`, so all three exercise exactly what an operator does.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::qmp::{ClientError, Event, QmpClient};
+
+/// A harness failure, worded for the person watching.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// The process could not be started.
+    #[error("cannot start {binary}: {source}")]
+    Spawn {
+        /// The binary.
+        binary: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// QMP failed.
+    #[error("{what}: {source}")]
+    Qmp {
+        /// What we were doing.
+        what: String,
+        /// Why.
+        #[source]
+        source: ClientError,
+    },
+    /// A check failed.
+    #[error("{0}")]
+    Check(String),
+}
+
+/// Result alias for the harness.
+pub type Result<T> = std::result::Result<T, HarnessError>;
+
+/// What `query-guest-progress` returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Progress {
+    /// Pages the workload processed since its fresh boot (all vCPUs).
+    pub progress: u64,
+    /// Timer interrupts the guest counted (all vCPUs).
+    pub ticks: u64,
+    /// RAM check failures.
+    pub errors: u64,
+    /// Reports received by this process (starts again in a new process).
+    pub reports: u64,
+    /// Per vCPU.
+    #[serde(default)]
+    pub vcpus: Vec<VcpuProgress>,
+}
+
+/// One vCPU's part of [`Progress`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct VcpuProgress {
+    /// Pages processed.
+    pub progress: u64,
+    /// Timer ticks.
+    pub ticks: u64,
+    /// RAM check failures.
+    pub errors: u64,
+    /// Workload generation.
+    pub generation: u64,
+}
+
+/// A running `cpr-vm` process with a negotiated QMP connection.
+#[derive(Debug)]
+pub struct VmProcess {
+    child: Child,
+    qmp: QmpClient,
+    /// When the process was spawned.
+    pub spawned: Instant,
+    /// When its QMP monitor answered.
+    pub ready: Instant,
+}
+
+/// The `cpr-vm` binary next to the running executable (for `cpr-vm demo` that is itself;
+/// for xtask it is `target/<profile>/cpr-vm`).
+pub fn sibling_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from(name));
+    if exe.file_name().is_some_and(|f| f == name) {
+        return exe;
+    }
+    exe.parent()
+        .map(|d| d.join(name))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+impl VmProcess {
+    /// Starts `binary args...` (which must include `--qmp qmp_path`) and connects.
+    /// The child's stdout goes to `log` if given (the guest console), else is discarded.
+    pub fn spawn(
+        binary: &Path,
+        args: &[OsString],
+        qmp_path: &Path,
+        log: Option<&Path>,
+    ) -> Result<VmProcess> {
+        let _ = std::fs::remove_file(qmp_path);
+        let stdout = match log {
+            Some(p) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map(Stdio::from)
+                .map_err(|source| HarnessError::Spawn {
+                    binary: binary.display().to_string(),
+                    source,
+                })?,
+            None => Stdio::null(),
+        };
+        let spawned = Instant::now();
+        let mut child = Command::new(binary)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .spawn()
+            .map_err(|source| HarnessError::Spawn {
+                binary: binary.display().to_string(),
+                source,
+            })?;
+        let qmp = match QmpClient::connect_with_retry(qmp_path, Duration::from_secs(20)) {
+            Ok(q) => q,
+            Err(source) => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                return Err(HarnessError::Qmp {
+                    what: format!(
+                        "connecting to {} (process exited: {status:?})",
+                        qmp_path.display()
+                    ),
+                    source,
+                });
+            }
+        };
+        Ok(VmProcess {
+            child,
+            qmp,
+            spawned,
+            ready: Instant::now(),
+        })
+    }
+
+    /// The QMP client.
+    pub fn qmp(&mut self) -> &mut QmpClient {
+        &mut self.qmp
+    }
+
+    /// Executes a command; a QMP error is an `Err` carrying the server's `desc`.
+    pub fn execute(&mut self, command: &str, args: Value) -> Result<Value> {
+        self.qmp
+            .execute(command, args)
+            .map_err(|source| HarnessError::Qmp {
+                what: command.to_string(),
+                source,
+            })
+    }
+
+    /// Executes a command that must fail; returns the error's `desc`.
+    pub fn execute_err(&mut self, command: &str, args: Value) -> Result<String> {
+        match self.qmp.execute(command, args) {
+            Ok(v) => Err(HarnessError::Check(format!(
+                "{command} succeeded ({v}) but should have failed"
+            ))),
+            Err(ClientError::Qmp(e)) => Ok(e.desc),
+            Err(source) => Err(HarnessError::Qmp {
+                what: command.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// `query-status`'s `status`.
+    pub fn status(&mut self) -> Result<String> {
+        let v = self.execute("query-status", json!({}))?;
+        Ok(v["status"].as_str().unwrap_or("?").to_string())
+    }
+
+    /// `query-guest-progress`.
+    pub fn progress(&mut self) -> Result<Progress> {
+        let v = self.execute("query-guest-progress", json!({}))?;
+        serde_json::from_value(v).map_err(|e| HarnessError::Check(format!("bad progress: {e}")))
+    }
+
+    /// Polls until the guest's progress exceeds `above` (and, if `ticks_above` is given,
+    /// its ticks exceed that too); returns the first such report.
+    pub fn wait_progress(
+        &mut self,
+        above: u64,
+        ticks_above: Option<u64>,
+        timeout: Duration,
+    ) -> Result<Progress> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let p = self.progress()?;
+            if p.progress > above && ticks_above.is_none_or(|t| p.ticks > t) {
+                return Ok(p);
+            }
+            if Instant::now() >= deadline {
+                return Err(HarnessError::Check(format!(
+                    "guest made no progress past {above} within {timeout:?} (last: {p:?})"
+                )));
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+
+    /// Waits for an event.
+    pub fn wait_event(&mut self, name: &str, timeout: Duration) -> Result<Event> {
+        self.qmp
+            .wait_event(name, timeout)
+            .map_err(|source| HarnessError::Qmp {
+                what: format!("waiting for {name}"),
+                source,
+            })
+    }
+
+    /// Events received so far.
+    pub fn events(&mut self) -> Result<Vec<Event>> {
+        self.qmp.events().map_err(|source| HarnessError::Qmp {
+            what: "reading events".into(),
+            source,
+        })
+    }
+
+    /// `quit`, then waits for the process to exit.
+    pub fn quit(mut self) -> Result<ExitStatus> {
+        // The reply may or may not arrive before the process is gone; both are fine.
+        let _ = self.qmp.execute("quit", json!({}));
+        self.wait_exit(Duration::from_secs(20))
+    }
+
+    /// Waits for the process to exit (killing it after `timeout`).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    return Err(HarnessError::Check(format!(
+                        "cpr-vm did not exit within {timeout:?}"
+                    )));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for VmProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

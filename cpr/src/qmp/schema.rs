@@ -1,0 +1,551 @@
+//! The command schema (data, not code) and argument validation with QEMU's
+//! QObject-input-visitor messages.
+//!
+//! Each [`CommandDef`] lists its argument [`Member`]s; validation walks the
+//! members in schema order like QEMU's generated marshallers: a missing
+//! mandatory member, then a wrongly typed one, is reported at the first
+//! offending member; members the schema does not know are reported after all
+//! known members passed. Messages (qapi/qobject-input-visitor.c,
+//! qapi/qapi-visit-core.c):
+//!
+//! * `Parameter '%s' is missing`
+//! * `Parameter '%s' is unexpected`
+//! * `Invalid parameter type for '%s', expected: %s` with `string`,
+//!   `integer`, `boolean`, `number`, `object` or `array`
+//! * `Parameter '%s' does not accept value '%s'` (bad enum value; as in
+//!   QEMU the name is the member's own name, or `null` for a list element)
+//!
+//! Names are QEMU's "full names": `capabilities[0].capability`.
+//!
+//! Extending: add a `static` [`Member`] slice and a [`CommandDef`] to
+//! [`BUILTIN_COMMANDS`], or at run time with [`Schema::add`].
+
+use super::error::QmpError;
+use serde_json::{Map, Value};
+
+/// A QAPI enum: its name and allowed values.
+#[derive(Debug)]
+pub struct EnumType {
+    /// QAPI type name (for documentation).
+    pub name: &'static str,
+    /// Allowed values, in QAPI order.
+    pub values: &'static [&'static str],
+}
+
+impl EnumType {
+    /// Whether `value` is one of the allowed values.
+    pub fn contains(&self, value: &str) -> bool {
+        self.values.contains(&value)
+    }
+}
+
+/// Type of an argument.
+#[derive(Debug, Clone, Copy)]
+pub enum ArgType {
+    /// `str`.
+    Str,
+    /// `int` (any JSON integer representable as i64).
+    Int,
+    /// `bool`.
+    Bool,
+    /// `number` (any JSON number).
+    Number,
+    /// `any`: not checked.
+    Any,
+    /// Any JSON object, members not checked.
+    Dict,
+    /// An enum (a string from a fixed set).
+    Enum(&'static EnumType),
+    /// A list whose elements all have the given type.
+    List(&'static ArgType),
+    /// A struct with the given members.
+    Object(&'static [Member]),
+}
+
+/// One argument (struct member).
+#[derive(Debug, Clone, Copy)]
+pub struct Member {
+    /// Name on the wire.
+    pub name: &'static str,
+    /// Type.
+    pub ty: ArgType,
+    /// Optional (`'*name'` in QAPI).
+    pub optional: bool,
+}
+
+/// A mandatory member.
+pub const fn req(name: &'static str, ty: ArgType) -> Member {
+    Member {
+        name,
+        ty,
+        optional: false,
+    }
+}
+
+/// An optional member.
+pub const fn opt(name: &'static str, ty: ArgType) -> Member {
+    Member {
+        name,
+        ty,
+        optional: true,
+    }
+}
+
+/// Who answers a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    /// The QMP server itself (`qmp_capabilities`, `query-version`,
+    /// `query-commands`, `human-monitor-command`). Only meaningful for those
+    /// names; any other server-handled name fails with a `GenericError`.
+    Server,
+    /// Forwarded to the VMM as a [`QmpRequest`](super::QmpRequest).
+    Vmm,
+}
+
+/// A command: name, arguments, handler.
+#[derive(Debug, Clone, Copy)]
+pub struct CommandDef {
+    /// Command name (`execute` value).
+    pub name: &'static str,
+    /// Arguments, in schema order.
+    pub args: &'static [Member],
+    /// Who answers it.
+    pub handler: Handler,
+}
+
+impl CommandDef {
+    /// A command forwarded to the VMM.
+    pub const fn vmm(name: &'static str, args: &'static [Member]) -> CommandDef {
+        CommandDef {
+            name,
+            args,
+            handler: Handler::Vmm,
+        }
+    }
+
+    const fn server(name: &'static str, args: &'static [Member]) -> CommandDef {
+        CommandDef {
+            name,
+            args,
+            handler: Handler::Server,
+        }
+    }
+}
+
+/// `QMPCapability` (qapi/control.json).
+pub static QMP_CAPABILITY: EnumType = EnumType {
+    name: "QMPCapability",
+    values: &["oob"],
+};
+
+/// `CprMode` as of V7 patch 06.
+pub static CPR_MODE: EnumType = EnumType {
+    name: "CprMode",
+    values: &["reboot"],
+};
+
+/// `MigMode` (mainline 8.2; later modes not included).
+pub static MIG_MODE: EnumType = EnumType {
+    name: "MigMode",
+    values: &["normal", "cpr-reboot"],
+};
+
+/// `MigrationCapability` (mainline, about 9.x).
+pub static MIGRATION_CAPABILITY: EnumType = EnumType {
+    name: "MigrationCapability",
+    values: &[
+        "xbzrle",
+        "rdma-pin-all",
+        "auto-converge",
+        "zero-blocks",
+        "events",
+        "postcopy-ram",
+        "x-colo",
+        "release-ram",
+        "return-path",
+        "pause-before-switchover",
+        "multifd",
+        "dirty-bitmaps",
+        "postcopy-blocktime",
+        "late-block-activate",
+        "x-ignore-shared",
+        "validate-uuid",
+        "background-snapshot",
+        "zero-copy-send",
+        "postcopy-preempt",
+        "switchover-ack",
+        "dirty-limit",
+        "mapped-ram",
+    ],
+};
+
+static CAPABILITY_STATUS: [Member; 2] = [
+    req("capability", ArgType::Enum(&MIGRATION_CAPABILITY)),
+    req("state", ArgType::Bool),
+];
+
+static NONE: [Member; 0] = [];
+
+static QMP_CAPABILITIES_ARGS: [Member; 1] = [opt(
+    "enable",
+    ArgType::List(&ArgType::Enum(&QMP_CAPABILITY)),
+)];
+
+static CPR_SAVE_ARGS: [Member; 2] = [
+    req("filename", ArgType::Str),
+    req("mode", ArgType::Enum(&CPR_MODE)),
+];
+
+static CPR_LOAD_ARGS: [Member; 1] = [req("filename", ArgType::Str)];
+
+static HMP_ARGS: [Member; 2] = [
+    req("command-line", ArgType::Str),
+    opt("cpu-index", ArgType::Int),
+];
+
+static SET_CAPS_ARGS: [Member; 1] = [req(
+    "capabilities",
+    ArgType::List(&ArgType::Object(&CAPABILITY_STATUS)),
+)];
+
+/// `MigrateSetParameters` (subset; integer widths not checked).
+static SET_PARAMS_ARGS: [Member; 19] = [
+    opt("announce-initial", ArgType::Int),
+    opt("announce-max", ArgType::Int),
+    opt("announce-rounds", ArgType::Int),
+    opt("announce-step", ArgType::Int),
+    opt("throttle-trigger-threshold", ArgType::Int),
+    opt("cpu-throttle-initial", ArgType::Int),
+    opt("cpu-throttle-increment", ArgType::Int),
+    opt("cpu-throttle-tailslow", ArgType::Bool),
+    opt("max-bandwidth", ArgType::Int),
+    opt("avail-switchover-bandwidth", ArgType::Int),
+    opt("downtime-limit", ArgType::Int),
+    opt("x-checkpoint-delay", ArgType::Int),
+    opt("multifd-channels", ArgType::Int),
+    opt("xbzrle-cache-size", ArgType::Int),
+    opt("max-postcopy-bandwidth", ArgType::Int),
+    opt("max-cpu-throttle", ArgType::Int),
+    opt("mode", ArgType::Enum(&MIG_MODE)),
+    opt("direct-io", ArgType::Bool),
+    opt("x-vcpu-dirty-limit-period", ArgType::Int),
+];
+
+static MIGRATE_ARGS: [Member; 4] = [
+    opt("uri", ArgType::Str),
+    opt("channels", ArgType::List(&ArgType::Dict)),
+    opt("detach", ArgType::Bool),
+    opt("resume", ArgType::Bool),
+];
+
+static MIGRATE_INCOMING_ARGS: [Member; 3] = [
+    opt("uri", ArgType::Str),
+    opt("channels", ArgType::List(&ArgType::Dict)),
+    opt("exit-on-error", ArgType::Bool),
+];
+
+/// The built-in command table.
+pub static BUILTIN_COMMANDS: &[CommandDef] = &[
+    CommandDef::server("qmp_capabilities", &QMP_CAPABILITIES_ARGS),
+    CommandDef::server("query-version", &NONE),
+    CommandDef::server("query-commands", &NONE),
+    CommandDef::server("human-monitor-command", &HMP_ARGS),
+    CommandDef::vmm("query-status", &NONE),
+    CommandDef::vmm("stop", &NONE),
+    CommandDef::vmm("cont", &NONE),
+    CommandDef::vmm("system_wakeup", &NONE),
+    CommandDef::vmm("quit", &NONE),
+    CommandDef::vmm("cpr-save", &CPR_SAVE_ARGS),
+    CommandDef::vmm("cpr-load", &CPR_LOAD_ARGS),
+    CommandDef::vmm("query-migrate", &NONE),
+    CommandDef::vmm("guest-suspend-ram", &NONE),
+    CommandDef::vmm("query-guest-progress", &NONE),
+    CommandDef::vmm("migrate-set-capabilities", &SET_CAPS_ARGS),
+    CommandDef::vmm("migrate-set-parameters", &SET_PARAMS_ARGS),
+    CommandDef::vmm("query-migrate-capabilities", &NONE),
+    CommandDef::vmm("query-migrate-parameters", &NONE),
+    CommandDef::vmm("migrate", &MIGRATE_ARGS),
+    CommandDef::vmm("migrate-incoming", &MIGRATE_INCOMING_ARGS),
+];
+
+/// A command table.
+#[derive(Debug, Clone)]
+pub struct Schema {
+    commands: Vec<CommandDef>,
+}
+
+impl Default for Schema {
+    fn default() -> Self {
+        Schema::builtin()
+    }
+}
+
+impl Schema {
+    /// The built-in table ([`BUILTIN_COMMANDS`]).
+    pub fn builtin() -> Schema {
+        Schema {
+            commands: BUILTIN_COMMANDS.to_vec(),
+        }
+    }
+
+    /// Adds a command, replacing one of the same name.
+    pub fn add(&mut self, def: CommandDef) -> &mut Schema {
+        match self.commands.iter_mut().find(|c| c.name == def.name) {
+            Some(slot) => *slot = def,
+            None => self.commands.push(def),
+        }
+        self
+    }
+
+    /// Removes a command; returns whether it existed.
+    pub fn remove(&mut self, name: &str) -> bool {
+        let before = self.commands.len();
+        self.commands.retain(|c| c.name != name);
+        before != self.commands.len()
+    }
+
+    /// Looks a command up.
+    pub fn get(&self, name: &str) -> Option<&CommandDef> {
+        self.commands.iter().find(|c| c.name == name)
+    }
+
+    /// All commands, in table order.
+    pub fn commands(&self) -> &[CommandDef] {
+        &self.commands
+    }
+}
+
+/// Validates `args` against a command's members (no side effects).
+pub fn validate(def: &CommandDef, args: &Map<String, Value>) -> Result<(), QmpError> {
+    check_members(def.args, args, "")
+}
+
+fn full_name(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+fn type_error(full: &str, expected: &str) -> QmpError {
+    QmpError::generic(format!(
+        "Invalid parameter type for '{full}', expected: {expected}"
+    ))
+}
+
+fn check_members(
+    members: &[Member],
+    obj: &Map<String, Value>,
+    prefix: &str,
+) -> Result<(), QmpError> {
+    for m in members {
+        let full = full_name(prefix, m.name);
+        match obj.get(m.name) {
+            None if m.optional => {}
+            None => {
+                return Err(QmpError::generic(format!("Parameter '{full}' is missing")));
+            }
+            Some(v) => check_value(&m.ty, v, &full, Some(m.name))?,
+        }
+    }
+    if let Some(extra) = obj
+        .keys()
+        .find(|k| !members.iter().any(|m| m.name == k.as_str()))
+    {
+        return Err(QmpError::generic(format!(
+            "Parameter '{}' is unexpected",
+            full_name(prefix, extra)
+        )));
+    }
+    Ok(())
+}
+
+fn check_value(ty: &ArgType, v: &Value, full: &str, name: Option<&str>) -> Result<(), QmpError> {
+    match ty {
+        ArgType::Str if !v.is_string() => Err(type_error(full, "string")),
+        ArgType::Int if v.as_i64().is_none() => Err(type_error(full, "integer")),
+        ArgType::Bool if !v.is_boolean() => Err(type_error(full, "boolean")),
+        ArgType::Number if !v.is_number() => Err(type_error(full, "number")),
+        ArgType::Dict if !v.is_object() => Err(type_error(full, "object")),
+        ArgType::Enum(e) => match v.as_str() {
+            None => Err(type_error(full, "string")),
+            Some(s) if !e.contains(s) => Err(QmpError::generic(format!(
+                "Parameter '{}' does not accept value '{s}'",
+                name.unwrap_or("null")
+            ))),
+            Some(_) => Ok(()),
+        },
+        ArgType::List(elem) => {
+            let Some(items) = v.as_array() else {
+                return Err(type_error(full, "array"));
+            };
+            for (i, item) in items.iter().enumerate() {
+                check_value(elem, item, &format!("{full}[{i}]"), None)?;
+            }
+            Ok(())
+        }
+        ArgType::Object(members) => match v.as_object() {
+            None => Err(type_error(full, "object")),
+            Some(obj) => check_members(members, obj, full),
+        },
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(cmd: &str, args: Value) -> Result<(), String> {
+        let schema = Schema::builtin();
+        let def = schema.get(cmd).expect("command in schema");
+        validate(def, args.as_object().unwrap()).map_err(|e| e.desc)
+    }
+
+    #[test]
+    fn cpr_save_arguments() {
+        assert_eq!(
+            check("cpr-save", json!({"filename": "f", "mode": "reboot"})),
+            Ok(())
+        );
+        assert_eq!(
+            check("cpr-save", json!({})),
+            Err("Parameter 'filename' is missing".into())
+        );
+        assert_eq!(
+            check("cpr-save", json!({"filename": "f"})),
+            Err("Parameter 'mode' is missing".into())
+        );
+        assert_eq!(
+            check("cpr-save", json!({"filename": 3, "mode": "reboot"})),
+            Err("Invalid parameter type for 'filename', expected: string".into())
+        );
+        assert_eq!(
+            check("cpr-save", json!({"filename": "f", "mode": "restart"})),
+            Err("Parameter 'mode' does not accept value 'restart'".into())
+        );
+        assert_eq!(
+            check("cpr-save", json!({"filename": "f", "mode": 1})),
+            Err("Invalid parameter type for 'mode', expected: string".into())
+        );
+        assert_eq!(
+            check(
+                "cpr-save",
+                json!({"filename": "f", "mode": "reboot", "x": 1})
+            ),
+            Err("Parameter 'x' is unexpected".into())
+        );
+        assert_eq!(
+            check("stop", json!({"x": 1})),
+            Err("Parameter 'x' is unexpected".into())
+        );
+    }
+
+    #[test]
+    fn scalar_types() {
+        assert_eq!(
+            check(
+                "human-monitor-command",
+                json!({"command-line": "x", "cpu-index": 1.5})
+            ),
+            Err("Invalid parameter type for 'cpu-index', expected: integer".into())
+        );
+        assert_eq!(
+            check(
+                "human-monitor-command",
+                json!({"command-line": "x", "cpu-index": u64::MAX})
+            ),
+            Err("Invalid parameter type for 'cpu-index', expected: integer".into())
+        );
+        assert_eq!(
+            check(
+                "human-monitor-command",
+                json!({"command-line": "x", "cpu-index": -1})
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check("migrate", json!({"detach": "yes"})),
+            Err("Invalid parameter type for 'detach', expected: boolean".into())
+        );
+        assert_eq!(
+            check("migrate", json!({"channels": {}})),
+            Err("Invalid parameter type for 'channels', expected: array".into())
+        );
+        assert_eq!(
+            check("migrate", json!({"channels": [1]})),
+            Err("Invalid parameter type for 'channels[0]', expected: object".into())
+        );
+        // Optional members present as null are type errors, as in QEMU.
+        assert_eq!(
+            check("migrate", json!({"uri": null})),
+            Err("Invalid parameter type for 'uri', expected: string".into())
+        );
+    }
+
+    #[test]
+    fn nested_names() {
+        let ok = json!({"capabilities": [{"capability": "events", "state": true}]});
+        assert_eq!(check("migrate-set-capabilities", ok), Ok(()));
+        assert_eq!(
+            check(
+                "migrate-set-capabilities",
+                json!({"capabilities": [{"capability": "events", "state": true}, {"state": true}]})
+            ),
+            Err("Parameter 'capabilities[1].capability' is missing".into())
+        );
+        assert_eq!(
+            check(
+                "migrate-set-capabilities",
+                json!({"capabilities": [{"capability": "nope", "state": true}]})
+            ),
+            Err("Parameter 'capability' does not accept value 'nope'".into())
+        );
+        assert_eq!(
+            check(
+                "migrate-set-capabilities",
+                json!({"capabilities": [{"capability": "events", "state": 1}]})
+            ),
+            Err("Invalid parameter type for 'capabilities[0].state', expected: boolean".into())
+        );
+        assert_eq!(
+            check(
+                "migrate-set-capabilities",
+                json!({"capabilities": [{"capability": "events", "state": true, "z": 0}]})
+            ),
+            Err("Parameter 'capabilities[0].z' is unexpected".into())
+        );
+        assert_eq!(
+            check("qmp_capabilities", json!({"enable": ["foo"]})),
+            Err("Parameter 'null' does not accept value 'foo'".into())
+        );
+        assert_eq!(
+            check("migrate-set-parameters", json!({"mode": "cpr-reboot"})),
+            Ok(())
+        );
+        assert_eq!(
+            check("migrate-set-parameters", json!({"mode": "cpr-exec"})),
+            Err("Parameter 'mode' does not accept value 'cpr-exec'".into())
+        );
+    }
+
+    #[test]
+    fn schema_is_extensible() {
+        static ARGS: [Member; 1] = [req("name", ArgType::Str)];
+        let mut s = Schema::builtin();
+        assert!(s.get("x-frob").is_none());
+        s.add(CommandDef::vmm("x-frob", &ARGS));
+        let def = s.get("x-frob").unwrap();
+        assert_eq!(def.handler, Handler::Vmm);
+        assert!(validate(def, &Map::new()).is_err());
+        assert!(s.remove("x-frob"));
+        assert!(!s.remove("x-frob"));
+        // Names are unique.
+        let mut names: Vec<_> = BUILTIN_COMMANDS.iter().map(|c| c.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), BUILTIN_COMMANDS.len());
+    }
+}

@@ -1,0 +1,625 @@
+//! The QMP server: Unix socket, one client at a time, negotiation and
+//! command mode, dispatch to the VMM over a channel.
+
+use super::error::{ErrorClass, QmpError};
+use super::hmp::{self, HmpPlan};
+use super::protocol::{VersionInfo, VersionTriple, check_envelope, greeting_line, reply_line};
+use super::schema::{Handler, Schema, validate};
+use super::stream::{DEFAULT_MAX_MESSAGE, Frame, JsonStreamer};
+use super::vmm::{EventSender, QmpRequest};
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, poll};
+use nix::sys::socket::{MsgFlags, send};
+use serde_json::{Map, Value, json};
+use std::fmt;
+use std::fs::{self, DirBuilder, Permissions};
+use std::io::{self, Read};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+/// QEMU version the server claims in the greeting and `query-version`:
+/// 6.2.0, the release the V7 series was based on (cpr-save/cpr-load are
+/// "Since: 6.2").
+pub const CLAIMED_QEMU_VERSION: VersionTriple = VersionTriple {
+    micro: 0,
+    minor: 2,
+    major: 6,
+};
+
+/// How often blocked server threads check for shutdown.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Server configuration; [`ServerConfig::new`] gives the defaults.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Socket path.
+    pub path: PathBuf,
+    /// QEMU version claimed (default [`CLAIMED_QEMU_VERSION`]).
+    pub version: VersionTriple,
+    /// `package` string (default `cpr-vm <crate version>`).
+    pub package: String,
+    /// Command table (default [`Schema::builtin`]).
+    pub schema: Schema,
+    /// Largest accepted message in bytes (default 1 MiB).
+    pub max_message: usize,
+    /// Number of vCPUs, for `human-monitor-command`'s `cpu-index` (default 1).
+    pub vcpus: u32,
+    /// A client that does not read its output for this long is dropped
+    /// (default 5 s).
+    pub write_timeout: Duration,
+    /// Output lines queued per client; an event that finds the queue full
+    /// drops the client (default 1024).
+    pub output_queue: usize,
+    /// Called after each request is sent to the VMM (e.g. to kick an
+    /// eventfd the VMM's main loop polls).
+    pub notify: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("package", &self.package)
+            .field("max_message", &self.max_message)
+            .field("vcpus", &self.vcpus)
+            .field("write_timeout", &self.write_timeout)
+            .field("output_queue", &self.output_queue)
+            .field("notify", &self.notify.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerConfig {
+    /// Defaults for a socket at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> ServerConfig {
+        ServerConfig {
+            path: path.into(),
+            version: CLAIMED_QEMU_VERSION,
+            package: format!("cpr-vm {}", env!("CARGO_PKG_VERSION")),
+            schema: Schema::builtin(),
+            max_message: DEFAULT_MAX_MESSAGE,
+            vcpus: 1,
+            write_timeout: Duration::from_secs(5),
+            output_queue: 1024,
+            notify: None,
+        }
+    }
+
+    fn version_info(&self) -> VersionInfo {
+        VersionInfo {
+            qemu: self.version,
+            package: self.package.clone(),
+        }
+    }
+}
+
+/// The connected client, as seen by event emitters.
+struct ClientSlot {
+    id: u64,
+    out: SyncSender<String>,
+    negotiated: bool,
+    stream: UnixStream,
+}
+
+/// State shared by the server threads, the server handle and event senders.
+pub(crate) struct Shared {
+    client: Mutex<Option<ClientSlot>>,
+    stop: AtomicBool,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    fn client(&self) -> MutexGuard<'_, Option<ClientSlot>> {
+        self.client.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues an event line for the negotiated client; never blocks.
+    pub(crate) fn send_event(&self, line: String) -> bool {
+        let mut guard = self.client();
+        let Some(slot) = guard.as_mut().filter(|s| s.negotiated) else {
+            return false;
+        };
+        match slot.out.try_send(line) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                // The client does not read: drop it rather than block the VMM.
+                slot.negotiated = false;
+                let _ = slot.stream.shutdown(Shutdown::Both);
+                false
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
+
+/// A running QMP server. Dropping it (or [`shutdown`](QmpServer::shutdown))
+/// stops it, disconnects the client and removes the socket file.
+#[derive(Debug)]
+pub struct QmpServer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    path: PathBuf,
+    ident: (u64, u64),
+}
+
+impl QmpServer {
+    /// Binds the socket and starts serving; requests arrive on the returned
+    /// receiver.
+    pub fn start(config: ServerConfig) -> io::Result<(QmpServer, Receiver<QmpRequest>)> {
+        let (tx, rx) = mpsc::channel();
+        let server = QmpServer::start_with_sender(config, tx)?;
+        Ok((server, rx))
+    }
+
+    /// Binds the socket and starts serving, sending requests to `requests`.
+    pub fn start_with_sender(
+        config: ServerConfig,
+        requests: Sender<QmpRequest>,
+    ) -> io::Result<QmpServer> {
+        let (listener, ident) = bind_socket(&config.path)?;
+        let shared = Arc::new(Shared {
+            client: Mutex::new(None),
+            stop: AtomicBool::new(false),
+        });
+        let path = config.path.clone();
+        let ctx = Ctx {
+            config,
+            shared: shared.clone(),
+            requests,
+        };
+        let thread = thread::Builder::new()
+            .name("qmp-server".into())
+            .spawn(move || accept_loop(listener, ctx));
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                return Err(e);
+            }
+        };
+        Ok(QmpServer {
+            shared,
+            thread: Some(thread),
+            path,
+            ident,
+        })
+    }
+
+    /// A handle for emitting events.
+    pub fn events(&self) -> EventSender {
+        EventSender::new(self.shared.clone())
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether a client is connected (negotiated or not).
+    pub fn client_connected(&self) -> bool {
+        self.shared.client().is_some()
+    }
+
+    /// Whether a client that completed negotiation is connected.
+    pub fn client_negotiated(&self) -> bool {
+        self.shared.client().as_ref().is_some_and(|s| s.negotiated)
+    }
+
+    /// Stops the server (same as dropping it).
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(slot) = self.shared.client().as_ref() {
+            let _ = slot.stream.shutdown(Shutdown::Both);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Ok(md) = fs::symlink_metadata(&self.path)
+            && (md.dev(), md.ino()) == self.ident
+        {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Drop for QmpServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Removes a stale socket at `path`; refuses a live one or a non-socket.
+fn remove_stale(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(md) if md.file_type().is_socket() => match UnixStream::connect(path) {
+            Ok(_) => Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{}: a server is already listening there", path.display()),
+            )),
+            Err(_) => match fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+        },
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{}: exists and is not a socket; not replacing it",
+                path.display()
+            ),
+        )),
+    }
+}
+
+/// Binds a listening socket at `path` with mode 0600 whatever the umask:
+/// the socket is bound inside a fresh 0700 directory, chmod'ed, then
+/// hard-linked into place (which fails rather than clobbers if `path`
+/// appeared meanwhile). Falls back to bind + chmod when the temporary path
+/// would be too long or the directory cannot be made. Returns the listener
+/// and the socket's (device, inode).
+fn bind_socket(path: &Path) -> io::Result<(UnixListener, (u64, u64))> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    remove_stale(path)?;
+    let name = path.file_name().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "socket path has no file name")
+    })?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmpdir = parent.join(format!(
+        ".{}.{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let tmpsock = tmpdir.join("s");
+    let mut listener = None;
+    if tmpsock.as_os_str().len() < 100 && DirBuilder::new().mode(0o700).create(&tmpdir).is_ok() {
+        let result = (|| {
+            let l = UnixListener::bind(&tmpsock)?;
+            fs::set_permissions(&tmpsock, Permissions::from_mode(0o600))?;
+            match fs::hard_link(&tmpsock, path) {
+                Ok(()) => Ok(l),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
+                // Filesystems without hard links: rename instead.
+                Err(_) => fs::rename(&tmpsock, path).map(|()| l),
+            }
+        })();
+        let _ = fs::remove_file(&tmpsock);
+        let _ = fs::remove_dir(&tmpdir);
+        listener = Some(result?);
+    }
+    let listener = match listener {
+        Some(l) => l,
+        None => {
+            let l = UnixListener::bind(path)?;
+            fs::set_permissions(path, Permissions::from_mode(0o600))?;
+            l
+        }
+    };
+    let md = fs::symlink_metadata(path)?;
+    Ok((listener, (md.dev(), md.ino())))
+}
+
+/// What the accept thread owns.
+struct Ctx {
+    config: ServerConfig,
+    shared: Arc<Shared>,
+    requests: Sender<QmpRequest>,
+}
+
+fn accept_loop(listener: UnixListener, ctx: Ctx) {
+    let mut next_id = 0u64;
+    while !ctx.shared.stop.load(Ordering::SeqCst) {
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, 100u16) {
+            Ok(n) if n > 0 => {}
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(_) => {
+                thread::sleep(POLL_INTERVAL);
+                continue;
+            }
+        }
+        match listener.accept() {
+            Ok((stream, _)) => {
+                next_id += 1;
+                serve_client(&ctx, stream, next_id);
+            }
+            // E.g. EMFILE: the listener stays readable; do not spin.
+            Err(_) => thread::sleep(POLL_INTERVAL),
+        }
+    }
+}
+
+/// Serves one client until it disconnects or the server stops.
+fn serve_client(ctx: &Ctx, stream: UnixStream, id: u64) {
+    let (Ok(writer_stream), Ok(slot_stream)) = (stream.try_clone(), stream.try_clone()) else {
+        return;
+    };
+    let _ = stream.set_nonblocking(false);
+    let _ = writer_stream.set_write_timeout(Some(ctx.config.write_timeout));
+    let (out, rx) = mpsc::sync_channel::<String>(ctx.config.output_queue.max(1));
+    let Ok(writer) = thread::Builder::new()
+        .name("qmp-writer".into())
+        .spawn(move || writer_loop(writer_stream, rx))
+    else {
+        return;
+    };
+    *ctx.shared.client() = Some(ClientSlot {
+        id,
+        out: out.clone(),
+        negotiated: false,
+        stream: slot_stream,
+    });
+    let mut session = Session {
+        ctx,
+        id,
+        out,
+        negotiated: false,
+    };
+    if session.queue(greeting_line(&ctx.config.version_info())) {
+        session.read_loop(&stream);
+    }
+    {
+        let mut guard = ctx.shared.client();
+        if guard.as_ref().is_some_and(|s| s.id == id) {
+            *guard = None;
+        }
+    }
+    // Dropping the last sender lets the writer flush what is queued and exit.
+    drop(session);
+    let _ = writer.join();
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// Writes queued lines; on any error (peer gone, write timeout) closes the
+/// socket so the reader notices, and exits. Uses MSG_NOSIGNAL: a client that
+/// disconnected is not a SIGPIPE for the VMM.
+fn writer_loop(stream: UnixStream, rx: Receiver<String>) {
+    for line in rx.iter() {
+        if send_all(&stream, line.as_bytes()).is_err() {
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+}
+
+fn send_all(stream: &UnixStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match send(stream.as_raw_fd(), data, MsgFlags::MSG_NOSIGNAL) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(io::Error::from(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Per-connection protocol state.
+struct Session<'a> {
+    ctx: &'a Ctx,
+    id: u64,
+    out: SyncSender<String>,
+    negotiated: bool,
+}
+
+impl Session<'_> {
+    /// Queues a line for the writer; false if the client is gone.
+    fn queue(&self, line: String) -> bool {
+        self.out.send(line).is_ok()
+    }
+
+    fn stopping(&self) -> bool {
+        self.ctx.shared.stop.load(Ordering::SeqCst)
+    }
+
+    fn read_loop(&mut self, stream: &UnixStream) {
+        let _ = stream.set_read_timeout(Some(POLL_INTERVAL));
+        let mut streamer = JsonStreamer::new(self.ctx.config.max_message);
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut reader = stream;
+        while !self.stopping() {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue;
+                }
+                Err(_) => return,
+            };
+            for frame in streamer.feed(&buf[..n]) {
+                if !self.handle(frame) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handles one input message; false if the client is gone.
+    fn handle(&mut self, frame: Frame) -> bool {
+        let request = match frame {
+            Frame::Error(desc) => {
+                return self.queue(reply_line(&Err(QmpError::generic(desc)), None));
+            }
+            Frame::Message(v) => v,
+        };
+        let env = match check_envelope(request) {
+            Ok(env) => env,
+            Err((e, id)) => return self.queue(reply_line(&Err(e), id.as_ref())),
+        };
+        let (result, negotiated_now) = self.dispatch(&env.execute, env.arguments);
+        let line = reply_line(&result, env.id.as_ref());
+        if negotiated_now {
+            return self.enter_command_mode(line);
+        }
+        self.queue(line)
+    }
+
+    /// Queues the successful `qmp_capabilities` reply and switches to command
+    /// mode atomically with respect to event emitters: no event precedes the
+    /// reply, and every event emitted after it is delivered (QEMU switches
+    /// mode before sending the reply, on the same thread as its events).
+    fn enter_command_mode(&mut self, line: String) -> bool {
+        let mut guard = self.ctx.shared.client();
+        let Some(slot) = guard.as_mut().filter(|s| s.id == self.id) else {
+            return false;
+        };
+        // Never block while holding the lock emitters take; a full queue here
+        // means the client does not read its replies: drop it.
+        if slot.out.try_send(line).is_err() {
+            return false;
+        }
+        slot.negotiated = true;
+        self.negotiated = true;
+        true
+    }
+
+    /// Runs a command; the flag says capabilities negotiation just completed.
+    fn dispatch(
+        &mut self,
+        name: &str,
+        args: Map<String, Value>,
+    ) -> (Result<Value, QmpError>, bool) {
+        if !self.negotiated && name != "qmp_capabilities" {
+            let e = QmpError::new(
+                ErrorClass::CommandNotFound,
+                "Expecting capabilities negotiation with 'qmp_capabilities'",
+            );
+            return (Err(e), false);
+        }
+        let Some(def) = self.ctx.config.schema.get(name) else {
+            return (Err(QmpError::command_not_found(name)), false);
+        };
+        if let Err(e) = validate(def, &args) {
+            return (Err(e), false);
+        }
+        if def.handler == Handler::Vmm {
+            return (self.call_vmm(name, args, false), false);
+        }
+        match name {
+            "qmp_capabilities" => self.capabilities(&args),
+            "query-version" => (Ok(json!(self.ctx.config.version_info())), false),
+            "query-commands" => {
+                let names: Vec<Value> = self
+                    .ctx
+                    .config
+                    .schema
+                    .commands()
+                    .iter()
+                    .map(|c| json!({ "name": c.name }))
+                    .collect();
+                (Ok(Value::Array(names)), false)
+            }
+            "human-monitor-command" => (self.human_monitor_command(&args), false),
+            _ => (
+                Err(QmpError::generic(format!(
+                    "The command {name} has no server-side implementation"
+                ))),
+                false,
+            ),
+        }
+    }
+
+    /// `qmp_capabilities` (monitor/qmp-cmds-control.c); no capability is
+    /// offered, so any `enable` entry fails.
+    fn capabilities(&self, args: &Map<String, Value>) -> (Result<Value, QmpError>, bool) {
+        if self.negotiated {
+            let e = QmpError::new(
+                ErrorClass::CommandNotFound,
+                "Capabilities negotiation is already complete, command ignored",
+            );
+            return (Err(e), false);
+        }
+        let wanted: Vec<&str> = args
+            .get("enable")
+            .and_then(Value::as_array)
+            .map(|l| l.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if !wanted.is_empty() {
+            let e = QmpError::generic(format!("Capability {} not available", wanted.join(", ")));
+            return (Err(e), false);
+        }
+        (Ok(json!({})), true)
+    }
+
+    fn human_monitor_command(&self, args: &Map<String, Value>) -> Result<Value, QmpError> {
+        if let Some(cpu) = args.get("cpu-index").and_then(Value::as_i64)
+            && (cpu < 0 || cpu >= i64::from(self.ctx.config.vcpus))
+        {
+            return Err(QmpError::generic(
+                "Parameter 'cpu-index' expects a CPU number",
+            ));
+        }
+        let line = args
+            .get("command-line")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let text = match hmp::translate(line) {
+            HmpPlan::Output(text) => text,
+            HmpPlan::Call(call) => {
+                let result = self.call_vmm(call.request, call.arguments, true);
+                hmp::render(&call.command, result)
+            }
+        };
+        Ok(Value::String(text))
+    }
+
+    /// Sends a request to the VMM and waits for its answer.
+    fn call_vmm(
+        &self,
+        name: &str,
+        args: Map<String, Value>,
+        via_hmp: bool,
+    ) -> Result<Value, QmpError> {
+        let (req, rx) = QmpRequest::new(name, args, via_hmp);
+        if self.ctx.requests.send(req).is_err() {
+            return Err(QmpError::generic("The VMM is not accepting commands"));
+        }
+        if let Some(notify) = &self.ctx.config.notify {
+            notify();
+        }
+        loop {
+            match rx.recv_timeout(POLL_INTERVAL) {
+                Ok(result) => return result,
+                Err(RecvTimeoutError::Timeout) if self.stopping() => {
+                    return Err(QmpError::generic("The QMP server is shutting down"));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(QmpError::generic(format!(
+                        "Command {name} was dropped without a reply"
+                    )));
+                }
+            }
+        }
+    }
+}

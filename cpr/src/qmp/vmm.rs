@@ -1,0 +1,110 @@
+//! The VMM side of the server: requests to answer and events to emit.
+
+use super::error::QmpError;
+use super::protocol::{Timestamp, event_line};
+use super::server::Shared;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+/// A validated command for the VMM to execute.
+///
+/// Arguments were checked against the schema before this was sent, so the
+/// VMM may rely on their presence and types. Answer with
+/// [`respond`](QmpRequest::respond); dropping the request unanswered makes
+/// the client get a `GenericError`.
+#[derive(Debug)]
+pub struct QmpRequest {
+    /// Command name, e.g. `cpr-save`.
+    pub command: String,
+    /// Validated arguments (empty object if none were given).
+    pub arguments: Map<String, Value>,
+    /// True if the request comes from `human-monitor-command`.
+    pub via_hmp: bool,
+    responder: Responder,
+}
+
+impl QmpRequest {
+    /// A request and the receiving end of its reply (for the server, and for
+    /// tests driving a VMM without a socket).
+    pub fn new(
+        command: impl Into<String>,
+        arguments: Map<String, Value>,
+        via_hmp: bool,
+    ) -> (QmpRequest, Receiver<Result<Value, QmpError>>) {
+        let (tx, rx) = sync_channel(1);
+        let req = QmpRequest {
+            command: command.into(),
+            arguments,
+            via_hmp,
+            responder: Responder { tx },
+        };
+        (req, rx)
+    }
+
+    /// Answers the request: `Ok(value)` becomes `{"return": value}` (use
+    /// `json!({})` for commands without data), `Err` becomes `{"error": ...}`.
+    /// Never blocks; an answer for a client that went away is dropped.
+    pub fn respond(self, result: Result<Value, QmpError>) {
+        self.responder.respond(result);
+    }
+
+    /// Splits off the responder, to answer later from elsewhere.
+    pub fn into_parts(self) -> (String, Map<String, Value>, Responder) {
+        (self.command, self.arguments, self.responder)
+    }
+
+    /// A string argument, if present and a string.
+    pub fn str_arg(&self, name: &str) -> Option<&str> {
+        self.arguments.get(name).and_then(Value::as_str)
+    }
+}
+
+/// One-shot reply channel of a [`QmpRequest`].
+#[derive(Debug)]
+pub struct Responder {
+    tx: SyncSender<Result<Value, QmpError>>,
+}
+
+impl Responder {
+    /// Sends the reply (never blocks; dropped if nobody waits any more).
+    pub fn respond(self, result: Result<Value, QmpError>) {
+        // Capacity 1 and a single send: try_send cannot be Full.
+        let _ = self.tx.try_send(result);
+    }
+}
+
+/// Cloneable handle the VMM uses to emit QMP events.
+///
+/// Events are timestamped when [`emit`](EventSender::emit) is called and
+/// delivered to the connected client only if it has completed capabilities
+/// negotiation; with no such client they are dropped (as QEMU does). `emit`
+/// never blocks on the socket: if the client's output queue is full (it does
+/// not read), the client is disconnected instead.
+#[derive(Debug, Clone, Default)]
+pub struct EventSender {
+    shared: Option<Arc<Shared>>,
+}
+
+impl EventSender {
+    pub(crate) fn new(shared: Arc<Shared>) -> EventSender {
+        EventSender {
+            shared: Some(shared),
+        }
+    }
+
+    /// An `EventSender` connected to nothing (events are discarded).
+    pub fn noop() -> EventSender {
+        EventSender { shared: None }
+    }
+
+    /// Emits event `name` with optional `data`; returns whether it was
+    /// queued for a client.
+    pub fn emit(&self, name: &str, data: Option<Value>) -> bool {
+        let Some(shared) = &self.shared else {
+            return false;
+        };
+        let line = event_line(name, data.as_ref(), Timestamp::now());
+        shared.send_event(line)
+    }
+}

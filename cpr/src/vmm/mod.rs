@@ -1,0 +1,415 @@
+//! The `cpr-vm` VMM: guest RAM, the KVM machine, the run-state machine and the QMP monitor,
+//! driven from one main loop.
+//!
+//! The main loop owns everything; the QMP server and the vCPU threads only send it messages
+//! ([`Msg`]). After each message the run-state machine's pending requests (suspend, wakeup)
+//! are processed and its events (STOP, RESUME, SUSPEND, WAKEUP) go out over QMP.
+//!
+//! `cpr-save` and `cpr-load` (patch 6) live in `vmm/cpr_ops.rs`; see [`CprMode`].
+
+mod cpr_ops;
+mod slot;
+
+use std::fs::OpenOptions;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, Sender, channel};
+
+use cpr_memory::{Backing, GuestRam, OpenMode, RamBlock, RamBlockList, RamKind};
+use cpr_runstate::{RunState, VmRunState};
+use cpr_vfio_info::{MigrationInfo, VfioDevices};
+use serde_json::{Value, json};
+
+use crate::checkpoint::{MachineLayout, RamBlockInfo};
+use crate::config::{Incoming, OnOff, VmArgs};
+use crate::error::{Error, Result};
+use crate::machine::{Machine, MachineConfig, MachineEvent, SerialOutput};
+use crate::qmp::{EventSender, QmpError, QmpRequest};
+
+pub use cpr_ops::CprMode;
+pub use slot::MachineSlot;
+
+/// Name of the main RAM block (QEMU's x86 `pc.ram`).
+pub const MAIN_RAM: &str = "pc.ram";
+
+/// What reaches the main loop.
+#[derive(Debug)]
+pub enum Msg {
+    /// A validated QMP command.
+    Qmp(QmpRequest),
+    /// Something the machine reports.
+    Machine(MachineEvent),
+}
+
+/// The VMM.
+pub struct Vmm {
+    args: VmArgs,
+    blocks: RamBlockList,
+    ram: GuestRam,
+    layout: MachineLayout,
+    rs: VmRunState<MachineSlot>,
+    events: EventSender,
+    msgs: Sender<Msg>,
+    cpr_mode: Option<CprMode>,
+    migration: MigrationInfo,
+    vfio: VfioDevices,
+    autostart: bool,
+    quit: bool,
+}
+
+impl std::fmt::Debug for Vmm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vmm")
+            .field("state", &self.rs.state())
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The RAM blocks `args` ask for: one `pc.ram` block, seen by the guest through QEMU's
+/// below-4G/above-4G windows.
+pub fn ram_blocks(args: &VmArgs) -> Result<RamBlockList> {
+    let size = args.mem_size.0;
+    let backing = match &args.mem_path {
+        Some(p) => Backing::File { path: p.clone() },
+        None => Backing::Anonymous,
+    };
+    let builder = RamBlock::builder(MAIN_RAM, size)
+        .kind(RamKind::Ram)
+        .backing(backing)
+        .shared(args.mem_share == OnOff::On);
+    let block = builder.build().map_err(Error::Memory)?;
+    RamBlockList::from_blocks([block]).map_err(Error::Memory)
+}
+
+/// The layout recorded in (and demanded from) a checkpoint.
+pub fn machine_layout(args: &VmArgs, blocks: &RamBlockList) -> MachineLayout {
+    let ram = blocks
+        .iter()
+        .map(|b| RamBlockInfo {
+            idstr: b.idstr().to_string(),
+            size: b.size(),
+            shared: b.shared(),
+            backing: match b.backing() {
+                Backing::File { path } => std::fs::canonicalize(path)
+                    .unwrap_or_else(|_| path.clone())
+                    .display()
+                    .to_string(),
+                other => other.to_string(),
+            },
+        })
+        .collect();
+    MachineLayout {
+        vcpus: args.smp,
+        ram,
+    }
+}
+
+impl Vmm {
+    /// Maps guest RAM (reusing an existing RAM file, never resizing it) and sets up an
+    /// unstarted VM in `prelaunch`. Machine events and QMP requests are to be sent to `msgs`.
+    pub fn new(args: VmArgs, events: EventSender, msgs: Sender<Msg>) -> Result<Vmm> {
+        if args.smp == 0 {
+            return Err(Error::Other("--smp must be at least 1".into()));
+        }
+        let blocks = ram_blocks(&args)?;
+        let ram = GuestRam::map(&blocks, OpenMode::OpenOrCreate).map_err(Error::Memory)?;
+        let layout = machine_layout(&args, &blocks);
+        let mut rs = VmRunState::new(MachineSlot::default());
+        rs.register_wakeup_support();
+        Ok(Vmm {
+            args,
+            blocks,
+            ram,
+            layout,
+            rs,
+            events,
+            msgs,
+            cpr_mode: None,
+            migration: MigrationInfo::default(),
+            vfio: VfioDevices::new(),
+            autostart: true,
+            quit: false,
+        })
+    }
+
+    /// The current run state.
+    pub fn runstate(&self) -> RunState {
+        self.rs.state()
+    }
+
+    /// Whether `quit` was asked for (or the guest powered off).
+    pub fn should_quit(&self) -> bool {
+        self.quit
+    }
+
+    fn machine(&self) -> Option<&Machine> {
+        self.rs.machine().get()
+    }
+
+    fn serial_output(&self) -> Result<SerialOutput> {
+        Ok(match self.args.serial.as_str() {
+            "stdout" => SerialOutput::Stdout,
+            "none" => SerialOutput::Sink,
+            path => SerialOutput::Writer(Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| Error::Other(format!("cannot open serial output {path}: {e}")))?,
+            )),
+        })
+    }
+
+    fn machine_config(&self) -> Result<MachineConfig> {
+        let mut cfg = MachineConfig::new(self.args.smp as usize, self.ram.memory().clone());
+        cfg.serial = self.serial_output()?;
+        if let Some(size) = self.args.workload_size {
+            cfg.workload = Some((crate::machine::layout::DEFAULT_WORKLOAD_BASE, size.0));
+        }
+        Ok(cfg)
+    }
+
+    /// Installs a new machine, forwarding its events to the main loop; the old one (if
+    /// any) is dropped after the new one exists.
+    fn install_machine(&mut self, mut machine: Machine) {
+        if let Some(rx) = machine.take_events() {
+            forward(rx, self.msgs.clone(), Msg::Machine);
+        }
+        self.rs.machine_mut().machine = Some(machine);
+    }
+
+    /// Boots the built-in guest (fresh start, `cont` from `prelaunch`).
+    fn boot(&mut self) -> Result<()> {
+        let mut machine = Machine::new(self.machine_config()?)?;
+        machine.boot()?;
+        self.install_machine(machine);
+        Ok(())
+    }
+
+    /// Start-up: run the guest, stay in `prelaunch` (`-S`), or take state from
+    /// `--incoming`.
+    pub fn start(&mut self, no_start: bool, incoming: Option<&Incoming>) -> Result<()> {
+        match incoming {
+            Some(Incoming::Defer) => {
+                self.rs.runstate_set(RunState::Inmigrate)?;
+            }
+            Some(Incoming::File { path, offset }) => {
+                self.rs.runstate_set(RunState::Inmigrate)?;
+                self.autostart = !no_start;
+                self.load_checkpoint(path, *offset)?;
+            }
+            None if no_start => {}
+            None => {
+                self.boot()?;
+                self.rs.vm_start()?;
+            }
+        }
+        self.flush_events();
+        Ok(())
+    }
+
+    /// Sends the run-state machine's events to the QMP client.
+    fn flush_events(&mut self) {
+        let pending: Vec<_> = self.rs.drain_events().collect();
+        for e in pending {
+            self.events.emit(e.event.name(), None);
+        }
+    }
+
+    /// Handles one message, then the run-state requests it caused.
+    pub fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Qmp(req) => {
+                let (command, args, responder) = req.into_parts();
+                let result = self.command(&command, &args);
+                responder.respond(result.map_err(|e| QmpError::generic(e.chain())));
+            }
+            Msg::Machine(event) => self.machine_event(event),
+        }
+        if let Err(e) = self.rs.process_requests() {
+            eprintln!("cpr-vm: {}", Error::from(e).chain());
+        }
+        self.flush_events();
+    }
+
+    fn machine_event(&mut self, event: MachineEvent) {
+        match event {
+            MachineEvent::Suspended => self.rs.suspend_request(),
+            MachineEvent::Shutdown { vcpu, reason } => {
+                eprintln!("cpr-vm: guest shutdown (vCPU {vcpu}): {reason}");
+                self.events.emit(
+                    "SHUTDOWN",
+                    Some(json!({"guest": true, "reason": "guest-shutdown"})),
+                );
+                self.quit = true;
+            }
+            MachineEvent::GuestPanicked { fatal } => {
+                eprintln!("cpr-vm: guest panicked: {fatal:?}");
+                if let Err(e) = self.rs.vm_stop(RunState::GuestPanicked) {
+                    eprintln!("cpr-vm: {}", Error::from(e).chain());
+                }
+                self.events.emit(
+                    "GUEST_PANICKED",
+                    Some(json!({"action": "pause", "info": {"type": "cpr-testdev",
+                        "vcpu": fatal.vcpu, "vector": fatal.vector, "rip": fatal.rip}})),
+                );
+            }
+            MachineEvent::InternalError { vcpu, reason } => {
+                eprintln!("cpr-vm: KVM internal error on vCPU {vcpu}: {reason}");
+                if let Err(e) = self.rs.vm_stop(RunState::InternalError) {
+                    eprintln!("cpr-vm: {}", Error::from(e).chain());
+                }
+            }
+        }
+    }
+
+    /// Executes one QMP command.
+    fn command(&mut self, command: &str, args: &serde_json::Map<String, Value>) -> Result<Value> {
+        let str_arg = |name: &str| -> Result<String> {
+            args.get(name)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| Error::Other(format!("Parameter '{name}' is missing")))
+        };
+        match command {
+            "query-status" => {
+                let s = self.rs.query_status();
+                Ok(json!({"status": s.status.as_str(), "running": s.running, "singlestep": false}))
+            }
+            "stop" => {
+                if self.rs.state() == RunState::Inmigrate {
+                    self.autostart = false;
+                } else {
+                    self.rs.vm_stop(RunState::Paused)?;
+                }
+                Ok(json!({}))
+            }
+            "cont" => self.cont().map(|()| json!({})),
+            "system_wakeup" => {
+                self.rs.system_wakeup()?;
+                Ok(json!({}))
+            }
+            "quit" => {
+                self.events.emit(
+                    "SHUTDOWN",
+                    Some(json!({"guest": false, "reason": "host-qmp-quit"})),
+                );
+                self.quit = true;
+                Ok(json!({}))
+            }
+            "cpr-save" => {
+                let mode: CprMode = str_arg("mode")?.parse()?;
+                self.cpr_save(&PathBuf::from(str_arg("filename")?), mode)
+            }
+            "cpr-load" => {
+                self.cpr_load(&PathBuf::from(str_arg("filename")?))?;
+                Ok(json!({}))
+            }
+            "query-migrate" => {
+                let mut info = self.migration.clone();
+                self.vfio.populate_vfio_info(&mut info);
+                serde_json::to_value(info).map_err(|e| Error::Other(e.to_string()))
+            }
+            "guest-suspend-ram" => {
+                let m = self
+                    .machine()
+                    .filter(|_| self.rs.state() == RunState::Running)
+                    .ok_or_else(|| {
+                        Error::Other("guest-suspend-ram: the guest is not running".into())
+                    })?;
+                m.request_guest_suspend()?;
+                Ok(json!({}))
+            }
+            "query-guest-progress" => Ok(self.progress_json()),
+            "query-ram-persistence" => self.ram_persistence_json(),
+            other => Err(Error::Other(format!(
+                "The command {other} is not supported by this VM yet"
+            ))),
+        }
+    }
+
+    /// QEMU's `qmp_cont`.
+    fn cont(&mut self) -> Result<()> {
+        let state = self.rs.state();
+        if state.needs_reset() {
+            return Err(Error::Other(
+                "Resetting the Virtual Machine is required".into(),
+            ));
+        }
+        match state {
+            RunState::Suspended => return Ok(()),
+            RunState::FinishMigrate => {
+                return Err(Error::Other("Migration is not finalized yet".into()));
+            }
+            RunState::Inmigrate => {
+                self.autostart = true;
+                return Ok(());
+            }
+            _ => {}
+        }
+        if self.machine().is_none() {
+            self.boot()?;
+        }
+        self.rs.vm_start()?;
+        Ok(())
+    }
+
+    fn progress_json(&self) -> Value {
+        let Some(m) = self.machine() else {
+            return json!({"progress": 0, "ticks": 0, "errors": 0, "reports": 0, "vcpus": []});
+        };
+        let p = m.guest_progress();
+        let vcpus: Vec<Value> = p
+            .per_vcpu
+            .iter()
+            .map(|v| {
+                json!({"progress": v.progress, "ticks": v.ticks, "errors": v.errors,
+                       "generation": v.generation, "reports": v.reports})
+            })
+            .collect();
+        let mut out = json!({"progress": p.progress, "ticks": p.ticks, "errors": p.errors,
+                             "reports": p.reports, "vcpus": vcpus});
+        if let Some(f) = p.fatal {
+            out["fatal"] = json!({"vcpu": f.vcpu, "vector": f.vector, "rip": f.rip});
+        }
+        out
+    }
+
+    fn ram_persistence_json(&self) -> Result<Value> {
+        let mut out = Vec::new();
+        for b in self.blocks.iter() {
+            let r = cpr_memory::persistence(b).map_err(Error::Memory)?;
+            out.push(json!({
+                "block": b.idstr(),
+                "backing": b.backing().to_string(),
+                "shared": b.shared(),
+                "persistence": format!("{:?}", r.persistence),
+                "survives-process-restart": r.persistence.survives_process_restart(),
+                "survives-host-reboot": r.persistence.survives_host_reboot(),
+                "description": r.to_string(),
+            }));
+        }
+        Ok(Value::Array(out))
+    }
+}
+
+/// Forwards everything from `rx` to `tx`, wrapped by `wrap`, on a small thread.
+pub fn forward<T: Send + 'static>(rx: Receiver<T>, tx: Sender<Msg>, wrap: fn(T) -> Msg) {
+    let spawned = std::thread::Builder::new()
+        .name("cpr-forward".into())
+        .spawn(move || {
+            for item in rx {
+                if tx.send(wrap(item)).is_err() {
+                    break;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("cpr-vm: cannot start an event thread: {e}");
+    }
+}
+
+/// A message channel for [`Vmm::new`].
+pub fn channel_pair() -> (Sender<Msg>, Receiver<Msg>) {
+    channel()
+}
