@@ -121,6 +121,31 @@ fn cargo_cmd(args: &[&str]) -> Command {
     c
 }
 
+/// Builds the release `cpr-vm` and returns its path.
+pub fn build_vm() -> Result<PathBuf, String> {
+    run_step(
+        "build cpr-vm (release)",
+        &mut cargo_cmd(&[
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "cpr",
+            "--bin",
+            "cpr-vm",
+        ]),
+    )?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let target = if target.is_absolute() {
+        target
+    } else {
+        workspace_root().join(target)
+    };
+    Ok(target.join("release").join("cpr-vm"))
+}
+
 /// `cargo xtask ci`.
 pub fn run(lint: bool) -> Result<(), String> {
     let start = Instant::now();
@@ -175,6 +200,11 @@ pub fn run(lint: bool) -> Result<(), String> {
     let mut doc = cargo_cmd(&["doc", "--workspace", "--no-deps", "--locked"]);
     doc.env("RUSTDOCFLAGS", "-D warnings");
     run_step("rustdoc", &mut doc)?;
+    let binary = build_vm()?;
+    println!("==> end-to-end scenarios");
+    let (passed, failed) = crate::e2e::run(&binary, 20);
+    totals.passed += passed;
+    totals.failed += failed;
     println!(
         "xtask ci finished in {:.1} s",
         start.elapsed().as_secs_f64()

@@ -2,11 +2,14 @@
 //!
 //! * `ci`: everything CI checks, in the order a reviewer would: formatting, clippy (both feature
 //!   configurations), the whole test suite in both feature configurations (the `vfio` feature
-//!   mirrors QEMU's `CONFIG_VFIO`, see `cpr-vfio-info`), doc tests and rustdoc warnings.
+//!   mirrors QEMU's `CONFIG_VFIO`, see `cpr-vfio-info`), doc tests, rustdoc warnings, and
+//!   the end-to-end scenarios.
+//! * `e2e`: real `cpr-vm` processes driven over QMP (see `e2e.rs`).
 //!
 //! Every step echoes the command it runs, so a failure can be reproduced by hand.
 
 mod ci;
+mod e2e;
 
 use std::process::ExitCode;
 
@@ -28,12 +31,26 @@ enum Command {
         #[arg(long)]
         no_lint: bool,
     },
+    /// Real cpr-vm processes over QMP: save/quit/start/load scenarios, one line each.
+    E2e {
+        /// Save/quit/start/load cycles in the running-guest scenario.
+        #[arg(long, default_value_t = 20)]
+        cycles: u32,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ci { no_lint } => ci::run(!no_lint),
+        Command::E2e { cycles } => ci::build_vm().and_then(|binary| {
+            let (_, failed) = e2e::run(&binary, cycles);
+            if failed > 0 {
+                Err(format!("{failed} e2e scenario(s) failed"))
+            } else {
+                Ok(())
+            }
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
