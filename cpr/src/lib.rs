@@ -1,15 +1,94 @@
-//! Placeholder: the `cpr` crate (patches 6 and 7) is being written.
+//! # cpr — patches 6 and 7 of QEMU's Live Update V7: `cpr: reboot mode`, `cpr: reboot HMP interfaces`
 //!
-//! Modules are added one per line below by the people writing them.
+//! QEMU files: `migration/cpr.c`, `include/migration/cpr.h`, `qapi/cpr.json` (patch 6);
+//! `hmp-commands.hx`, `monitor/hmp-cmds.c` (patch 7).
+//!
+//! ## What the C patches do
+//!
+//! Patch 6 adds the QMP commands `cpr-save {filename, mode}` and `cpr-load {filename}`
+//! (`CprMode` = `reboot`). `cpr-save` checks that no RAM is volatile, refuses COLO and
+//! record/replay, stores the run state in the `globalstate` section, opens the file (0600),
+//! stops the VM and writes the device state (no RAM: it stays in place in shared, persistent
+//! memory). The caller then quits QEMU, reboots the host (kexec) or updates QEMU, starts the
+//! same command line with `-S`, and `cpr-load`s the file: the VM resumes if it was running,
+//! comes back paused if it was paused, and comes back suspended (with the patch-5
+//! start-on-wakeup armed) if it was suspended. Patch 7 adds the same two commands to HMP.
+//!
+//! ## How this crate does it
+//!
+//! `cpr-vm` is a small KVM VMM composed of the five patch crates:
+//!
+//! * [`machine`]: the KVM machine (kvm-ioctls): guest RAM registered first, in-kernel
+//!   irqchip and PIT, vCPU threads that pause promptly (signal + `immediate_exit`), a 16550
+//!   (vm-superio) on COM1 `0x3f8`, an ACPI-like PM1a control register on port `0x604`
+//!   through which the guest suspends itself, and an MMIO test device at `0xD000_0000`
+//!   through which the built-in guest (`cpr/guest/`, assembled at build time) reports its
+//!   progress. Every component's state is a [`cpr_savevm::VmState`] next to it.
+//! * [`checkpoint`]: which sections a checkpoint holds, and reading one back into a
+//!   `MachineState` without touching the machine.
+//! * [`vmm`]: the main loop; `cpr-save`/`cpr-load` in V7's order (`vmm/cpr_ops.rs`).
+//! * [`qmp`]: QEMU's monitor protocol (server, client, HMP over `human-monitor-command`:
+//!   `cpr-save <file> <mode>`, `cpr-load <file>` as patch 7 adds them).
+//! * [`config`], [`app`]: the `cpr-vm` command line and process; [`demo`] and [`harness`]:
+//!   the main job and the process driver shared with `cargo xtask e2e`/`bench`.
+//!
+//! ## The V7 checklist (patch-series.md §13), and where we differ
+//!
+//! | V7 behaviour | here | test |
+//! |---|---|---|
+//! | volatile check: largest block first; RAM && !ram_device && !rom && (no fd \|\| !shared); `Memory region %s is volatile` | [`cpr_memory::check_ram_volatile`], step 1 of `cpr-save` | `memory` truth-table tests; e2e "anonymous RAM is volatile" |
+//! | cpr-save order: volatile → colo → replay → global state → open 0600 → suspended: ticks off → `vm_stop(SAVE_VM)` (STOP only if running) → mode → device state → close | `vmm/cpr_ops.rs`, steps numbered as in the spec | `tests/reboot_flow.rs`, e2e |
+//! | on save error `Error %d while saving VM state`, restart if it was running | same wording, RESUME | `failed_save_keeps_previous_checkpoint_and_resumes` |
+//! | success leaves the VM stopped (`save-vm`, or unchanged) | same | e2e "running"/"suspended"/"paused" |
+//! | cpr-load: refuse if running (`cpr-load called for a running VM`), open, magic+version (`%s is not a vmstate file`), sections to EOF, `Error %d while loading VM state` | same | e2e "hostile state files" |
+//! | run state from globalstate: running ⇒ `vm_start` (RESUME); else set it; suspended ⇒ start-on-wakeup | same | e2e "suspended" (RESUME then WAKEUP), "paused" |
+//! | runstate table + PRELAUNCH→SUSPENDED, PRELAUNCH→PAUSED | [`cpr_runstate`] | full-matrix test |
+//! | stream: device-only FULL sections with footers, EOF, no configuration | [`cpr_savevm`] | golden bytes |
+//! | QMP `cpr-save`/`cpr-load`, GenericError; HMP `cpr-save <file> <mode>`, `cpr-load <file>` | [`qmp`] | `tests/qmp.rs` |
+//!
+//! Deliberate differences, each for a V7 hazard:
+//!
+//! * **Atomic checkpoint.** V7 truncates the target and ignores `qemu_fclose`'s error; a
+//!   failed save destroys the previous checkpoint and a late write error is lost. We write
+//!   a temporary beside the target, fsync, rename, fsync the directory, and report every
+//!   error.
+//! * **Nothing changes until the whole file is checked.** V7 applies each section as it
+//!   reads it; we parse everything, verify a CRC-32 trailer, check that the checkpoint's
+//!   machine (vCPUs, RAM blocks, backing files) is this machine, and that its run state can
+//!   be entered, before building a new KVM machine, which replaces the old one only once it
+//!   exists. A bad file leaves the process in `prelaunch`, ready for a good one.
+//! * **No aborts.** V7's `runstate_set` aborts QEMU on an impossible transition (loading a
+//!   suspended checkpoint into a `paused` VM); here it is an error:
+//!   `cannot restore a suspended VM into a VM that is paused`.
+//! * **Ticks after a failed save.** V7 disables a suspended guest's ticks and never
+//!   re-enables them if the save fails; we do.
+//! * **Persistence.** V7 lets a tmpfs (`/dev/shm`) RAM file pass, though it does not
+//!   survive a host reboot. `cpr-save` still succeeds (a VMM binary upgrade without reboot
+//!   is fine) but its reply carries `warnings` naming the block, and
+//!   `query-ram-persistence` reports each block's lifetime; RAM on a disk file is msynced
+//!   before the save reports success.
+//! * **No configuration section, but a `cpr-machine` section** with the vCPU count and RAM
+//!   layout: V7 does not validate the machine at all.
+//! * **Ticks** are kvmclock here (QEMU's kvmclock state-change hook): the built-in guest
+//!   uses the LAPIC timer and the TSC, which KVM keeps running while the VM is stopped;
+//!   guest time simply stops while no process runs it (this host has no TSC scaling and no
+//!   stable kvmclock, see host-kvm.md).
+//! * **S3** is resume-in-place: there is no firmware waking vector; on wakeup the guest
+//!   continues after its PM1 write.
+//! * **COLO and record/replay** do not exist in this VMM, so steps 2 and 3 never fire.
+//! * **VFIO**: no real device can be bound yet (see [`cpr_vfio_info`]); the mainline rule
+//!   (`VFIO device only supports cpr-reboot for runstate suspended`) is checked with the
+//!   (empty) device list.
+//! * **`cpr-save` with no machine** (`-S` and never started) is refused: there is no state.
 
 pub mod app;
 pub mod checkpoint;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod harness;
 pub mod machine;
 pub mod qmp;
 pub mod vmm;
 
 pub use error::{Error, Result};
-pub mod harness;

@@ -4,10 +4,12 @@
 //!   configurations), the whole test suite in both feature configurations (the `vfio` feature
 //!   mirrors QEMU's `CONFIG_VFIO`, see `cpr-vfio-info`), doc tests, rustdoc warnings, and
 //!   the end-to-end scenarios.
+//! * `bench`: blackout phases against RAM size and vCPUs (see `bench.rs`).
 //! * `e2e`: real `cpr-vm` processes driven over QMP (see `e2e.rs`).
 //!
 //! Every step echoes the command it runs, so a failure can be reproduced by hand.
 
+mod bench;
 mod ci;
 mod e2e;
 
@@ -31,6 +33,15 @@ enum Command {
         #[arg(long)]
         no_lint: bool,
     },
+    /// Blackout phases and state-file size against RAM size and vCPUs (table + JSON).
+    Bench {
+        /// Measured cycles per configuration.
+        #[arg(long, default_value_t = 7)]
+        runs: u32,
+        /// RAM sizes to measure.
+        #[arg(long, value_delimiter = ',', default_value = "256M,1G,4G,16G")]
+        sizes: Vec<String>,
+    },
     /// Real cpr-vm processes over QMP: save/quit/start/load scenarios, one line each.
     E2e {
         /// Save/quit/start/load cycles in the running-guest scenario.
@@ -43,6 +54,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ci { no_lint } => ci::run(!no_lint),
+        Command::Bench { runs, sizes } => ci::build_vm().and_then(|binary| {
+            let out = ci::workspace_root()
+                .join("target")
+                .join("bench")
+                .join("cpr-bench.json");
+            bench::run(&binary, runs, &sizes, &out)
+        }),
         Command::E2e { cycles } => ci::build_vm().and_then(|binary| {
             let (_, failed) = e2e::run(&binary, cycles);
             if failed > 0 {

@@ -260,6 +260,7 @@ pub static BUILTIN_COMMANDS: &[CommandDef] = &[
     CommandDef::vmm("query-migrate", &NONE),
     CommandDef::vmm("guest-suspend-ram", &NONE),
     CommandDef::vmm("query-guest-progress", &NONE),
+    CommandDef::vmm("query-ram-persistence", &NONE),
     CommandDef::vmm("migrate-set-capabilities", &SET_CAPS_ARGS),
     CommandDef::vmm("migrate-set-parameters", &SET_PARAMS_ARGS),
     CommandDef::vmm("query-migrate-capabilities", &NONE),
