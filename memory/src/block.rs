@@ -12,6 +12,7 @@ use nix::unistd::{SysconfVar, sysconf};
 use vm_memory::GuestAddress;
 
 use crate::error::{Error, Result};
+use crate::window::{self, RamWindow};
 
 /// What kind of memory region a RAM block belongs to.
 ///
@@ -97,9 +98,12 @@ pub fn page_size() -> u64 {
     })
 }
 
-/// One RAM block: a contiguous range of guest physical memory and its backing.
+/// One RAM block: a contiguous range of memory, its backing, and the guest
+/// windows through which the guest sees it.
 ///
-/// Built with [`RamBlock::builder`]; the builder validates size and address.
+/// Built with [`RamBlock::builder`]; the builder validates size, address and
+/// windows. Without explicit windows ([`RamBlockBuilder::window`]) the block
+/// appears contiguously at its guest address, as one implicit window.
 #[derive(Debug, Clone)]
 pub struct RamBlock {
     idstr: String,
@@ -109,6 +113,8 @@ pub struct RamBlock {
     kind: RamKind,
     backing: Backing,
     shared: bool,
+    /// Never empty once built; sorted by guest address.
+    windows: Vec<RamWindow>,
 }
 
 impl RamBlock {
@@ -119,6 +125,7 @@ impl RamBlock {
         let idstr = idstr.into();
         RamBlockBuilder {
             mr_name: None,
+            guest_addr_set: false,
             block: RamBlock {
                 idstr,
                 mr_name: String::new(),
@@ -127,6 +134,7 @@ impl RamBlock {
                 kind: RamKind::Ram,
                 backing: Backing::Anonymous,
                 shared: false,
+                windows: Vec::new(),
             },
         }
     }
@@ -147,15 +155,29 @@ impl RamBlock {
         self.size
     }
 
-    /// First guest physical address.
+    /// First guest physical address: the builder's guest address, or with
+    /// explicit windows the lowest window's guest address.
     pub fn guest_addr(&self) -> GuestAddress {
         self.guest_addr
     }
 
-    /// One past the last guest physical address.
+    /// One past the last guest physical address of the highest window. With
+    /// several windows, `guest_addr()..guest_end()` is a span that may
+    /// contain holes (the PC layout's MMIO hole): use [`RamBlock::windows`].
     pub fn guest_end(&self) -> u64 {
         // Cannot overflow: checked by the builder.
-        self.guest_addr.0 + self.size
+        self.windows
+            .iter()
+            .map(RamWindow::guest_end)
+            .max()
+            .unwrap_or(self.guest_addr.0 + self.size)
+    }
+
+    /// The guest windows, sorted by guest address; never empty. A block
+    /// built without windows has one named after its memory region:
+    /// offset 0, [`RamBlock::guest_addr`], the whole block.
+    pub fn windows(&self) -> &[RamWindow] {
+        &self.windows
     }
 
     /// The memory-region kind.
@@ -174,8 +196,18 @@ impl RamBlock {
         self.shared
     }
 
-    fn overlaps(&self, other: &RamBlock) -> bool {
-        self.guest_addr.0 < other.guest_end() && other.guest_addr.0 < self.guest_end()
+    /// The first pair of windows, one of each block, sharing a guest address.
+    fn overlapping_windows<'a>(
+        &'a self,
+        other: &'a RamBlock,
+    ) -> Option<(&'a RamWindow, &'a RamWindow)> {
+        self.windows.iter().find_map(|w| {
+            other
+                .windows
+                .iter()
+                .find(|o| w.guest_overlaps(o))
+                .map(|o| (w, o))
+        })
     }
 }
 
@@ -184,6 +216,7 @@ impl RamBlock {
 #[must_use]
 pub struct RamBlockBuilder {
     mr_name: Option<String>,
+    guest_addr_set: bool,
     block: RamBlock,
 }
 
@@ -194,9 +227,34 @@ impl RamBlockBuilder {
         self
     }
 
-    /// Guest physical address of the first byte.
+    /// Guest physical address of the first byte, for a block that appears
+    /// contiguously. Not together with [`RamBlockBuilder::window`].
     pub fn guest_addr(mut self, addr: GuestAddress) -> Self {
         self.block.guest_addr = addr;
+        self.guest_addr_set = true;
+        self
+    }
+
+    /// Add a guest window (a QEMU alias region): `size` bytes of the block
+    /// from `offset_in_block` appear at `guest_addr`. Once a window is
+    /// given, only the windows are mapped for the guest; bytes of the block
+    /// outside every window are not mapped at all.
+    pub fn window(
+        mut self,
+        name: impl Into<String>,
+        offset_in_block: u64,
+        guest_addr: GuestAddress,
+        size: u64,
+    ) -> Self {
+        self.block
+            .windows
+            .push(RamWindow::new(name, offset_in_block, guest_addr, size));
+        self
+    }
+
+    /// Add several windows, e.g. [`pc_ram_windows`](crate::pc_ram_windows).
+    pub fn windows(mut self, windows: impl IntoIterator<Item = RamWindow>) -> Self {
+        self.block.windows.extend(windows);
         self
     }
 
@@ -224,7 +282,10 @@ impl RamBlockBuilder {
     }
 
     /// Validate and build: the size must be non-zero and page aligned, the
-    /// guest address page aligned, and the range must not overflow.
+    /// guest address page aligned, and the range must not overflow. Windows
+    /// must be non-empty, page aligned (offset, guest address and size),
+    /// inside the block, and must not share block bytes or guest addresses
+    /// with each other.
     pub fn build(self) -> Result<RamBlock> {
         let mut block = self.block;
         block.mr_name = self.mr_name.unwrap_or_else(|| block.idstr.clone());
@@ -259,6 +320,20 @@ impl RamBlockBuilder {
                 size: block.size,
             });
         }
+        if block.windows.is_empty() {
+            block.windows.push(RamWindow::new(
+                block.mr_name.clone(),
+                0,
+                block.guest_addr,
+                block.size,
+            ));
+        } else if self.guest_addr_set {
+            return Err(Error::GuestAddrWithWindows { block: block.idstr });
+        } else {
+            let windows = std::mem::take(&mut block.windows);
+            block.windows = window::validate(&block.idstr, block.size, page, windows)?;
+            block.guest_addr = block.windows[0].guest_addr;
+        }
         Ok(block)
     }
 }
@@ -278,21 +353,19 @@ impl RamBlockList {
     }
 
     /// Add a block in largest-first position. Refuses a duplicate name or a
-    /// guest range overlapping a block already in the list; the list is
-    /// unchanged on error.
+    /// window whose guest range overlaps a window of a block already in the
+    /// list (blocks whose spans interleave, e.g. a device in the PC MMIO
+    /// hole, are fine); the list is unchanged on error.
     pub fn insert(&mut self, block: RamBlock) -> Result<()> {
         if self.blocks.iter().any(|b| b.idstr == block.idstr) {
             return Err(Error::DuplicateName { block: block.idstr });
         }
-        if let Some(other) = self.blocks.iter().find(|b| b.overlaps(&block)) {
-            return Err(Error::Overlap {
-                start: block.guest_addr.0,
-                end: block.guest_end(),
-                block: block.idstr,
-                other: other.idstr.clone(),
-                other_start: other.guest_addr.0,
-                other_end: other.guest_end(),
-            });
+        if let Some((other, (w, ow))) = self
+            .blocks
+            .iter()
+            .find_map(|b| block.overlapping_windows(b).map(|ws| (b, ws)))
+        {
+            return Err(window::overlap(&block.idstr, w, &other.idstr, ow));
         }
         let pos = self
             .blocks
@@ -419,7 +492,7 @@ mod tests {
         let mut list = RamBlockList::from_blocks([block("a", 4, 0)]).unwrap();
         let err = list.insert(block("b", 1, 3)).unwrap_err();
         assert!(
-            matches!(&err, Error::Overlap { block, other, .. } if block == "b" && other == "a")
+            matches!(&err, Error::Overlap(o) if o.block == "b" && o.other == "a" && o.other_window == "a")
         );
         assert!(matches!(
             list.insert(block("a", 1, 100)),

@@ -9,6 +9,7 @@ use vm_memory::GuestRegionCollectionError;
 use vm_memory::mmap::MmapRegionError;
 
 use crate::volatile::VolatileBlock;
+use crate::window::WindowProblem;
 
 /// Everything that can go wrong in `cpr-memory`.
 ///
@@ -68,23 +69,38 @@ pub enum Error {
         size: u64,
     },
 
-    /// Two blocks of one list cover overlapping guest physical ranges.
+    /// Two guest windows (of one block, or of two blocks of one list) cover
+    /// overlapping guest physical ranges. A block without explicit windows
+    /// has one named after its memory region, covering the whole block.
+    #[error("{0}")]
+    Overlap(Box<GuestOverlap>),
+
+    /// A guest window of a block is invalid on its own or clashes with
+    /// another window of the same block in the block's bytes.
     #[error(
-        "RAM block {block} [{start:#x}, {end:#x}) overlaps RAM block {other} [{other_start:#x}, {other_end:#x})"
+        "RAM block {block}: window {window} (block offset {offset:#x}, guest address {guest_addr:#x}, size {size:#x}): {problem}"
     )]
-    Overlap {
-        /// The block being added.
+    InvalidWindow {
+        /// Block name (`idstr`).
         block: String,
-        /// First guest address of `block`.
-        start: u64,
-        /// One past the last guest address of `block`.
-        end: u64,
-        /// The block already in the list.
-        other: String,
-        /// First guest address of `other`.
-        other_start: u64,
-        /// One past the last guest address of `other`.
-        other_end: u64,
+        /// Window name.
+        window: String,
+        /// The window's offset in the block.
+        offset: u64,
+        /// The window's guest physical address.
+        guest_addr: u64,
+        /// The window's size.
+        size: u64,
+        /// What is wrong.
+        problem: WindowProblem,
+    },
+
+    /// Both a block guest address and explicit windows were given; with
+    /// windows, the windows alone say where the block appears.
+    #[error("RAM block {block}: give either a guest address or windows, not both")]
+    GuestAddrWithWindows {
+        /// Block name (`idstr`).
+        block: String,
     },
 
     /// Two blocks of one list share a name (QEMU aborts on this).
@@ -185,12 +201,14 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// `mmap` of the block failed.
-    #[error("RAM block {block}: cannot map {size} bytes")]
+    /// `mmap` of a window of the block failed.
+    #[error("RAM block {block}: cannot map window {window} ({size} bytes)")]
     Map {
         /// Block name (`idstr`).
         block: String,
-        /// Size in bytes.
+        /// Window name.
+        window: String,
+        /// Size of the window in bytes.
         size: u64,
         /// vm-memory's error.
         #[source]
@@ -210,6 +228,32 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+/// The two windows of an [`Error::Overlap`] (boxed to keep [`Error`]
+/// small).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "RAM block {block} window {window} [{start:#x}, {end:#x}) overlaps RAM block {other} window {other_window} [{other_start:#x}, {other_end:#x})"
+)]
+pub struct GuestOverlap {
+    /// The block being added (or built).
+    pub block: String,
+    /// The window of `block`.
+    pub window: String,
+    /// First guest address of `window`.
+    pub start: u64,
+    /// One past the last guest address of `window`.
+    pub end: u64,
+    /// The block already in the list (`block` itself for two windows of one
+    /// block).
+    pub other: String,
+    /// The window of `other`.
+    pub other_window: String,
+    /// First guest address of `other_window`.
+    pub other_start: u64,
+    /// One past the last guest address of `other_window`.
+    pub other_end: u64,
 }
 
 /// Shorthand for results of this crate.

@@ -40,7 +40,7 @@
 //!   [`Backing::has_fd`] and [`RamBlock::shared`].
 //! * [`RamBlockList`] keeps QEMU's largest-first order, equal sizes in
 //!   insertion order, and also refuses duplicate names and overlapping guest
-//!   ranges.
+//!   windows (see below).
 //! * [`check_ram_volatile`] is a pure function over the list: it maps
 //!   nothing, so the rule is unit tested without memory. [`is_volatile`] is
 //!   the rule on plain values.
@@ -48,8 +48,28 @@
 //!   with `MmapRegionBuilder` and explicit flags: `MAP_SHARED` for shared
 //!   blocks and `MAP_PRIVATE` otherwise, for file and anonymous blocks alike.
 //!   (vm-memory's `from_ranges_with_files` always maps files shared, so it
-//!   cannot express a private file block.) Each [`MappedBlock`] exposes its
-//!   host address and size for KVM memslots and keeps its backing fd open.
+//!   cannot express a private file block.) Each [`MappedBlock`] exposes the
+//!   host address, guest address and size of each of its windows
+//!   ([`MappedWindow`], [`Memslot`]) for KVM memslots and keeps its backing
+//!   fd open.
+//!
+//! # Windows: QEMU's alias regions
+//!
+//! QEMU's PC machines have one RAMBlock `pc.ram` for all of RAM, shown to
+//! the guest through two alias regions: `ram-below-4g` (guest 0, block
+//! offset 0, up to 3 GiB) and `ram-above-4g` (guest 4 GiB, block offset
+//! 3 GiB, the rest), leaving the MMIO hole between. A [`RamBlock`] does the
+//! same with [`RamWindow`]s ([`RamBlockBuilder::window`], or
+//! [`pc_ram_windows`] for exactly that layout); a block without windows has
+//! one implicit window covering it at its guest address. [`GuestRam::map`]
+//! opens the backing once and maps **each window** on its own: the same fd
+//! at the window's offset for file, memfd and inherited blocks (so a shared
+//! block's windows see the same pages as the file), a separate anonymous
+//! mapping otherwise. Windows may not share block bytes, so each byte has
+//! one mapping and private blocks stay coherent. Each window is one region
+//! of [`GuestRam::memory`] and one KVM memslot ([`GuestRam::memslots`]).
+//! Overlap checks, within a block and across a [`RamBlockList`], compare
+//! windows, so a small block can sit in another block's MMIO hole.
 //!
 //! # Where it goes further than V7, and why
 //!
@@ -103,26 +123,32 @@
 //!
 //! // Map everything; a restarted VMM uses OpenMode::OpenOrCreate to find it again.
 //! let ram = GuestRam::map(&blocks, OpenMode::OpenOrCreate)?;
-//! for b in ram.blocks() {
-//!     let (_gpa, _hva, _len) = (b.guest_addr().0, b.userspace_addr(), b.size());
+//! for slot in ram.memslots() {
+//!     let (_gpa, _hva, _len) = (slot.guest_addr.0, slot.host_addr, slot.size);
 //! }
 //! ram.sync()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod backing;
 mod block;
 mod error;
 mod mapping;
 mod persistence;
 mod volatile;
+mod window;
 
+pub use backing::{OpenMode, Origin};
 pub use block::{Backing, RamBlock, RamBlockBuilder, RamBlockList, RamKind, page_size};
-pub use error::{Error, Result};
-pub use mapping::{GuestRam, MappedBlock, OpenMode, Origin, SyncAction, SyncReport, sync};
+pub use error::{Error, GuestOverlap, Result};
+pub use mapping::{GuestRam, MappedBlock, MappedWindow, Memslot, SyncAction, SyncReport, sync};
 pub use persistence::{Medium, Persistence, PersistenceReport, persistence};
 pub use volatile::{
     VolatileBlock, VolatileReason, check_ram_volatile, is_volatile, volatile_blocks,
     volatile_reason,
+};
+pub use window::{
+    PC_RAM_ABOVE_4G_START, PC_RAM_BELOW_4G_END, RamWindow, WindowProblem, pc_ram_windows,
 };
 
 /// Re-exported so users need not depend on vm-memory for the basic types.

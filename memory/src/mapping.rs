@@ -1,63 +1,35 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! Mapping RAM blocks into this process as vm-memory guest memory, and
-//! syncing shared file mappings to stable storage.
+//! Mapping RAM blocks into this process as vm-memory guest memory, one
+//! mapping per guest window, and syncing shared file mappings to stable
+//! storage.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::mman::{MsFlags, msync};
-use nix::sys::statfs::{HUGETLBFS_MAGIC, fstatfs};
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap};
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap,
+};
 
-use crate::block::{Backing, RamBlock, RamBlockList};
+use crate::backing::{OpenMode, Opened, Origin, open_backing};
+use crate::block::{RamBlock, RamBlockList};
 use crate::error::{Error, Result};
-
-/// How [`GuestRam::map`] treats a [`Backing::File`] path.
-///
-/// Memfd backings are always fresh and inherited descriptors are always
-/// reused, whatever the mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpenMode {
-    /// Create the file (`O_CREAT|O_EXCL`, mode 0600) and size it; fail if it
-    /// exists. For a first boot that must not pick up stale RAM.
-    CreateNew,
-    /// Reuse the file if it exists and has exactly the block's size,
-    /// otherwise create it. This is how a VMM restarted with the same
-    /// arguments finds the previous process's RAM.
-    OpenOrCreate,
-    /// The file must exist with exactly the block's size (CPR load).
-    OpenExisting,
-}
-
-/// Where a mapped block's contents came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    /// Fresh anonymous memory: zero filled.
-    Anonymous,
-    /// A backing object created by this call (new file or memfd): zero filled.
-    Created,
-    /// An existing file or device: holds whatever a previous user left.
-    Reused,
-    /// An inherited descriptor: holds whatever its previous user left.
-    Inherited,
-}
+use crate::window::RamWindow;
 
 /// What [`MappedBlock::sync`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncAction {
-    /// `msync(MS_SYNC)` over the whole mapping, then `fsync` of the
+    /// `msync(MS_SYNC)` over every window's mapping, then `fsync` of the
     /// descriptor unless `fsynced` is false (character devices such as
     /// `/dev/dax*`, where `msync` is the whole story).
     Synced {
-        /// Bytes covered by `msync`.
+        /// Bytes covered by `msync` (the windows' total size).
         bytes: u64,
         /// Whether `fsync` was also called.
         fsynced: bool,
@@ -68,24 +40,49 @@ pub enum SyncAction {
     SkippedPrivate,
 }
 
-/// One mapped RAM block.
-#[derive(Debug)]
-pub struct MappedBlock {
-    block: RamBlock,
-    region: Arc<GuestRegionMmap>,
-    origin: Origin,
-    char_device: bool,
+/// One KVM memslot's worth of guest RAM: a mapped window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memslot {
+    /// Guest physical address (KVM's `guest_phys_addr`).
+    pub guest_addr: GuestAddress,
+    /// Size in bytes (KVM's `memory_size`).
+    pub size: u64,
+    /// Host virtual address (KVM's `userspace_addr`).
+    pub host_addr: u64,
 }
 
-impl MappedBlock {
-    /// The block description.
-    pub fn block(&self) -> &RamBlock {
-        &self.block
+/// One mapped window of a block: its own `mmap` of the block's backing at
+/// the window's offset, or its own anonymous mapping.
+#[derive(Debug)]
+pub struct MappedWindow {
+    window: RamWindow,
+    region: Arc<GuestRegionMmap>,
+}
+
+impl MappedWindow {
+    /// The window description.
+    pub fn window(&self) -> &RamWindow {
+        &self.window
     }
 
-    /// The vm-memory region (shared with [`GuestRam::memory`]).
-    pub fn region(&self) -> &Arc<GuestRegionMmap> {
-        &self.region
+    /// The window (alias region) name.
+    pub fn name(&self) -> &str {
+        &self.window.name
+    }
+
+    /// Offset of the window's first byte in the block and its backing.
+    pub fn offset_in_block(&self) -> u64 {
+        self.window.offset_in_block
+    }
+
+    /// Guest physical address of the first byte.
+    pub fn guest_addr(&self) -> GuestAddress {
+        self.window.guest_addr
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.window.size
     }
 
     /// Host virtual address of the first byte.
@@ -98,24 +95,101 @@ impl MappedBlock {
         self.host_addr() as u64
     }
 
-    /// Guest physical address of the first byte.
+    /// The vm-memory region (shared with [`GuestRam::memory`]).
+    pub fn region(&self) -> &Arc<GuestRegionMmap> {
+        &self.region
+    }
+
+    /// The window as a KVM memslot.
+    pub fn memslot(&self) -> Memslot {
+        Memslot {
+            guest_addr: self.guest_addr(),
+            size: self.size(),
+            host_addr: self.userspace_addr(),
+        }
+    }
+}
+
+/// One mapped RAM block.
+///
+/// There is no mapping of the block as a whole: each window is its own
+/// mapping, and since windows never share block bytes, each byte of the
+/// block has at most one mapping in this process. That keeps private and
+/// anonymous blocks coherent (two private mappings of one page would each
+/// get their own copy on write) and makes the windows the only place guest
+/// data lives, for the VMM as for the guest.
+#[derive(Debug)]
+pub struct MappedBlock {
+    block: RamBlock,
+    /// Sorted by guest address, like the block's windows; never empty.
+    windows: Vec<MappedWindow>,
+    file: Option<Arc<File>>,
+    origin: Origin,
+    char_device: bool,
+}
+
+impl MappedBlock {
+    /// The block description.
+    pub fn block(&self) -> &RamBlock {
+        &self.block
+    }
+
+    /// The mapped windows, sorted by guest address; never empty.
+    pub fn windows(&self) -> &[MappedWindow] {
+        &self.windows
+    }
+
+    fn first(&self) -> &MappedWindow {
+        // Never empty: a built block has at least one window.
+        &self.windows[0]
+    }
+
+    /// The vm-memory region of the first (lowest) window. The whole block
+    /// for a block without explicit windows; otherwise see
+    /// [`MappedBlock::windows`].
+    pub fn region(&self) -> &Arc<GuestRegionMmap> {
+        self.first().region()
+    }
+
+    /// Host virtual address of the first window's first byte. For a block
+    /// with several windows this is **not** a mapping of the whole block:
+    /// register memslots from [`GuestRam::memslots`] or
+    /// [`MappedBlock::windows`].
+    pub fn host_addr(&self) -> *mut u8 {
+        self.first().host_addr()
+    }
+
+    /// [`MappedBlock::host_addr`] as KVM's `userspace_addr`.
+    pub fn userspace_addr(&self) -> u64 {
+        self.host_addr() as u64
+    }
+
+    /// Guest physical address of the first window's first byte
+    /// ([`RamBlock::guest_addr`]).
     pub fn guest_addr(&self) -> GuestAddress {
         self.block.guest_addr()
     }
 
-    /// Size in bytes (KVM's `memory_size`).
+    /// Size of the block in bytes (KVM's `memory_size` for a block without
+    /// explicit windows).
     pub fn size(&self) -> u64 {
         self.block.size()
     }
 
-    /// The backing descriptor, kept open as long as the mapping lives.
-    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
-        self.region.file_offset().map(|fo| fo.file().as_fd())
+    /// The block's windows as KVM memslots, by guest address.
+    pub fn memslots(&self) -> impl Iterator<Item = Memslot> + '_ {
+        self.windows.iter().map(MappedWindow::memslot)
     }
 
-    /// The flags the block was mapped with (`MAP_SHARED`/`MAP_PRIVATE`, ...).
+    /// The backing descriptor, kept open as long as the mapping lives.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.file.as_deref().map(AsFd::as_fd)
+    }
+
+    /// The flags every window was mapped with (`MAP_SHARED`/`MAP_PRIVATE`,
+    /// ...).
     pub fn mmap_flags(&self) -> i32 {
-        self.region.flags()
+        self.first().region.flags()
     }
 
     /// Where the contents came from.
@@ -123,10 +197,12 @@ impl MappedBlock {
         self.origin
     }
 
-    /// Make the block's contents durable: `msync(MS_SYNC)` then `fsync` for a
-    /// shared descriptor-backed mapping; a documented no-op otherwise.
+    /// Make the block's contents durable: `msync(MS_SYNC)` of every window,
+    /// then one `fsync`, for a shared descriptor-backed block; a documented
+    /// no-op for anonymous and private blocks, whose windows hold the only
+    /// copy of what the guest wrote.
     pub fn sync(&self) -> Result<SyncAction> {
-        let Some(fo) = self.region.file_offset() else {
+        let Some(file) = &self.file else {
             return Ok(SyncAction::SkippedAnonymous);
         };
         if !self.block.shared() {
@@ -136,23 +212,25 @@ impl MappedBlock {
             block: self.block.idstr().to_owned(),
             source,
         };
-        let len = self.region.size();
-        if let Some(addr) = NonNull::new(self.region.as_ptr().cast()) {
-            // SAFETY: `addr..addr+len` is exactly the live mapping owned by
-            // `self.region` (returned page aligned by mmap), which the `Arc`
-            // keeps mapped for the duration of the call; MS_SYNC only writes
-            // dirty pages back and does not change the mapping or memory.
-            let res = unsafe { msync(addr, len, MsFlags::MS_SYNC) };
-            res.map_err(|e| sync_err(io::Error::from(e)))?;
+        let mut bytes = 0;
+        for w in &self.windows {
+            let len = w.region.size();
+            if let Some(addr) = NonNull::new(w.region.as_ptr().cast()) {
+                // SAFETY: `addr..addr+len` is exactly the live mapping owned
+                // by `w.region` (returned page aligned by mmap), which the
+                // `Arc` keeps mapped for the duration of the call; MS_SYNC
+                // only writes dirty pages back and does not change the
+                // mapping or memory.
+                let res = unsafe { msync(addr, len, MsFlags::MS_SYNC) };
+                res.map_err(|e| sync_err(io::Error::from(e)))?;
+            }
+            bytes += w.size();
         }
         let fsynced = !self.char_device;
         if fsynced {
-            fo.file().sync_all().map_err(sync_err)?;
+            file.sync_all().map_err(sync_err)?;
         }
-        Ok(SyncAction::Synced {
-            bytes: self.block.size(),
-            fsynced,
-        })
+        Ok(SyncAction::Synced { bytes, fsynced })
     }
 }
 
@@ -184,11 +262,14 @@ pub struct GuestRam {
 }
 
 impl GuestRam {
-    /// Map every block. File-backed blocks use `MAP_SHARED` when the block is
-    /// shared and `MAP_PRIVATE` otherwise; anonymous blocks use
-    /// `MAP_ANONYMOUS` with `MAP_SHARED` or `MAP_PRIVATE` likewise. All
-    /// mappings are `MAP_NORESERVE`, read-write (the VMM makes ROM read-only
-    /// for the guest through the memslot).
+    /// Map every window of every block. Each block's backing is opened
+    /// once; each window is then its own mapping: of the backing at the
+    /// window's `offset_in_block` for file, memfd and inherited-fd blocks,
+    /// anonymous otherwise. Windows use `MAP_SHARED` when the block is
+    /// shared and `MAP_PRIVATE` otherwise, for file and anonymous blocks
+    /// alike; all are `MAP_NORESERVE`, read-write (the VMM makes ROM
+    /// read-only for the guest through the memslot). On hugetlbfs, window
+    /// offsets must be huge-page aligned or `mmap` fails ([`Error::Map`]).
     ///
     /// An existing file whose size differs from the block's is refused with
     /// [`Error::FileSizeMismatch`] and left untouched.
@@ -197,8 +278,10 @@ impl GuestRam {
             .iter()
             .map(|b| map_block(b, mode))
             .collect::<Result<Vec<_>>>()?;
-        let mut by_addr: Vec<Arc<GuestRegionMmap>> =
-            mapped.iter().map(|m| Arc::clone(&m.region)).collect();
+        let mut by_addr: Vec<Arc<GuestRegionMmap>> = mapped
+            .iter()
+            .flat_map(|m| m.windows.iter().map(|w| Arc::clone(&w.region)))
+            .collect();
         by_addr.sort_by_key(|r| r.start_addr());
         let memory = GuestMemoryMmap::from_arc_regions(by_addr).map_err(Error::GuestMemory)?;
         Ok(Self {
@@ -207,7 +290,7 @@ impl GuestRam {
         })
     }
 
-    /// The vm-memory view of all blocks.
+    /// The vm-memory view of all windows of all blocks, by guest address.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory
     }
@@ -220,6 +303,16 @@ impl GuestRam {
     /// Look a mapped block up by name.
     pub fn block(&self, idstr: &str) -> Option<&MappedBlock> {
         self.blocks.iter().find(|m| m.block.idstr() == idstr)
+    }
+
+    /// One KVM memslot per window of every block, by guest address (the
+    /// order of [`GuestRam::memory`]'s regions).
+    pub fn memslots(&self) -> impl Iterator<Item = Memslot> + '_ {
+        self.memory.iter().map(|r| Memslot {
+            guest_addr: r.start_addr(),
+            size: r.len(),
+            host_addr: r.as_ptr() as u64,
+        })
     }
 
     /// [`MappedBlock::sync`] every block, stopping at the first failure.
@@ -239,169 +332,57 @@ pub fn sync(ram: &GuestRam) -> Result<SyncReport> {
 }
 
 fn map_block(block: &RamBlock, mode: OpenMode) -> Result<MappedBlock> {
-    let name = || block.idstr().to_owned();
-    let (file, origin) = match block.backing() {
-        Backing::Anonymous => (None, Origin::Anonymous),
-        Backing::File { path } => {
-            let (file, created) = open_file(block, path, mode)?;
-            let origin = if created {
-                Origin::Created
-            } else {
-                Origin::Reused
-            };
-            (Some(file), origin)
-        }
-        Backing::Memfd { name: mname } => {
-            let memfd_err = |source| Error::Memfd {
-                block: name(),
-                name: mname.clone(),
-                source,
-            };
-            let fd = memfd_create(mname.as_str(), MFdFlags::MFD_CLOEXEC)
-                .map_err(|e| memfd_err(io::Error::from(e)))?;
-            let file = File::from(fd);
-            file.set_len(block.size()).map_err(memfd_err)?;
-            (Some(file), Origin::Created)
-        }
-        Backing::InheritedFd(fd) => {
-            let stat_err = |source| Error::Stat {
-                block: name(),
-                what: format!("fd {}", fd.as_raw_fd()),
-                source,
-            };
-            let file = File::from(fd.try_clone().map_err(stat_err)?);
-            let meta = file.metadata().map_err(stat_err)?;
-            if meta.file_type().is_file() && meta.len() != block.size() {
-                return Err(Error::FdSizeMismatch {
-                    block: name(),
-                    fd: fd.as_raw_fd(),
-                    expected: block.size(),
-                    actual: meta.len(),
-                });
-            }
-            (Some(file), Origin::Inherited)
-        }
-    };
+    let opened = open_backing(block, mode)?;
+    let windows = block
+        .windows()
+        .iter()
+        .map(|w| map_window(block, &opened, w))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(MappedBlock {
+        block: block.clone(),
+        windows,
+        file: opened.file,
+        origin: opened.origin,
+        char_device: opened.char_device,
+    })
+}
 
-    // Checked by the block builder.
-    let size = usize::try_from(block.size()).map_err(|_| Error::TooLarge {
+fn map_window(block: &RamBlock, opened: &Opened, window: &RamWindow) -> Result<MappedWindow> {
+    let name = || block.idstr().to_owned();
+    // Fits: a window lies inside the block, whose size the builder checked.
+    let size = usize::try_from(window.size).map_err(|_| Error::TooLarge {
         block: name(),
-        size: block.size(),
+        size: window.size,
     })?;
     let share = if block.shared() {
         libc::MAP_SHARED
     } else {
         libc::MAP_PRIVATE
     };
-    let mut builder = MmapRegionBuilder::new(size)
-        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-        .with_mmap_flags(share | libc::MAP_NORESERVE | libc::MAP_ANONYMOUS);
-    let mut char_device = false;
-    if let Some(file) = file {
-        let stat_err = |source| Error::Stat {
-            block: name(),
-            what: block.backing().to_string(),
-            source,
-        };
-        let hugetlbfs = fstatfs(&file)
-            .map_err(|e| stat_err(io::Error::from(e)))?
-            .filesystem_type()
-            == HUGETLBFS_MAGIC;
-        char_device = file
-            .metadata()
-            .map_err(stat_err)?
-            .file_type()
-            .is_char_device();
-        builder = builder
+    let builder = MmapRegionBuilder::new(size).with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE);
+    let builder = match &opened.file {
+        None => builder.with_mmap_flags(share | libc::MAP_NORESERVE | libc::MAP_ANONYMOUS),
+        Some(file) => builder
             .with_mmap_flags(share | libc::MAP_NORESERVE)
-            .with_hugetlbfs(hugetlbfs)
-            .with_file_offset(FileOffset::new(file, 0));
-    }
+            .with_hugetlbfs(opened.hugetlbfs)
+            .with_file_offset(FileOffset::from_arc(
+                Arc::clone(file),
+                window.offset_in_block,
+            )),
+    };
     let region = builder.build().map_err(|source| Error::Map {
         block: name(),
-        size: block.size(),
+        window: window.name.clone(),
+        size: window.size,
         source,
     })?;
-    let region =
-        GuestRegionMmap::new(region, block.guest_addr()).ok_or(Error::AddressOverflow {
-            block: name(),
-            addr: block.guest_addr().0,
-            size: block.size(),
-        })?;
-    Ok(MappedBlock {
-        block: block.clone(),
+    let region = GuestRegionMmap::new(region, window.guest_addr).ok_or(Error::AddressOverflow {
+        block: name(),
+        addr: window.guest_addr.0,
+        size: window.size,
+    })?;
+    Ok(MappedWindow {
+        window: window.clone(),
         region: Arc::new(region),
-        origin,
-        char_device,
     })
-}
-
-/// Open or create the backing file of `block`. Returns the file and whether
-/// this call created it. Never changes the size of an existing file.
-fn open_file(block: &RamBlock, path: &Path, mode: OpenMode) -> Result<(File, bool)> {
-    let open_err = |source| Error::OpenFile {
-        block: block.idstr().to_owned(),
-        path: path.to_owned(),
-        source,
-    };
-    let create = || {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-    };
-    let open = || OpenOptions::new().read(true).write(true).open(path);
-
-    let (file, created) = match mode {
-        OpenMode::CreateNew => (create().map_err(open_err)?, true),
-        OpenMode::OpenExisting => (open().map_err(open_err)?, false),
-        OpenMode::OpenOrCreate => match create() {
-            Ok(f) => (f, true),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                (open().map_err(open_err)?, false)
-            }
-            Err(e) => return Err(open_err(e)),
-        },
-    };
-
-    if created {
-        if let Err(source) = file.set_len(block.size()) {
-            // Do not leave a wrong-sized file behind for the next start to trip on.
-            let _ = std::fs::remove_file(path);
-            return Err(Error::Truncate {
-                block: block.idstr().to_owned(),
-                path: path.to_owned(),
-                size: block.size(),
-                source,
-            });
-        }
-        return Ok((file, true));
-    }
-
-    let meta = file.metadata().map_err(|source| Error::Stat {
-        block: block.idstr().to_owned(),
-        what: path.display().to_string(),
-        source,
-    })?;
-    let ft = meta.file_type();
-    if ft.is_file() {
-        if meta.len() != block.size() {
-            return Err(Error::FileSizeMismatch {
-                block: block.idstr().to_owned(),
-                path: path.to_owned(),
-                expected: block.size(),
-                actual: meta.len(),
-            });
-        }
-    } else if !ft.is_char_device() {
-        return Err(open_err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file or character device",
-        )));
-    }
-    // A character device (/dev/dax*) reports size 0; its real size is the
-    // device's, and mmap itself refuses a range past its end.
-    Ok((file, false))
 }
