@@ -83,6 +83,9 @@ pub struct RamBlockInfo {
     pub shared: bool,
     /// What backs it: `anonymous`, or the file's canonical path.
     pub backing: String,
+    /// Its pages are in the stream (mainline copy); otherwise the RAM is expected in place,
+    /// in `backing`.
+    pub copied: bool,
 }
 
 /// The shape of the machine: what `cpr-load` insists on before it touches anything.
@@ -123,6 +126,7 @@ impl VmState for MachineLayout {
             w.u64("size", b.size);
             w.bool("shared", b.shared);
             w.array("backing", b.backing.as_bytes())?;
+            w.bool("copied", b.copied);
         }
         Ok(())
     }
@@ -144,6 +148,7 @@ impl VmState for MachineLayout {
                 size: r.u64("size")?,
                 shared: r.bool("shared")?,
                 backing: text(r, "backing", MAX_PATH)?,
+                copied: r.bool("copied")?,
             });
         }
         Ok(MachineLayout { vcpus, ram })
@@ -176,7 +181,9 @@ impl MachineLayout {
                     b.idstr, b.size, local.size
                 ));
             }
-            if local.backing != b.backing || local.shared != b.shared {
+            // RAM that travels in the stream may land in any backing; RAM left in place
+            // must be found where it was left.
+            if !b.copied && (local.backing != b.backing || local.shared != b.shared) {
                 return Some(format!(
                     "RAM block {}: the checkpoint's RAM is in {} (shared={}), this VM's in {} (shared={})",
                     b.idstr, b.backing, b.shared, local.backing, local.shared

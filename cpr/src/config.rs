@@ -142,9 +142,14 @@ pub struct VmArgs {
     /// Serial console output: a file path, or `stdout` (default), or `none`.
     #[arg(long, default_value = "stdout")]
     pub serial: String,
-    /// How many bytes of RAM the guest's workload keeps busy (default: half of RAM, at most 1G).
+    /// How many bytes of RAM the guest's workload keeps busy (default: from 4 MiB to the
+    /// end of RAM below 3 GiB).
     #[arg(long = "workload-size")]
     pub workload_size: Option<Size>,
+    /// Test double: pretend a migratable VFIO device of this name is attached (there is no
+    /// real VFIO support yet; this exercises the cpr-reboot VFIO rule).
+    #[arg(long = "x-vfio-test-device", hide = true)]
+    pub vfio_test_devices: Vec<String>,
 }
 
 /// `cpr-vm`: a KVM VMM whose guest survives a process restart (CPR reboot mode).

@@ -9,23 +9,25 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cpr::demo::{VmFiles, cycle};
+
+use crate::e2e_mainline::{self as mainline, GuestState};
 use cpr::harness::{HarnessError, Progress, VmProcess};
 use serde_json::json;
 
-type Outcome = Result<String, HarnessError>;
+pub type Outcome = Result<String, HarnessError>;
 type Scenario<'a> = (&'static str, Box<dyn Fn() -> Outcome + 'a>);
 
-fn fail(msg: impl Into<String>) -> HarnessError {
+pub fn fail(msg: impl Into<String>) -> HarnessError {
     HarnessError::Check(msg.into())
 }
 
-const WAIT: Duration = Duration::from_secs(20);
+pub const WAIT: Duration = Duration::from_secs(20);
 
 /// A scenario's private directory, removed afterwards.
-struct Scratch(PathBuf);
+pub struct Scratch(pub PathBuf);
 
 impl Scratch {
-    fn new(name: &str) -> Result<Scratch, HarnessError> {
+    pub fn new(name: &str) -> Result<Scratch, HarnessError> {
         let dir = PathBuf::from(format!("/dev/shm/cpr-e2e-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)
@@ -41,7 +43,7 @@ impl Drop for Scratch {
 }
 
 /// Boots a VM and waits until its workload and timer are both visibly running.
-fn boot(binary: &Path, files: &VmFiles, args: &[OsString]) -> Result<VmProcess, HarnessError> {
+pub fn boot(binary: &Path, files: &VmFiles, args: &[OsString]) -> Result<VmProcess, HarnessError> {
     let mut vm = VmProcess::spawn(binary, args, &files.qmp, None)?;
     vm.wait_progress(0, Some(5), WAIT)?;
     Ok(vm)
@@ -49,7 +51,7 @@ fn boot(binary: &Path, files: &VmFiles, args: &[OsString]) -> Result<VmProcess, 
 
 /// The guest checks after a restore: progress carried on from `before`, ticks keep
 /// arriving, no RAM errors.
-fn check_carried_on(vm: &mut VmProcess, before: &Progress) -> Result<Progress, HarnessError> {
+pub fn check_carried_on(vm: &mut VmProcess, before: &Progress) -> Result<Progress, HarnessError> {
     let after = vm.wait_progress(before.progress, None, WAIT)?;
     if after.progress < before.progress {
         return Err(fail(format!(
@@ -67,7 +69,7 @@ fn check_carried_on(vm: &mut VmProcess, before: &Progress) -> Result<Progress, H
     Ok(ticking)
 }
 
-fn expect_status(vm: &mut VmProcess, want: &str) -> Result<(), HarnessError> {
+pub fn expect_status(vm: &mut VmProcess, want: &str) -> Result<(), HarnessError> {
     let got = vm.status()?;
     if got == want {
         Ok(())
@@ -198,6 +200,44 @@ fn volatile(binary: &Path) -> Outcome {
     check_carried_on(&mut vm, &before)?;
     vm.quit()?;
     Ok(format!("refused with \"{desc}\", guest kept running"))
+}
+
+/// (4b) Persistence: RAM in /dev/shm is named in cpr-save's warnings; RAM on a disk file is
+/// made durable and needs no warning.
+fn persistence(binary: &Path) -> Outcome {
+    let shm = Scratch::new("persist-shm")?;
+    let disk = PathBuf::from(format!("/var/tmp/cpr-e2e-{}-persist", std::process::id()));
+    let _ = std::fs::remove_dir_all(&disk);
+    std::fs::create_dir_all(&disk).map_err(|e| fail(e.to_string()))?;
+    let disk_guard = Scratch(disk.clone());
+    let mut details = Vec::new();
+    for (dir, survives) in [(&shm.0, false), (&disk_guard.0, true)] {
+        let files = VmFiles::in_dir(dir);
+        let mut vm = boot(binary, &files, &files.args("128M", 1, &[]))?;
+        let q = vm.execute("query-ram-persistence", json!({}))?;
+        let block = &q[0];
+        if block["survives-host-reboot"] != json!(survives) {
+            return Err(fail(format!("{}: persistence {block}", dir.display())));
+        }
+        let reply = vm.execute(
+            "cpr-save",
+            json!({"filename": files.state, "mode": "reboot"}),
+        )?;
+        let warned = reply.get("warnings").is_some();
+        if warned == survives {
+            return Err(fail(format!("{}: cpr-save replied {reply}", dir.display())));
+        }
+        vm.quit()?;
+        details.push(format!(
+            "{}: {}",
+            if survives { "disk" } else { "tmpfs" },
+            block["persistence"].as_str().unwrap_or("?")
+        ));
+    }
+    Ok(format!(
+        "{} (tmpfs named in cpr-save's warnings)",
+        details.join(", ")
+    ))
 }
 
 /// (5) Bad state files are refused by cpr-load; the same process then loads the good one.
@@ -333,12 +373,41 @@ pub fn run(binary: &Path, cycles: u32) -> (u64, u64) {
             "anonymous RAM is volatile",
             Box::new(move || volatile(binary)),
         ),
+        ("RAM persistence", Box::new(move || persistence(binary))),
         (
             "hostile state files",
             Box::new(move || hostile_files(binary)),
         ),
         ("--incoming", Box::new(move || incoming(binary))),
         ("two vCPUs", Box::new(move || two_vcpus(binary))),
+        (
+            "mainline: running guest, RAM in place",
+            Box::new(move || mainline::cycle(binary, GuestState::Running, true)),
+        ),
+        (
+            "mainline: running guest, RAM copied",
+            Box::new(move || mainline::cycle(binary, GuestState::Running, false)),
+        ),
+        (
+            "mainline: paused guest, RAM in place",
+            Box::new(move || mainline::cycle(binary, GuestState::Paused, true)),
+        ),
+        (
+            "mainline: paused guest, RAM copied",
+            Box::new(move || mainline::cycle(binary, GuestState::Paused, false)),
+        ),
+        (
+            "mainline: suspended guest, RAM in place",
+            Box::new(move || mainline::cycle(binary, GuestState::Suspended, true)),
+        ),
+        (
+            "mainline: suspended guest, RAM copied",
+            Box::new(move || mainline::cycle(binary, GuestState::Suspended, false)),
+        ),
+        (
+            "mainline: refusals",
+            Box::new(move || mainline::refusals(binary)),
+        ),
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, f) in &scenarios {

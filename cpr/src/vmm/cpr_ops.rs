@@ -49,6 +49,17 @@ impl FromStr for CprMode {
     }
 }
 
+/// Which interface is loading: the run-state rules differ for a suspended guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Flavor {
+    /// V7 `cpr-load`: a suspended guest comes back `suspended` with start-on-wakeup armed
+    /// (patch 5); `system_wakeup` then gives RESUME and WAKEUP.
+    V7,
+    /// Mainline (9.0) `migrate-incoming`/`--incoming`: `vm_start` at load (RESUME), the run
+    /// state goes back to `suspended`, and `system_wakeup` gives WAKEUP.
+    Mainline,
+}
+
 /// QEMU's `QEMU_VM_FILE_MAGIC` and `QEMU_VM_FILE_VERSION`.
 const MAGIC: u32 = 0x5145_564d;
 const VERSION: u32 = 3;
@@ -93,7 +104,7 @@ impl Vmm {
         // 8. cpr_set_mode(mode).
         self.cpr_mode = Some(mode);
         // 9. Write the device state, and make it durable.
-        let warnings = match self.write_checkpoint(&mut file, global) {
+        let warnings = match self.write_checkpoint(file.file(), global) {
             Ok(w) => w,
             Err((errno, cause)) => {
                 drop(file); // removes the temporary; the old checkpoint is untouched
@@ -117,9 +128,9 @@ impl Vmm {
 
     /// Captures the machine, makes RAM durable where it can be, writes the stream.
     /// Returns what the user should be warned about.
-    fn write_checkpoint(
+    pub(super) fn write_checkpoint(
         &mut self,
-        file: &mut AtomicFile,
+        file: &mut QemuFile,
         global: RunState,
     ) -> std::result::Result<Vec<String>, (i32, Box<dyn std::error::Error + Send + Sync>)> {
         let machine = self.machine().ok_or((
@@ -142,7 +153,7 @@ impl Vmm {
         }
         let mut registry = checkpoint::save_registry(self.layout.clone(), global, state)
             .map_err(|e| (-22, e.into()))?;
-        cpr_savevm::save_device_state(file.file(), &mut registry).map_err(|e| (-5, e.into()))?;
+        cpr_savevm::save_device_state(file, &mut registry).map_err(|e| (-5, e.into()))?;
         Ok(warnings)
     }
 
@@ -172,11 +183,16 @@ impl Vmm {
         if self.rs.is_running() {
             return Err(Error::LoadRunning);
         }
-        self.load_checkpoint(filename, 0)
+        self.load_checkpoint(filename, 0, Flavor::V7)
     }
 
     /// Steps 2–7 of cpr-load, shared with `--incoming`.
-    pub(super) fn load_checkpoint(&mut self, filename: &Path, offset: u64) -> Result<()> {
+    pub(super) fn load_checkpoint(
+        &mut self,
+        filename: &Path,
+        offset: u64,
+        flavor: Flavor,
+    ) -> Result<()> {
         // 2. Open read-only, channel name "cpr-load".
         let mut f = QemuFile::open(filename, OFlag::O_RDONLY, Mode::empty(), "cpr-load").map_err(
             |source| Error::Open {
@@ -205,13 +221,13 @@ impl Vmm {
         }
         // 4. cpr_set_mode(reboot).
         self.cpr_mode = Some(CprMode::Reboot);
-        let result = self.load_stream(&mut f);
+        let result = self.load_stream(&mut f, flavor);
         // 7. cpr_set_mode(none).
         self.cpr_mode = None;
         result
     }
 
-    fn load_stream(&mut self, f: &mut QemuFile) -> Result<()> {
+    fn load_stream(&mut self, f: &mut QemuFile, flavor: Flavor) -> Result<()> {
         // 5. Read and check everything (framing, versions, sections, machine shape,
         //    checksum) before anything changes.
         let parsed = checkpoint::parse(f, self.layout.clone()).map_err(|e| Error::Load {
@@ -246,12 +262,18 @@ impl Vmm {
             })?;
         self.install_machine(machine);
         // 6. The run state from globalstate.
-        if saved == RunState::Running && self.autostart {
-            self.rs.vm_start()?;
-        } else {
-            self.rs.runstate_set(target)?;
-            if target == RunState::Suspended {
-                self.rs.start_on_wakeup_request();
+        match (saved, flavor) {
+            (RunState::Running, _) if self.autostart => self.rs.vm_start()?,
+            (RunState::Suspended, Flavor::Mainline) if self.autostart => {
+                // QEMU 9.0: vm_start() (RESUME), and the VM stays suspended.
+                self.rs.vm_start()?;
+                self.rs.runstate_set(RunState::Suspended)?;
+            }
+            _ => {
+                self.rs.runstate_set(target)?;
+                if target == RunState::Suspended {
+                    self.rs.start_on_wakeup_request();
+                }
             }
         }
         Ok(())

@@ -8,15 +8,16 @@
 //! `cpr-save` and `cpr-load` (patch 6) live in `vmm/cpr_ops.rs`; see [`CprMode`].
 
 mod cpr_ops;
+mod migration;
 mod slot;
 
 use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, Sender, channel};
 
-use cpr_memory::{Backing, GuestRam, OpenMode, RamBlock, RamBlockList, RamKind};
+use cpr_memory::{Backing, GuestRam, OpenMode, RamBlock, RamBlockList, RamKind, pc_ram_windows};
 use cpr_runstate::{RunState, VmRunState};
-use cpr_vfio_info::{MigrationInfo, VfioDevices};
+use cpr_vfio_info::VfioDevices;
 use serde_json::{Value, json};
 
 use crate::checkpoint::{MachineLayout, RamBlockInfo};
@@ -26,6 +27,7 @@ use crate::machine::{Machine, MachineConfig, MachineEvent, SerialOutput};
 use crate::qmp::{EventSender, QmpError, QmpRequest};
 
 pub use cpr_ops::CprMode;
+pub use migration::{FileTarget, MigMode, MigrationState, parse_target};
 pub use slot::MachineSlot;
 
 /// Name of the main RAM block (QEMU's x86 `pc.ram`).
@@ -50,7 +52,7 @@ pub struct Vmm {
     events: EventSender,
     msgs: Sender<Msg>,
     cpr_mode: Option<CprMode>,
-    migration: MigrationInfo,
+    migration: MigrationState,
     vfio: VfioDevices,
     autostart: bool,
     quit: bool,
@@ -76,7 +78,8 @@ pub fn ram_blocks(args: &VmArgs) -> Result<RamBlockList> {
     let builder = RamBlock::builder(MAIN_RAM, size)
         .kind(RamKind::Ram)
         .backing(backing)
-        .shared(args.mem_share == OnOff::On);
+        .shared(args.mem_share == OnOff::On)
+        .windows(pc_ram_windows(size));
     let block = builder.build().map_err(Error::Memory)?;
     RamBlockList::from_blocks([block]).map_err(Error::Memory)
 }
@@ -96,6 +99,7 @@ pub fn machine_layout(args: &VmArgs, blocks: &RamBlockList) -> MachineLayout {
                     .to_string(),
                 other => other.to_string(),
             },
+            copied: false,
         })
         .collect();
     MachineLayout {
@@ -114,6 +118,10 @@ impl Vmm {
         let blocks = ram_blocks(&args)?;
         let ram = GuestRam::map(&blocks, OpenMode::OpenOrCreate).map_err(Error::Memory)?;
         let layout = machine_layout(&args, &blocks);
+        let mut vfio = VfioDevices::new();
+        for name in &args.vfio_test_devices {
+            vfio.add(Box::new(TestVfioDevice { name: name.clone() }));
+        }
         let mut rs = VmRunState::new(MachineSlot::default());
         rs.register_wakeup_support();
         Ok(Vmm {
@@ -125,8 +133,8 @@ impl Vmm {
             events,
             msgs,
             cpr_mode: None,
-            migration: MigrationInfo::default(),
-            vfio: VfioDevices::new(),
+            migration: MigrationState::default(),
+            vfio,
             autostart: true,
             quit: false,
         })
@@ -192,11 +200,16 @@ impl Vmm {
         match incoming {
             Some(Incoming::Defer) => {
                 self.rs.runstate_set(RunState::Inmigrate)?;
+                self.autostart = !no_start;
+                self.migration.incoming_deferred = true;
             }
             Some(Incoming::File { path, offset }) => {
                 self.rs.runstate_set(RunState::Inmigrate)?;
                 self.autostart = !no_start;
-                self.load_checkpoint(path, *offset)?;
+                self.incoming(&FileTarget {
+                    path: path.clone(),
+                    offset: *offset,
+                })?;
             }
             None if no_start => {}
             None => {
@@ -271,6 +284,9 @@ impl Vmm {
                 .map(str::to_string)
                 .ok_or_else(|| Error::Other(format!("Parameter '{name}' is missing")))
         };
+        if let Some(result) = self.migration_command(command, args) {
+            return result;
+        }
         match command {
             "query-status" => {
                 let s = self.rs.query_status();
@@ -306,7 +322,7 @@ impl Vmm {
                 Ok(json!({}))
             }
             "query-migrate" => {
-                let mut info = self.migration.clone();
+                let mut info = self.migration.info.clone();
                 self.vfio.populate_vfio_info(&mut info);
                 serde_json::to_value(info).map_err(|e| Error::Other(e.to_string()))
             }
@@ -390,6 +406,27 @@ impl Vmm {
             }));
         }
         Ok(Value::Array(out))
+    }
+}
+
+/// A VFIO device that exists only for tests (`--x-vfio-test-device`): no real device can
+/// be bound yet, but the cpr-reboot VFIO rule must be exercised end to end.
+#[derive(Debug)]
+struct TestVfioDevice {
+    name: String,
+}
+
+impl cpr_vfio_info::VfioDevice for TestVfioDevice {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn supports_migration(&self) -> bool {
+        true
+    }
+
+    fn bytes_transferred(&self) -> u64 {
+        0
     }
 }
 
