@@ -38,7 +38,10 @@ pub fn run(cli: &Cli) -> Result<()> {
     // Give the writer thread a moment to deliver the reply to `quit` and the SHUTDOWN
     // event, then leave without tearing the VM down by hand: the kernel does that when the
     // process exits, and nobody waits for it.
-    std::thread::sleep(Duration::from_millis(5));
-    drop(server);
+    std::thread::sleep(Duration::from_millis(2));
+    if let Some(server) = &server {
+        // Joining the server's threads would only delay the exit; remove its socket.
+        let _ = std::fs::remove_file(server.path());
+    }
     std::process::exit(0)
 }
