@@ -1,5 +1,6 @@
-//! Stream constants (QEMU's `migration/savevm.h` and `migration/savevm.c`)
-//! and the few this crate adds (vmdesc limit and checksum trailer).
+//! Stream constants (QEMU's `migration/savevm.h` and `migration/savevm.c`,
+//! the RAM record flags of `migration/ram.c`) and the few this crate adds
+//! (vmdesc limit, checksum trailer, RAM chunk sizes).
 
 /// `QEMU_VM_FILE_MAGIC`: the first four bytes of every stream, `"QEVM"`.
 pub const QEMU_VM_FILE_MAGIC: u32 = 0x5145_564d;
@@ -45,6 +46,35 @@ pub const TRAILER_LEN: usize = 8;
 
 /// `VMSTATE_INSTANCE_ID_ANY` in QEMU is `-1`; as a `u32` it is reserved.
 pub const RESERVED_INSTANCE_ID: u32 = u32::MAX;
+
+// ------------------------------------------------------------- ram section
+
+/// idstr of the RAM section (`ram_mig_init`'s `register_savevm_live`).
+pub const RAM_IDSTR: &str = "ram";
+/// Instance id of the RAM section.
+pub const RAM_INSTANCE_ID: u32 = 0;
+/// Version of the RAM section (QEMU's `ram` is at version 4).
+pub const RAM_VERSION_ID: u32 = 4;
+
+/// Low bits of a RAM record's be64 word that hold flags; the rest is a
+/// page-aligned offset (QEMU keeps flags below `TARGET_PAGE_SIZE`).
+pub const RAM_SAVE_FLAG_MASK: u64 = TARGET_PAGE_SIZE as u64 - 1;
+/// `RAM_SAVE_FLAG_ZERO`: a zero page. **Extended here**: followed by a be64
+/// run length in pages instead of QEMU's one fill byte.
+pub const RAM_SAVE_FLAG_ZERO: u64 = 0x02;
+/// `RAM_SAVE_FLAG_MEM_SIZE`: the block list (total size in the offset bits).
+pub const RAM_SAVE_FLAG_MEM_SIZE: u64 = 0x04;
+/// `RAM_SAVE_FLAG_PAGE`: a whole target page follows.
+pub const RAM_SAVE_FLAG_PAGE: u64 = 0x08;
+/// `RAM_SAVE_FLAG_EOS`: end of a RAM section's payload.
+pub const RAM_SAVE_FLAG_EOS: u64 = 0x10;
+/// `RAM_SAVE_FLAG_CONTINUE`: same block as the previous record (no idstr).
+pub const RAM_SAVE_FLAG_CONTINUE: u64 = 0x20;
+
+/// Page data carried by one RAM PART section at most (1 MiB).
+pub const RAM_PART_MAX_DATA: usize = 1 << 20;
+/// Bytes of guest RAM read at a time while saving (64 pages).
+pub const RAM_READ_BATCH: usize = 64 * TARGET_PAGE_SIZE as usize;
 
 /// Human name of a section type byte, for diagnostics.
 pub fn section_type_name(ty: u8) -> Option<&'static str> {

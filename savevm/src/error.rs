@@ -372,6 +372,189 @@ pub enum Error {
         offset: u64,
     },
 
+    // ----------------------------------------------------------- ram section
+    /// `qemu_loadvm_section_part_end`: a PART/END section id that no START
+    /// opened.
+    #[error("Unknown savevm section {section_id}")]
+    UnknownSectionId {
+        /// The section id read.
+        section_id: u32,
+        /// Offset of the section's type byte.
+        offset: u64,
+    },
+    /// Loading a PART/END section failed.
+    #[error("error while loading state section id {section_id}({idstr})")]
+    LoadSectionPart {
+        /// The section id.
+        section_id: u32,
+        /// The idstr of the section it continues.
+        idstr: String,
+        /// What failed.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A `ram` START/PART/END out of place: after device sections, a second
+    /// START, a FULL section or EOF before END, a PART after END.
+    #[error("section type {ty} ({name}) at offset {offset} is out of place for the ram section")]
+    RamSectionOrder {
+        /// The type byte read.
+        ty: u8,
+        /// Its QEMU name.
+        name: &'static str,
+        /// Its offset.
+        offset: u64,
+    },
+    /// RAM was given to load into, but the stream has no `ram` section.
+    #[error("the stream has no ram section to load guest RAM from")]
+    MissingRamSection,
+    /// A block of the VMM's [`RamBlocks`](crate::RamBlocks) list is unusable.
+    #[error("ramblock \"{idstr}\": {reason}")]
+    InvalidRamBlock {
+        /// The block's idstr.
+        idstr: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The stream lists a block the destination does not have.
+    #[error("Unknown ramblock \"{idstr}\", cannot accept migration")]
+    UnknownRamBlock {
+        /// The idstr in the stream.
+        idstr: String,
+    },
+    /// A block's length differs between stream and destination.
+    #[error("Length mismatch: {idstr}: 0x{stream:x} in != 0x{local:x}")]
+    RamLengthMismatch {
+        /// The block's idstr.
+        idstr: String,
+        /// used_length in the stream.
+        stream: u64,
+        /// used_length of the local block.
+        local: u64,
+    },
+    /// A block is ignored (kept in place) on one side only
+    /// (`configuration_validate_capabilities`' wording, per block).
+    #[error(
+        "Capability x-ignore-shared is {}, but received capability is {} for ramblock \"{idstr}\"",
+        on_off(*.local_ignored),
+        on_off(*.stream_ignored)
+    )]
+    RamIgnoredMismatch {
+        /// The block's idstr.
+        idstr: String,
+        /// Whether the destination keeps the block in place.
+        local_ignored: bool,
+        /// Whether the source left the block's pages out.
+        stream_ignored: bool,
+    },
+    /// A local block is absent from the stream's block list.
+    #[error("ramblock \"{idstr}\" is missing from the stream")]
+    MissingRamBlock {
+        /// The local block's idstr.
+        idstr: String,
+    },
+    /// The MEM_SIZE block list is malformed.
+    #[error("bad ram block list at offset {offset}: {reason}")]
+    BadRamBlockList {
+        /// Offset of the offending element.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A RAM record with flags this loader does not accept.
+    #[error("Unknown combination of migration flags: 0x{flags:x}")]
+    UnknownRamFlags {
+        /// The flag bits of the record.
+        flags: u64,
+        /// Offset of the record.
+        offset: u64,
+    },
+    /// CONTINUE on the first record of a section.
+    #[error("Ack, bad migration stream!")]
+    RamNoPreviousBlock {
+        /// Offset of the record.
+        offset: u64,
+    },
+    /// A record names a block absent from the block list.
+    #[error("Can't find block {idstr}")]
+    RamBlockNotFound {
+        /// The idstr in the record.
+        idstr: String,
+        /// Offset of the record.
+        offset: u64,
+    },
+    /// A record carries pages of an ignored block.
+    #[error("block {idstr} should not be migrated !")]
+    RamBlockNotMigrated {
+        /// The block's idstr.
+        idstr: String,
+        /// Offset of the record.
+        offset: u64,
+    },
+    /// A record reaches past the block's used_length.
+    #[error("Illegal RAM offset {addr:x}")]
+    IllegalRamOffset {
+        /// The block's idstr.
+        idstr: String,
+        /// The record's page offset in the block.
+        addr: u64,
+        /// Offset of the record.
+        offset: u64,
+    },
+    /// A zero run of 0 pages.
+    #[error("ramblock \"{idstr}\": zero-page run of 0 pages at 0x{addr:x}")]
+    BadZeroRun {
+        /// The block's idstr.
+        idstr: String,
+        /// The record's page offset in the block.
+        addr: u64,
+        /// Offset of the record.
+        offset: u64,
+    },
+    /// A record does not continue its block where the previous one ended.
+    #[error("ramblock \"{idstr}\": page 0x{addr:x} out of order, expected 0x{expected:x}")]
+    RamPageOrder {
+        /// The block's idstr.
+        idstr: String,
+        /// The record's page offset.
+        addr: u64,
+        /// The next offset the block needed.
+        expected: u64,
+    },
+    /// At END, pages of a block whose pages are sent were never covered.
+    #[error("ramblock \"{idstr}\": pages 0x{from:x}..0x{to:x} are missing from the stream")]
+    RamPagesMissing {
+        /// The block's idstr.
+        idstr: String,
+        /// First missing offset.
+        from: u64,
+        /// End of the block.
+        to: u64,
+    },
+    /// The VMM's [`RamBlocks`](crate::RamBlocks) failed.
+    #[error("ramblock \"{idstr}\": {op} at 0x{offset:x} failed")]
+    RamAccess {
+        /// "read", "write" or "zero".
+        op: &'static str,
+        /// The block's idstr.
+        idstr: String,
+        /// Offset in the block.
+        offset: u64,
+        /// The VMM's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The second pass read different bytes than the first (the file
+    /// changed in between; guest RAM may be partly written).
+    #[error("the stream changed between the checking and the loading pass (at offset {offset})")]
+    StreamChanged {
+        /// Offset where the difference showed.
+        offset: u64,
+        /// The error the second pass ran into, if it did not get to the
+        /// end of the `ram` section.
+        #[source]
+        source: Option<Box<Error>>,
+    },
+
     // ------------------------------------------------------------- apply
     /// A [`LoadedState`](crate::LoadedState) was applied to a registry other
     /// than (or changed since) the one it was parsed against.
@@ -399,4 +582,8 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b { "on" } else { "off" }
 }

@@ -18,6 +18,12 @@
 //! that helper; `cpr-save`/`cpr-load` (patch 6) use them with
 //! [`CHANNEL_CPR_SAVE`]/[`CHANNEL_CPR_LOAD`].
 //!
+//! Mainline QEMU's later `cpr-reboot` mode (8.2) reuses this machinery but
+//! also copies guest RAM into the file. [`save_state`] and [`load_state`]
+//! (and [`save_state_to_path`]/[`read_state_from_path`]) do that, with the
+//! `ram` section described below and in [`ram`]; without RAM they are the
+//! device-state functions.
+//!
 //! # The stream
 //!
 //! All integers big-endian; "str" is a counted string (length byte +
@@ -25,6 +31,7 @@
 //!
 //! ```text
 //! "QEVM" (be32 0x5145564d) | be32 3
+//! [ram section, only when saved with RAM (save_state), see below]
 //! per needed section, in registry order:
 //!   0x04 | be32 section_id | str idstr | be32 instance_id | be32 version_id
 //!   fields (scalars big-endian, bool 1 byte, buffers raw, arrays by element)
@@ -34,6 +41,28 @@
 //! 0x06 | be32 len | len bytes of compact JSON               (vmdesc)
 //! "CPRC" | be32 CRC-32 of every byte from the magic to the end of the JSON
 //! ```
+//!
+//! The `ram` section (mainline QEMU's `cpr-reboot` copies guest RAM into
+//! the file unless a block is shared and `x-ignore-shared` is on) is
+//! QEMU's iterative framing, in QEMU's order — RAM first, then device
+//! state. A record word is a page offset ORed with flags (ZERO 0x02,
+//! MEM_SIZE 0x04, PAGE 0x08, EOS 0x10, CONTINUE 0x20):
+//!
+//! ```text
+//! 0x01 | be32 sid | str "ram" | be32 0 | be32 4                 (START)
+//!   be64 total|0x04 | per block: str idstr, be64 used_length, u8 ignored
+//!   be64 0x10 | 0x7e | be32 sid
+//! per up to 1 MiB of page data:
+//! 0x02 | be32 sid                                               (PART)
+//!   be64 offset|0x08[|0x20] [str idstr] | 4096 bytes            page
+//!   be64 offset|0x02[|0x20] [str idstr] | be64 npages           zero run
+//!   be64 0x10 | 0x7e | be32 sid
+//! 0x03 | be32 sid | be64 0x10 | 0x7e | be32 sid                 (END)
+//! ```
+//!
+//! Blocks flagged `ignored` (kept in place) carry no pages. The guest's
+//! RAM is reached through the VMM's [`RamBlocks`]; [`ram`] details the
+//! format and its extensions.
 //!
 //! There is no configuration section: V7's `cpr-save` writes none.
 //!
@@ -136,11 +165,30 @@
 //! * Stricter input: `bool` bytes other than 0/1, over-long arrays,
 //!   duplicate sections and section types that a device-state stream never
 //!   holds (START/PART/END/COMMAND/CONFIGURATION) are errors.
+//! * **Guest RAM with bounded memory, loaded in two passes.**
+//!   [`save_state`] streams RAM a few pages at a time and never writes zero
+//!   pages: a run of them is one ZERO record with a be64 page count (QEMU
+//!   writes one record and a fill byte per zero page), so a sparse 16 GiB
+//!   guest costs a few bytes. [`load_state`] first checks the whole file —
+//!   block list against the local blocks, every page in range and covered
+//!   once, device sections, vmdesc, checksum — skipping page data, and only
+//!   then re-reads it to write guest RAM: a corrupt file (or one for the
+//!   wrong machine) never half-overwrites a shared RAM file.
+//! * **The ignored flag.** Each block in the RAM block list carries a byte
+//!   saying whether it is kept in place (`x-ignore-shared`; QEMU's first
+//!   x-ignore-shared version wrote the same byte), and a destination that
+//!   disagrees about a block refuses the stream with QEMU's capability
+//!   wording, instead of silently loading a block it expected to share or
+//!   keeping stale memory it expected to receive.
 //!
 //! # Compatibility with QEMU
 //!
-//! The bytes up to EOF are exactly what QEMU frames, and the vmdesc is
-//! QEMU's record. V7's `cpr-load` (`qemu_load_device_state` after reading
+//! Without RAM, the bytes up to EOF are exactly what QEMU frames, and the
+//! vmdesc is QEMU's record. With RAM, the framing (section headers and
+//! footers, record words, CONTINUE, EOS) is QEMU's, but the ignored byte
+//! and the zero-run count are extensions that QEMU's `ram_load` does not
+//! read, and the vmdesc gains a top-level `"ram"` entry (not a device, so
+//! that `analyze-migration.py` keeps decoding `ram` by name). V7's `cpr-load` (`qemu_load_device_state` after reading
 //! the magic and version itself) reads sections up to EOF and stops: it
 //! never looks at the vmdesc or the trailer. The generic
 //! `qemu_loadvm_state` reads to EOF, then expects `0x06` + vmdesc, which it
@@ -154,6 +202,7 @@ pub mod consts;
 mod error;
 mod handler;
 mod path;
+pub mod ram;
 mod registry;
 mod stream;
 pub mod vmdesc;
@@ -163,12 +212,14 @@ pub use error::{BoxError, Error, Result};
 pub use handler::{Persist, PersistHandler, Saved, SectionHandler, SharedState, Staged};
 pub use path::{
     CHANNEL_CPR_LOAD, CHANNEL_CPR_SAVE, CHANNEL_XEN_LOAD, CHANNEL_XEN_SAVE,
-    load_device_state_from_path, read_device_state_from_path, save_device_state_to_path,
+    load_device_state_from_path, read_device_state_from_path, read_state_from_path,
+    save_device_state_to_path, save_state_to_path,
 };
+pub use ram::{RamBlockDesc, RamBlocks, RamSummary, load_state};
 pub use registry::{InstanceId, OnLoad, Registration, Registry, SectionInfo};
 pub use stream::{
     FullHeader, LoadStats, LoadedSection, LoadedState, SaveStats, check_section_footer,
-    load_device_state, read_full_header, read_stream_header, save_device_state, write_full_header,
-    write_part_header, write_section_footer, write_stream_header,
+    load_device_state, read_full_header, read_stream_header, save_device_state, save_state,
+    write_full_header, write_part_header, write_section_footer, write_stream_header,
 };
 pub use vmstate::{FieldReader, FieldWriter, Scalar, VmState, decode_vmstate, encode_vmstate};

@@ -14,15 +14,21 @@
 //! fsync, rename, directory fsync) instead of truncating the target in
 //! place, so a failed save leaves the previous file byte-identical.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::sync::Arc;
 
-use cpr_migration_file::{AtomicFile, QemuFile};
+use cpr_migration_file::{AtomicFile, Error as FileError, QemuFile};
+use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
 use crate::error::{Error, Result};
+use crate::ram::{RamBlocks, load_state_as};
 use crate::registry::Registry;
-use crate::stream::{LoadStats, LoadedState, SaveStats, load_device_state_as, save_device_state};
+use crate::stream::{
+    LoadStats, LoadedState, SaveStats, load_device_state_as, save_device_state, save_state,
+};
 
 /// Channel name of `xen-save-devices-state`.
 pub const CHANNEL_XEN_SAVE: &str = "migration-xen-save-state";
@@ -50,6 +56,68 @@ pub fn save_device_state_to_path(
         source,
     })?;
     Ok(stats)
+}
+
+/// [`save_device_state_to_path`] with guest RAM ([`save_state`]).
+pub fn save_state_to_path(
+    path: impl AsRef<Path>,
+    registry: &mut Registry,
+    ram: Option<&dyn RamBlocks>,
+    channel_name: &str,
+) -> Result<SaveStats> {
+    let mut file = AtomicFile::create(path, channel_name).map_err(|source| Error::Io {
+        op: "creating the state file",
+        source,
+    })?;
+    let stats = save_state(file.file(), registry, ram)?;
+    file.commit().map_err(|source| Error::Io {
+        op: "committing the state file",
+        source,
+    })?;
+    Ok(stats)
+}
+
+/// [`load_state`](crate::load_state) from `path`: the file is opened once
+/// and each pass reads a duplicate of that fd from offset 0, so both passes
+/// see the same file even if `path` is renamed over in between. Header
+/// errors name the path. Guest RAM is written; device state is returned
+/// for [`LoadedState::apply`].
+pub fn read_state_from_path(
+    path: impl AsRef<Path>,
+    registry: &Registry,
+    ram: Option<&mut dyn RamBlocks>,
+    channel_name: &str,
+) -> Result<LoadedState> {
+    let path = path.as_ref();
+    let open_err = |source| Error::Io {
+        op: "opening the state file",
+        source,
+    };
+    let fd: OwnedFd = loop {
+        match nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()) {
+            Ok(fd) => break fd,
+            Err(Errno::EINTR) => {}
+            Err(source) => {
+                return Err(open_err(FileError::Open {
+                    path: path.to_owned(),
+                    source,
+                }));
+            }
+        }
+    };
+    let open = || {
+        let dup = fd.try_clone().map_err(|e| {
+            open_err(FileError::Read {
+                name: channel_name.to_owned(),
+                offset: 0,
+                source: Arc::new(e),
+            })
+        })?;
+        let mut f = QemuFile::from_fd(dup, false, channel_name);
+        f.seek_to(0).map_err(open_err)?;
+        Ok(f)
+    };
+    load_state_as(open, registry, ram, Some(&path.display().to_string()))
 }
 
 /// Open `path` read-only and parse it completely against `registry`

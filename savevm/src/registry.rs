@@ -15,7 +15,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::consts::RESERVED_INSTANCE_ID;
+use crate::consts::{RAM_IDSTR, RAM_INSTANCE_ID, RESERVED_INSTANCE_ID};
 use crate::error::{Error, Result};
 use crate::handler::{Persist, PersistHandler, SectionHandler};
 use crate::vmstate::check_name;
@@ -206,6 +206,24 @@ impl Registry {
     /// Whether no entry is registered.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// The section id the next registration would get: free for a section
+    /// that is not a registry entry (the `ram` section).
+    pub(crate) fn next_section_id(&self) -> u32 {
+        self.next_section_id
+    }
+
+    /// The `ram` section cannot share its name with an entry
+    /// ([`Error::DuplicateRegistration`]).
+    pub(crate) fn check_no_ram_entry(&self) -> Result<()> {
+        match self.find(RAM_IDSTR, RAM_INSTANCE_ID) {
+            Some(_) => Err(Error::DuplicateRegistration {
+                idstr: RAM_IDSTR.to_owned(),
+                instance_id: RAM_INSTANCE_ID,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// (registry id, generation): changes whenever entries change.

@@ -1,6 +1,7 @@
 //! Writing and reading the device-state stream (QEMU's
-//! `qemu_save_device_state` and `qemu_loadvm_state_main`), plus the vmdesc
-//! and the checksum trailer this crate adds after EOF.
+//! `qemu_save_device_state` and `qemu_loadvm_state_main`), optionally with
+//! the `ram` section in front, plus the vmdesc and the checksum trailer
+//! this crate adds after EOF.
 
 use std::any::Any;
 
@@ -9,15 +10,22 @@ use cpr_migration_file::QemuFile;
 use crate::consts::*;
 use crate::error::{Error, Result};
 use crate::handler::{Saved, Staged};
+use crate::ram::{RamBlocks, RamLoader, RamSummary, save_ram_section};
 use crate::registry::{OnLoad, Registry};
-use crate::vmdesc::{self, DeviceDesc, VmDesc, VmsdDesc};
+use crate::vmdesc::{self, DeviceDesc, RamDesc, VmDesc, VmsdDesc};
 use crate::vmstate::{FieldReader, FieldWriter};
 
-/// What [`save_device_state`] wrote.
+/// What [`save_state`] (or [`save_device_state`]) wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SaveStats {
     /// Number of FULL sections written.
     pub sections: usize,
+    /// Guest RAM pages whose data was written (0 without RAM).
+    pub ram_pages: u64,
+    /// Zero pages, written as zero runs (0 without RAM).
+    pub ram_zero_pages: u64,
+    /// Bytes of the `ram` section, START through END (0 without RAM).
+    pub ram_bytes: u64,
     /// Length of the vmdesc JSON.
     pub vmdesc_len: u32,
     /// CRC-32 stored in the trailer.
@@ -130,7 +138,7 @@ pub fn check_section_footer(f: &mut QemuFile, idstr: &str, section_id: u32) -> R
     Ok(())
 }
 
-fn get<T>(
+pub(crate) fn get<T>(
     f: &mut QemuFile,
     what: &'static str,
     read: impl FnOnce(&mut QemuFile) -> cpr_migration_file::Result<T>,
@@ -155,9 +163,34 @@ fn io(op: &'static str) -> impl FnOnce(cpr_migration_file::Error) -> Error {
 /// A handler error stops the save ([`Error::SaveSection`]); the partial
 /// stream must be discarded (the path helper does so).
 pub fn save_device_state(f: &mut QemuFile, registry: &mut Registry) -> Result<SaveStats> {
+    save_state(f, registry, None)
+}
+
+/// [`save_device_state`] with guest RAM: when `ram` is given, the `ram`
+/// section (START with the block list, PARTs with pages and zero runs,
+/// END; see the [crate docs](crate#the-stream)) comes right after magic
+/// and version, and the vmdesc describes its blocks under `"ram"`. Guest
+/// RAM is read a few pages at a time: memory use does not grow with it.
+///
+/// Without `ram` the bytes are exactly [`save_device_state`]'s. A
+/// [`RamBlocks::read`] error is [`Error::RamAccess`]; a block list that
+/// cannot be written is [`Error::InvalidRamBlock`]; a registry entry
+/// `ram` instance 0 is [`Error::DuplicateRegistration`].
+pub fn save_state(
+    f: &mut QemuFile,
+    registry: &mut Registry,
+    ram: Option<&dyn RamBlocks>,
+) -> Result<SaveStats> {
+    if ram.is_some() {
+        registry.check_no_ram_entry()?;
+    }
     f.reset_crc();
     let start = f.position();
     write_stream_header(f);
+    let ram = match ram {
+        Some(ram) => Some(save_ram_section(f, ram, registry.next_section_id())?),
+        None => None,
+    };
     let mut devices = Vec::new();
     for entry in &mut registry.entries {
         let info = &entry.info;
@@ -196,6 +229,7 @@ pub fn save_device_state(f: &mut QemuFile, registry: &mut Registry) -> Result<Sa
     let sections = devices.len();
     let json = VmDesc {
         page_size: TARGET_PAGE_SIZE,
+        ram: ram.as_ref().map(|r| RamDesc::new(&r.blocks)),
         devices,
     }
     .to_json();
@@ -216,6 +250,9 @@ pub fn save_device_state(f: &mut QemuFile, registry: &mut Registry) -> Result<Sa
     f.flush().map_err(io("writing the stream"))?;
     Ok(SaveStats {
         sections,
+        ram_pages: ram.as_ref().map_or(0, |r| r.pages),
+        ram_zero_pages: ram.as_ref().map_or(0, |r| r.zero_pages),
+        ram_bytes: ram.as_ref().map_or(0, |r| r.bytes),
         vmdesc_len,
         crc32,
         bytes: f.position() - start,
@@ -248,12 +285,14 @@ pub struct LoadedState {
     stamp: (u64, u64),
     sections: Vec<StagedSection>,
     vmdesc: serde_json::Value,
+    ram: Option<RamSummary>,
 }
 
 impl std::fmt::Debug for LoadedState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedState")
             .field("sections", &self.sections().collect::<Vec<_>>())
+            .field("ram", &self.ram)
             .finish_non_exhaustive()
     }
 }
@@ -274,6 +313,11 @@ impl LoadedState {
     /// The vmdesc JSON of the stream.
     pub fn vmdesc(&self) -> &serde_json::Value {
         &self.vmdesc
+    }
+
+    /// The `ram` section, when loaded with [`load_state`](crate::load_state) and RAM.
+    pub fn ram(&self) -> Option<&RamSummary> {
+        self.ram.as_ref()
     }
 
     /// The parsed state of a section, before it is applied (e.g. to read
@@ -325,7 +369,9 @@ impl LoadedState {
 /// changing any state: header (a bad one is `<file> is not a vmstate file`,
 /// `file` being the channel name), FULL sections to EOF (every section
 /// known, versions, footers, no duplicates, every [`OnLoad::Required`] entry
-/// present), the vmdesc, the checksum trailer, and end of file.
+/// present), the vmdesc, the checksum trailer, and end of file. A `ram`
+/// section is refused here ([`Error::UnexpectedSectionType`]): load it with
+/// [`load_state`](crate::load_state).
 pub fn load_device_state(f: &mut QemuFile, registry: &Registry) -> Result<LoadedState> {
     let file = f.name().to_owned();
     load_device_state_as(f, registry, &file)
@@ -337,12 +383,23 @@ pub(crate) fn load_device_state_as(
     registry: &Registry,
     file: &str,
 ) -> Result<LoadedState> {
+    parse_stream(f, registry, None, file).map(|(loaded, _)| loaded)
+}
+
+/// Parse a whole stream; with `ram`, its `ram` section too. Also returns
+/// (offset, running CRC-32) just after the `ram` section's END.
+pub(crate) fn parse_stream(
+    f: &mut QemuFile,
+    registry: &Registry,
+    mut ram: Option<&mut RamLoader<'_>>,
+    file: &str,
+) -> Result<(LoadedState, Option<(u64, u32)>)> {
     f.reset_crc();
     read_stream_header(f).map_err(|e| Error::NotVmstateFile {
         file: file.to_owned(),
         source: Box::new(e),
     })?;
-    let sections = load_sections(f, registry)?;
+    let (sections, ram_end) = load_sections(f, registry, ram.as_deref_mut())?;
 
     for entry in &registry.entries {
         let info = &entry.info;
@@ -376,23 +433,63 @@ pub(crate) fn load_device_state_as(
         .iter()
         .map(|s| (s.info.idstr.as_str(), s.info.instance_id))
         .collect();
-    let vmdesc = vmdesc::check(&json, json_offset, &names)?;
+    let ram = ram.and_then(|r| r.summary());
+    let ram_blocks = ram.as_ref().map(|r| r.blocks.as_slice());
+    let vmdesc = vmdesc::check(&json, json_offset, &names, ram_blocks)?;
 
     check_trailer(f)?;
-    Ok(LoadedState {
+    let loaded = LoadedState {
         stamp: registry.stamp(),
         sections,
         vmdesc,
-    })
+        ram,
+    };
+    Ok((loaded, ram_end))
 }
 
-fn load_sections(f: &mut QemuFile, registry: &Registry) -> Result<Vec<StagedSection>> {
+type Sections = (Vec<StagedSection>, Option<(u64, u32)>);
+
+fn load_sections(
+    f: &mut QemuFile,
+    registry: &Registry,
+    mut ram: Option<&mut RamLoader<'_>>,
+) -> Result<Sections> {
     let mut sections: Vec<StagedSection> = Vec::new();
+    let mut ram_end = None;
     loop {
         let offset = f.position();
         let ty = get(f, "section type", QemuFile::get_u8)?;
+        // With RAM: START/PART/END of `ram` first, then FULL sections.
+        if let Some(r) = ram.as_deref_mut() {
+            let misplaced = match ty {
+                QEMU_VM_SECTION_START | QEMU_VM_SECTION_PART | QEMU_VM_SECTION_END => {
+                    !sections.is_empty()
+                }
+                QEMU_VM_SECTION_FULL => r.is_open(),
+                QEMU_VM_EOF if r.is_idle() => return Err(Error::MissingRamSection),
+                QEMU_VM_EOF => r.is_open(),
+                _ => false,
+            };
+            if misplaced {
+                return Err(Error::RamSectionOrder {
+                    ty,
+                    name: section_type_name(ty).unwrap_or("?"),
+                    offset,
+                });
+            }
+            if matches!(
+                ty,
+                QEMU_VM_SECTION_START | QEMU_VM_SECTION_PART | QEMU_VM_SECTION_END
+            ) {
+                r.section(f, ty, offset)?;
+                if r.is_done() {
+                    ram_end = Some((f.position(), f.crc32()));
+                }
+                continue;
+            }
+        }
         match ty {
-            QEMU_VM_EOF => return Ok(sections),
+            QEMU_VM_EOF => return Ok((sections, ram_end)),
             QEMU_VM_SECTION_FULL => {
                 let s = load_full_section(f, registry, offset)?;
                 if sections.iter().any(|t| {
@@ -406,9 +503,9 @@ fn load_sections(f: &mut QemuFile, registry: &Registry) -> Result<Vec<StagedSect
                 }
                 sections.push(s);
             }
-            // START/PART/END (live sections, e.g. a later streamed `ram`),
-            // COMMAND, CONFIGURATION, ...: QEMU knows them, a V7
-            // device-state stream never holds them.
+            // START/PART/END (live sections; `ram` is read above when RAM
+            // was given), COMMAND, CONFIGURATION, ...: QEMU knows them, a
+            // V7 device-state stream never holds them.
             _ => {
                 return Err(match section_type_name(ty) {
                     Some(name) => Error::UnexpectedSectionType { ty, name, offset },

@@ -12,6 +12,18 @@
 //!
 //! Arrays are recorded once with `array_len` and the size of one element,
 //! as QEMU's compressed form; `subsections` is omitted when empty.
+//!
+//! A stream with a `ram` section also has a top-level `"ram"` key (absent
+//! otherwise, so device-state streams are unchanged):
+//!
+//! ```json
+//! "ram":{"name":"ram","instance_id":0,"version":4,"total":12288,
+//!        "blocks":[{"name":"pc.ram","used_length":12288,"ignored":false}]}
+//! ```
+//!
+//! It is not one of the `"devices"`: QEMU does not list `ram` there, and
+//! `scripts/analyze-migration.py` would then decode the section as a
+//! VMState device instead of with its RAM parser.
 
 use std::borrow::Cow;
 
@@ -19,6 +31,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::ram::RamBlockDesc;
 
 /// One field's entry in the description.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -73,11 +86,62 @@ pub struct DeviceDesc {
     pub vmsd: VmsdDesc,
 }
 
+/// One RAM block in the description.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RamBlockJson {
+    /// The block's idstr.
+    pub name: String,
+    /// Its used_length in bytes.
+    pub used_length: u64,
+    /// Whether it is kept in place (no pages in the stream).
+    pub ignored: bool,
+}
+
+/// The `ram` section in the description.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RamDesc {
+    /// The section idstr, `ram`.
+    pub name: &'static str,
+    /// Its instance id (0).
+    pub instance_id: u32,
+    /// Its version (4).
+    pub version: u32,
+    /// Sum of the blocks' used_length.
+    pub total: u64,
+    /// The blocks, in stream order.
+    pub blocks: Vec<RamBlockJson>,
+}
+
+impl RamDesc {
+    /// The description of a `ram` section holding `blocks`.
+    pub fn new(blocks: &[RamBlockDesc]) -> Self {
+        RamDesc {
+            name: crate::consts::RAM_IDSTR,
+            instance_id: crate::consts::RAM_INSTANCE_ID,
+            version: crate::consts::RAM_VERSION_ID,
+            total: blocks
+                .iter()
+                .fold(0u64, |t, b| t.saturating_add(b.used_length)),
+            blocks: blocks
+                .iter()
+                .map(|b| RamBlockJson {
+                    name: b.idstr.clone(),
+                    used_length: b.used_length,
+                    ignored: b.ignored,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// The whole description.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VmDesc {
     /// Target page size.
     pub page_size: u32,
+    /// The `ram` section, when the stream has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ram: Option<RamDesc>,
     /// Sections in stream order.
     pub devices: Vec<DeviceDesc>,
 }
@@ -91,9 +155,14 @@ impl VmDesc {
 }
 
 /// Check that `json` is a vmdesc object whose `devices` list names exactly
-/// `sections` ((idstr, instance id), in stream order). Returns the parsed
-/// value.
-pub(crate) fn check(json: &[u8], offset: u64, sections: &[(&str, u32)]) -> Result<Value> {
+/// `sections` ((idstr, instance id), in stream order), and whose `ram`
+/// entry describes `ram` (absent when `None`). Returns the parsed value.
+pub(crate) fn check(
+    json: &[u8],
+    offset: u64,
+    sections: &[(&str, u32)],
+    ram: Option<&[RamBlockDesc]>,
+) -> Result<Value> {
     let value: Value =
         serde_json::from_slice(json).map_err(|source| Error::VmdescJson { offset, source })?;
     let mismatch = |reason: String| Error::VmdescMismatch { reason };
@@ -117,5 +186,31 @@ pub(crate) fn check(json: &[u8], offset: u64, sections: &[(&str, u32)]) -> Resul
             )));
         }
     }
+    check_ram(&value, ram)?;
     Ok(value)
+}
+
+fn check_ram(value: &Value, ram: Option<&[RamBlockDesc]>) -> Result<()> {
+    let mismatch = |reason: String| Error::VmdescMismatch { reason };
+    let found = value.get("ram");
+    let Some(blocks) = ram else {
+        return match found {
+            None => Ok(()),
+            Some(_) => Err(mismatch(
+                "it has a \"ram\" entry, the stream has no ram section".into(),
+            )),
+        };
+    };
+    let Some(found) = found else {
+        return Err(mismatch(
+            "no \"ram\" entry, the stream has a ram section".into(),
+        ));
+    };
+    let expected = serde_json::to_value(RamDesc::new(blocks)).unwrap_or_default();
+    if *found != expected {
+        return Err(mismatch(format!(
+            "its \"ram\" entry is {found}, the stream's ram section is {expected}"
+        )));
+    }
+    Ok(())
 }

@@ -1,0 +1,417 @@
+//! Reading the `ram` section. The same [`RamLoader`] runs twice: without a
+//! sink (pass 1: check everything, skip page data) and with one (pass 2:
+//! write pages and zero runs into guest RAM).
+
+use cpr_migration_file::QemuFile;
+
+use super::{PAGE, PAGE64, RamBlockDesc, RamBlocks, validate_blocks};
+use crate::consts::*;
+use crate::error::{Error, Result};
+use crate::stream::{check_section_footer, get, read_full_header};
+
+/// What the `ram` section of a loaded stream held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RamSummary {
+    /// Section id of the `ram` section.
+    pub section_id: u32,
+    /// Version of the section (4).
+    pub version_id: u32,
+    /// The blocks, in stream order.
+    pub blocks: Vec<RamBlockDesc>,
+    /// Pages whose data the stream carries.
+    pub pages: u64,
+    /// Zero pages (in zero runs).
+    pub zero_pages: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// No START yet.
+    Idle,
+    /// After START: (section id, version).
+    Open(u32, u32),
+    /// After END.
+    Done(u32, u32),
+}
+
+/// A block of the stream's list: its index in the local list and the next
+/// offset a record must cover.
+#[derive(Debug)]
+struct StreamBlock {
+    local: usize,
+    cursor: u64,
+}
+
+/// Reads START/PART/END sections of `ram` and checks them against the
+/// local block list.
+pub(crate) struct RamLoader<'r> {
+    local: Vec<RamBlockDesc>,
+    sink: Option<&'r mut dyn RamBlocks>,
+    phase: Phase,
+    blocks: Vec<StreamBlock>,
+    /// Block (index in `blocks`) of the previous record of this section.
+    last: Option<usize>,
+    page: Vec<u8>,
+    pages: u64,
+    zero_pages: u64,
+}
+
+impl<'r> RamLoader<'r> {
+    /// A loader for `local` (validated); with a `sink`, pages are written
+    /// there, otherwise skipped.
+    pub(crate) fn new(
+        local: Vec<RamBlockDesc>,
+        sink: Option<&'r mut dyn RamBlocks>,
+    ) -> Result<Self> {
+        validate_blocks(&local)?;
+        let page = if sink.is_some() {
+            vec![0; PAGE]
+        } else {
+            Vec::new()
+        };
+        Ok(RamLoader {
+            local,
+            sink,
+            phase: Phase::Idle,
+            blocks: Vec::new(),
+            last: None,
+            page,
+            pages: 0,
+            zero_pages: 0,
+        })
+    }
+
+    /// Whether START has been read but END has not.
+    pub(crate) fn is_open(&self) -> bool {
+        matches!(self.phase, Phase::Open(..))
+    }
+
+    /// Whether END has been read.
+    pub(crate) fn is_done(&self) -> bool {
+        matches!(self.phase, Phase::Done(..))
+    }
+
+    /// Whether no START has been read.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.phase == Phase::Idle
+    }
+
+    /// What the section held, once END has been read.
+    pub(crate) fn summary(&self) -> Option<RamSummary> {
+        let Phase::Done(section_id, version_id) = self.phase else {
+            return None;
+        };
+        Some(RamSummary {
+            section_id,
+            version_id,
+            blocks: self.descs().cloned().collect(),
+            pages: self.pages,
+            zero_pages: self.zero_pages,
+        })
+    }
+
+    /// The stream's blocks, in stream order.
+    fn descs(&self) -> impl Iterator<Item = &RamBlockDesc> {
+        self.blocks.iter().filter_map(|b| self.local.get(b.local))
+    }
+
+    /// Read the rest of a START/PART/END section whose type byte `ty` was
+    /// read at `offset`.
+    pub(crate) fn section(&mut self, f: &mut QemuFile, ty: u8, offset: u64) -> Result<()> {
+        match (ty, self.phase) {
+            (QEMU_VM_SECTION_START, Phase::Idle) => self.start(f, offset),
+            (QEMU_VM_SECTION_PART | QEMU_VM_SECTION_END, Phase::Open(sid, version)) => {
+                self.part(f, ty, offset, sid, version)
+            }
+            (QEMU_VM_SECTION_PART | QEMU_VM_SECTION_END, Phase::Idle) => {
+                let section_id = get(f, "section id", QemuFile::get_u32)?;
+                Err(Error::UnknownSectionId { section_id, offset })
+            }
+            _ => Err(Error::RamSectionOrder {
+                ty,
+                name: section_type_name(ty).unwrap_or("?"),
+                offset,
+            }),
+        }
+    }
+
+    fn start(&mut self, f: &mut QemuFile, offset: u64) -> Result<()> {
+        let hdr = read_full_header(f)?;
+        if hdr.idstr != RAM_IDSTR || hdr.instance_id != RAM_INSTANCE_ID {
+            return Err(Error::UnknownSection {
+                idstr: hdr.idstr,
+                instance_id: hdr.instance_id,
+                offset,
+            });
+        }
+        if hdr.version_id > RAM_VERSION_ID {
+            return Err(Error::UnsupportedSectionVersion {
+                idstr: hdr.idstr,
+                version_id: hdr.version_id,
+                local_version_id: RAM_VERSION_ID,
+            });
+        }
+        let wrap = |e| Error::LoadSection {
+            idstr: RAM_IDSTR.to_owned(),
+            instance_id: RAM_INSTANCE_ID,
+            section_id: hdr.section_id,
+            source: Box::new(e),
+        };
+        if hdr.version_id < RAM_VERSION_ID {
+            return Err(wrap(Error::VersionTooOld {
+                vmsd: RAM_IDSTR.to_owned(),
+                version_id: hdr.version_id,
+                minimum_version_id: RAM_VERSION_ID,
+            }));
+        }
+        self.block_list(f).map_err(wrap)?;
+        self.last = None;
+        self.records(f).map_err(wrap)?;
+        check_section_footer(f, RAM_IDSTR, hdr.section_id)?;
+        self.phase = Phase::Open(hdr.section_id, hdr.version_id);
+        Ok(())
+    }
+
+    fn part(
+        &mut self,
+        f: &mut QemuFile,
+        ty: u8,
+        offset: u64,
+        sid: u32,
+        version: u32,
+    ) -> Result<()> {
+        let section_id = get(f, "section id", QemuFile::get_u32)?;
+        if section_id != sid {
+            return Err(Error::UnknownSectionId { section_id, offset });
+        }
+        let wrap = |e| Error::LoadSectionPart {
+            section_id,
+            idstr: RAM_IDSTR.to_owned(),
+            source: Box::new(e),
+        };
+        self.last = None;
+        self.records(f).map_err(wrap)?;
+        if ty == QEMU_VM_SECTION_END {
+            self.check_complete().map_err(wrap)?;
+        }
+        check_section_footer(f, RAM_IDSTR, section_id)?;
+        if ty == QEMU_VM_SECTION_END {
+            self.phase = Phase::Done(sid, version);
+        }
+        Ok(())
+    }
+
+    /// The MEM_SIZE record: be64 total | MEM_SIZE, then per block idstr,
+    /// be64 used_length, u8 ignored, until the lengths add up to total.
+    fn block_list(&mut self, f: &mut QemuFile) -> Result<()> {
+        let at = f.position();
+        let word = get(f, "ram block list", QemuFile::get_u64)?;
+        if word & RAM_SAVE_FLAG_MASK != RAM_SAVE_FLAG_MEM_SIZE {
+            return Err(Error::BadRamBlockList {
+                offset: at,
+                reason: format!(
+                    "it starts with flags 0x{:x}, not RAM_SAVE_FLAG_MEM_SIZE",
+                    word & RAM_SAVE_FLAG_MASK
+                ),
+            });
+        }
+        let total = word & !RAM_SAVE_FLAG_MASK;
+        let mut left = total;
+        while left > 0 {
+            let at = f.position();
+            let idstr = f.get_counted_string().map_err(|source| Error::Read {
+                what: "ramblock idstr",
+                offset: at,
+                source,
+            })?;
+            let len = get(f, "ramblock length", QemuFile::get_u64)?;
+            let ignored = match get(f, "ramblock ignored flag", QemuFile::get_u8)? {
+                0 => false,
+                1 => true,
+                v => {
+                    return Err(Error::BadRamBlockList {
+                        offset: at,
+                        reason: format!("ramblock \"{idstr}\" has ignored flag {v}, not 0 or 1"),
+                    });
+                }
+            };
+            let Some((local, desc)) = self
+                .local
+                .iter()
+                .enumerate()
+                .find(|(_, b)| b.idstr == idstr)
+            else {
+                return Err(Error::UnknownRamBlock { idstr });
+            };
+            if self.blocks.iter().any(|b| b.local == local) {
+                return Err(Error::BadRamBlockList {
+                    offset: at,
+                    reason: format!("ramblock \"{idstr}\" is listed twice"),
+                });
+            }
+            if len != desc.used_length {
+                return Err(Error::RamLengthMismatch {
+                    idstr,
+                    stream: len,
+                    local: desc.used_length,
+                });
+            }
+            if ignored != desc.ignored {
+                return Err(Error::RamIgnoredMismatch {
+                    idstr,
+                    local_ignored: desc.ignored,
+                    stream_ignored: ignored,
+                });
+            }
+            left = left
+                .checked_sub(len)
+                .ok_or_else(|| Error::BadRamBlockList {
+                    offset: at,
+                    reason: format!("the block lengths exceed the announced total 0x{total:x}"),
+                })?;
+            self.blocks.push(StreamBlock { local, cursor: 0 });
+        }
+        for (i, b) in self.local.iter().enumerate() {
+            if !self.blocks.iter().any(|s| s.local == i) {
+                return Err(Error::MissingRamBlock {
+                    idstr: b.idstr.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// PAGE and ZERO records up to EOS (`ram_load_precopy`).
+    fn records(&mut self, f: &mut QemuFile) -> Result<()> {
+        loop {
+            let at = f.position();
+            let word = get(f, "ram record", QemuFile::get_u64)?;
+            let (addr, flags) = (word & !RAM_SAVE_FLAG_MASK, word & RAM_SAVE_FLAG_MASK);
+            if flags == RAM_SAVE_FLAG_EOS {
+                return Ok(());
+            }
+            let kind = flags & !RAM_SAVE_FLAG_CONTINUE;
+            if kind != RAM_SAVE_FLAG_PAGE && kind != RAM_SAVE_FLAG_ZERO {
+                return Err(Error::UnknownRamFlags { flags, offset: at });
+            }
+            let index = self.block_from_stream(f, flags, at)?;
+            let (local, cursor) = match self.blocks.get(index) {
+                Some(b) => (b.local, b.cursor),
+                None => return Err(Error::RamNoPreviousBlock { offset: at }),
+            };
+            let Some(desc) = self.local.get(local) else {
+                return Err(Error::RamNoPreviousBlock { offset: at });
+            };
+            let idstr = || desc.idstr.clone();
+            if desc.ignored {
+                return Err(Error::RamBlockNotMigrated {
+                    idstr: idstr(),
+                    offset: at,
+                });
+            }
+            let pages = if kind == RAM_SAVE_FLAG_PAGE {
+                1
+            } else {
+                get(f, "zero run length", QemuFile::get_u64)?
+            };
+            if pages == 0 {
+                return Err(Error::BadZeroRun {
+                    idstr: idstr(),
+                    addr,
+                    offset: at,
+                });
+            }
+            let end = pages
+                .checked_mul(PAGE64)
+                .and_then(|len| addr.checked_add(len))
+                .filter(|&end| end <= desc.used_length);
+            let Some(end) = end else {
+                return Err(Error::IllegalRamOffset {
+                    idstr: idstr(),
+                    addr,
+                    offset: at,
+                });
+            };
+            if addr != cursor {
+                return Err(Error::RamPageOrder {
+                    idstr: idstr(),
+                    addr,
+                    expected: cursor,
+                });
+            }
+            let len = end - addr;
+            let access = |op, source| Error::RamAccess {
+                op,
+                idstr: idstr(),
+                offset: addr,
+                source,
+            };
+            if kind == RAM_SAVE_FLAG_PAGE {
+                self.pages += 1;
+                let data_at = f.position();
+                let read = |source| Error::Read {
+                    what: "ram page",
+                    offset: data_at,
+                    source,
+                };
+                match self.sink.as_deref_mut() {
+                    Some(sink) => {
+                        f.get_buffer(&mut self.page).map_err(read)?;
+                        sink.write(local, addr, &self.page)
+                            .map_err(|e| access("write", e))?;
+                    }
+                    None => f.skip(PAGE64).map_err(read)?,
+                }
+            } else {
+                self.zero_pages += pages;
+                if let Some(sink) = self.sink.as_deref_mut() {
+                    sink.zero(local, addr, len).map_err(|e| access("zero", e))?;
+                }
+            }
+            if let Some(b) = self.blocks.get_mut(index) {
+                b.cursor = end;
+            }
+        }
+    }
+
+    /// `ram_block_from_stream`: the previous block for CONTINUE, else the
+    /// block named by the idstr that follows.
+    fn block_from_stream(&mut self, f: &mut QemuFile, flags: u64, at: u64) -> Result<usize> {
+        if flags & RAM_SAVE_FLAG_CONTINUE != 0 {
+            return self.last.ok_or(Error::RamNoPreviousBlock { offset: at });
+        }
+        let id_at = f.position();
+        let idstr = f.get_counted_string().map_err(|source| Error::Read {
+            what: "ramblock idstr",
+            offset: id_at,
+            source,
+        })?;
+        let local = &self.local;
+        let found = self
+            .blocks
+            .iter()
+            .position(|b| local.get(b.local).is_some_and(|d| d.idstr == idstr));
+        let Some(index) = found else {
+            return Err(Error::RamBlockNotFound { idstr, offset: at });
+        };
+        self.last = Some(index);
+        Ok(index)
+    }
+
+    /// At END: every page of every block that is not ignored was covered.
+    fn check_complete(&self) -> Result<()> {
+        for b in &self.blocks {
+            if let Some(desc) = self.local.get(b.local)
+                && !desc.ignored
+                && b.cursor != desc.used_length
+            {
+                return Err(Error::RamPagesMissing {
+                    idstr: desc.idstr.clone(),
+                    from: b.cursor,
+                    to: desc.used_length,
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,112 @@
+//! The two-pass load of a stream with guest RAM ([`load_state`]).
+
+use cpr_migration_file::QemuFile;
+
+use super::{RamBlocks, RamLoader};
+use crate::error::{Error, Result};
+use crate::registry::Registry;
+use crate::stream::{LoadedState, get, load_device_state_as, parse_stream, read_stream_header};
+
+/// [`load_device_state`](crate::load_device_state) with guest RAM, in two passes so that a corrupt
+/// file never changes guest RAM:
+///
+/// 1. `open()` the stream and check all of it as [`load_device_state`](crate::load_device_state)
+///    does, plus the `ram` section against `ram`'s
+///    [`blocks`](RamBlocks::blocks) (same idstrs and lengths, same
+///    ignored flags, every page of every copied block covered once, in
+///    range), the vmdesc's `"ram"` entry and the checksum trailer. Page
+///    data is skipped, not kept.
+/// 2. Only then, and only if some block is copied, `open()` it again (from
+///    its start: a fresh file, or one rewound with
+///    [`QemuFile::seek_to`]) and write its pages and zero runs into `ram`.
+///    The bytes read must parse and hash as in pass 1
+///    ([`Error::StreamChanged`] otherwise; guest RAM may then be partly
+///    written, so give a factory that re-reads the same bytes, e.g. a
+///    duplicate of one fd, as
+///    [`read_state_from_path`](crate::read_state_from_path) does). A
+///    [`RamBlocks::write`]/[`zero`](RamBlocks::zero) failure is
+///    [`Error::RamAccess`] (wrapped in the section error).
+///
+/// The returned [`LoadedState`] holds the parsed device state, not yet
+/// applied, and [`LoadedState::ram`]. Without `ram`, `open` is called once
+/// and this is [`load_device_state`](crate::load_device_state); with `ram`, a stream without a `ram`
+/// section is [`Error::MissingRamSection`].
+pub fn load_state(
+    open: impl FnMut() -> Result<QemuFile>,
+    registry: &Registry,
+    ram: Option<&mut dyn RamBlocks>,
+) -> Result<LoadedState> {
+    load_state_as(open, registry, ram, None)
+}
+
+/// [`load_state`] naming the file `file` (else the channel name) in header
+/// errors.
+pub(crate) fn load_state_as(
+    mut open: impl FnMut() -> Result<QemuFile>,
+    registry: &Registry,
+    ram: Option<&mut dyn RamBlocks>,
+    file: Option<&str>,
+) -> Result<LoadedState> {
+    let mut f = open()?;
+    let file = file.map_or_else(|| f.name().to_owned(), str::to_owned);
+    let Some(ram) = ram else {
+        return load_device_state_as(&mut f, registry, &file);
+    };
+    registry.check_no_ram_entry()?;
+
+    // Pass 1: check everything, skip page data.
+    let local = ram.blocks();
+    let mut check = RamLoader::new(local.clone(), None)?;
+    let (loaded, end) = parse_stream(&mut f, registry, Some(&mut check), &file)?;
+    drop(f);
+    let copied = loaded
+        .ram()
+        .is_some_and(|r| r.blocks.iter().any(|b| !b.ignored));
+    let Some((end_offset, end_crc)) = end.filter(|_| copied) else {
+        return Ok(loaded);
+    };
+
+    // Pass 2: the same bytes again, now writing guest RAM.
+    let mut f = open()?;
+    f.reset_crc();
+    read_stream_header(&mut f).map_err(|e| Error::NotVmstateFile {
+        file: file.clone(),
+        source: Box::new(e),
+    })?;
+    let mut writer = RamLoader::new(local, Some(ram))?;
+    while !writer.is_done() {
+        let offset = f.position();
+        let read = get(&mut f, "section type", QemuFile::get_u8)
+            .and_then(|ty| writer.section(&mut f, ty, offset));
+        match read {
+            Ok(()) => {}
+            // The VMM failed to write: its error, as is.
+            Err(e) if is_ram_access(&e) => return Err(e),
+            // Pass 1 accepted these bytes: they are not the same any more.
+            Err(e) => {
+                return Err(Error::StreamChanged {
+                    offset: f.position(),
+                    source: Some(Box::new(e)),
+                });
+            }
+        }
+    }
+    if f.position() != end_offset || f.crc32() != end_crc {
+        return Err(Error::StreamChanged {
+            offset: f.position(),
+            source: None,
+        });
+    }
+    Ok(loaded)
+}
+
+/// Whether `e` is (wraps) a [`RamBlocks`] failure.
+fn is_ram_access(e: &Error) -> bool {
+    match e {
+        Error::RamAccess { .. } => true,
+        Error::LoadSection { source, .. } | Error::LoadSectionPart { source, .. } => {
+            is_ram_access(source)
+        }
+        _ => false,
+    }
+}

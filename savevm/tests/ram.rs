@@ -1,0 +1,347 @@
+//! The `ram` section: round trips, PART chunking, the in-place
+//! (x-ignore-shared) case, how it composes with device state, and the
+//! two-pass load.
+
+mod common;
+mod ram_common;
+
+use std::cell::Cell;
+
+use common::*;
+use cpr_migration_file::QemuFile;
+use cpr_savevm::*;
+use ram_common::*;
+
+/// "pc.ram": 64 pages, mostly zero, patterned pages 0, 5, 6 and 63;
+/// "vram": 16 pages, all data; "shared": 8 pages kept in place.
+fn layout() -> Vec<RamBlockDesc> {
+    vec![
+        RamBlockDesc::copied("pc.ram", 64 * PAGE as u64),
+        RamBlockDesc::copied("vram", 16 * PAGE as u64),
+        RamBlockDesc::ignored("shared", 8 * PAGE as u64),
+    ]
+}
+
+fn source_ram() -> MemRam {
+    let mut ram = MemRam::filled(&layout(), 0);
+    let pc = ram.block_mut("pc.ram");
+    for p in [0usize, 5, 6, 63] {
+        for (i, b) in pc[p * PAGE..(p + 1) * PAGE].iter_mut().enumerate() {
+            *b = low((p * 7 + i % 251) as u64) | 0x40;
+        }
+    }
+    // One byte set in the last 8 bytes: zero detection looks at all of it.
+    pc[10 * PAGE + PAGE - 1] = 1;
+    for (i, b) in ram.block_mut("vram").iter_mut().enumerate() {
+        *b = low(i as u64 % 253) | 1;
+    }
+    ram.block_mut("shared").fill(0x5a);
+    ram
+}
+
+#[test]
+fn round_trip_restores_ram_and_devices() {
+    let mut src_machine = Machine::golden();
+    let src = source_ram();
+    let (bytes, stats) = save(&mut src_machine.registry, &src);
+    assert_eq!(stats.sections, 2);
+    assert_eq!(stats.ram_pages, 5 + 16);
+    assert_eq!(stats.ram_zero_pages, 64 - 5);
+    assert!(stats.ram_bytes > 21 * PAGE as u64 && stats.ram_bytes < 22 * PAGE as u64);
+
+    // Destination: garbage everywhere, its own content in the shared block.
+    let mut dst = MemRam::filled(&layout(), 0xee);
+    dst.block_mut("shared").fill(0x77);
+    let mut m = Machine::new(Timer::default(), Dev::default());
+    let loaded = load(&bytes, &m.registry, &mut dst).expect("load");
+    assert_eq!(dst.block("pc.ram"), src.block("pc.ram"));
+    assert_eq!(dst.block("vram"), src.block("vram"));
+    assert!(
+        dst.block("shared").iter().all(|&b| b == 0x77),
+        "ignored block written"
+    );
+    // 21 pages written, the zero pages of pc.ram in runs: [1..5), [7..10), [11..63).
+    assert_eq!((dst.writes, dst.zeros), (21, 3));
+
+    let ram = loaded.ram().expect("ram summary");
+    assert_eq!(ram.blocks, layout());
+    assert_eq!((ram.pages, ram.zero_pages, ram.version_id), (21, 59, 4));
+    assert_eq!(ram.section_id, 2, "the registry's next free section id");
+    assert_eq!(loaded.vmdesc()["ram"]["blocks"][2]["ignored"], true);
+    assert_eq!(loaded.vmdesc()["ram"]["total"], 88 * PAGE);
+    assert_eq!(loaded.vmdesc()["devices"].as_array().map(Vec::len), Some(2));
+
+    // Device state was only parsed; apply it now.
+    assert_eq!(m.restores(), 0);
+    loaded.apply(&mut m.registry).expect("apply");
+    assert_eq!(m.states(), src_machine.states());
+}
+
+#[test]
+fn stream_is_framed_as_qemu_and_zero_pages_cost_nothing() {
+    let src = source_ram();
+    let (bytes, stats) = save(&mut Registry::new(), &src);
+    let (blocks, parts, end) = walk(&bytes);
+    assert_eq!(
+        blocks,
+        [
+            ("pc.ram".into(), 64 * PAGE as u64, false),
+            ("vram".into(), 16 * PAGE as u64, false),
+            ("shared".into(), 8 * PAGE as u64, true),
+        ]
+    );
+    assert_eq!(parts.len(), 1);
+    let p = PAGE as u64;
+    let pc = |o: u64| ("pc.ram".to_string(), o * p);
+    assert_eq!(parts[0].pages[..5], [pc(0), pc(5), pc(6), pc(10), pc(63)]);
+    assert_eq!(parts[0].pages.len(), 21);
+    assert_eq!(
+        parts[0].zero_runs,
+        [
+            ("pc.ram".into(), p, 4),
+            ("pc.ram".into(), 7 * p, 3),
+            ("pc.ram".into(), 11 * p, 52)
+        ]
+    );
+    // Right after the ram section: EOF (no devices), as QEMU orders it.
+    assert_eq!(bytes[end], 0x00);
+    assert_eq!(stats.ram_bytes, end as u64 - 8);
+}
+
+#[test]
+fn parts_hold_at_most_one_mebibyte_of_pages() {
+    // 600 data pages: 256 + 256 + 88.
+    let descs = [RamBlockDesc::copied("big", 600 * PAGE as u64)];
+    let src = GenRam::new(descs.to_vec(), 1);
+    let (bytes, stats) = save(&mut Registry::new(), &src);
+    let (_, parts, _) = walk(&bytes);
+    let sizes: Vec<_> = parts.iter().map(|p| p.pages.len()).collect();
+    assert_eq!(sizes, [256, 256, 88]);
+    assert_eq!(stats.ram_pages, 600);
+    let mut dst = GenRam::new(descs.to_vec(), 1);
+    load(&bytes, &Registry::new(), &mut dst).expect("load");
+    assert_eq!((dst.written_pages, dst.wrong), (600, 0));
+}
+
+#[test]
+fn in_place_blocks_are_checked_and_never_written() {
+    let descs = [
+        RamBlockDesc::ignored("pc.ram", 32 * PAGE as u64),
+        RamBlockDesc::ignored("rom", PAGE as u64),
+    ];
+    let src = MemRam::filled(&descs, 0x11);
+    let (bytes, stats) = save(&mut Registry::new(), &src);
+    assert_eq!((stats.ram_pages, stats.ram_zero_pages), (0, 0));
+    assert_eq!(src.reads.get(), 0, "ignored blocks are not even read");
+    let (_, parts, _) = walk(&bytes);
+    assert!(parts.is_empty());
+
+    let mut dst = MemRam::filled(&descs, 0x22);
+    let opens = Cell::new(0);
+    let loaded =
+        load_state(opener(&bytes, &opens), &Registry::new(), Some(&mut dst)).expect("load");
+    assert_eq!(opens.get(), 1, "nothing to write: no second pass");
+    assert_eq!(dst.touched(), 0);
+    assert_eq!(loaded.ram().map(|r| r.blocks.clone()), Some(descs.to_vec()));
+}
+
+#[test]
+fn copied_blocks_take_two_passes() {
+    let src = source_ram();
+    let (bytes, _) = save(&mut Registry::new(), &src);
+    let mut dst = MemRam::filled(&layout(), 0);
+    let opens = Cell::new(0);
+    load_state(opener(&bytes, &opens), &Registry::new(), Some(&mut dst)).expect("load");
+    assert_eq!(opens.get(), 2);
+}
+
+#[test]
+fn without_ram_the_bytes_are_the_device_state_streams() {
+    let mut m = Machine::golden();
+    let v7 = m.save();
+    let mut f = QemuFile::memory_writer("t");
+    let stats = save_state(&mut f, &mut m.registry, None).expect("save");
+    assert_eq!(f.into_bytes().expect("bytes"), v7);
+    assert_eq!(
+        (stats.ram_pages, stats.ram_zero_pages, stats.ram_bytes),
+        (0, 0, 0)
+    );
+
+    let opens = Cell::new(0);
+    let loaded = load_state(opener(&v7, &opens), &m.registry, None).expect("load");
+    assert_eq!(opens.get(), 1);
+    assert!(loaded.ram().is_none());
+    assert!(loaded.vmdesc().get("ram").is_none());
+}
+
+#[test]
+fn ram_stream_needs_ram_to_load_into() {
+    let (bytes, _) = save(&mut Registry::new(), &source_ram());
+    // The device-state loader refuses it exactly as before.
+    let mut f = QemuFile::from_bytes(bytes.clone(), "t");
+    match load_device_state(&mut f, &Registry::new()) {
+        Err(Error::UnexpectedSectionType {
+            ty: 1, offset: 8, ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    let opens = Cell::new(0);
+    match load_state(opener(&bytes, &opens), &Registry::new(), None) {
+        Err(Error::UnexpectedSectionType {
+            ty: 1, offset: 8, ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn ram_loader_refuses_a_stream_without_ram() {
+    let v7 = Machine::golden().save();
+    let m = Machine::new(Timer::default(), Dev::default());
+    let mut dst = MemRam::filled(&layout(), 0);
+    let e = load(&v7, &m.registry, &mut dst).expect_err("no ram section");
+    assert!(matches!(e, Error::MissingRamSection), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        "the stream has no ram section to load guest RAM from"
+    );
+    assert_eq!(dst.touched(), 0);
+}
+
+#[test]
+fn stream_changed_between_passes_is_reported() {
+    let src = source_ram();
+    let (first, _) = save(&mut Registry::new(), &src);
+    let mut other = source_ram();
+    other.block_mut("vram")[3] ^= 0xff;
+    let (second, _) = save(&mut Registry::new(), &other);
+    let mut calls = 0;
+    let open = || {
+        calls += 1;
+        let b = if calls == 1 { &first } else { &second };
+        Ok(QemuFile::from_bytes(b.clone(), "t"))
+    };
+    let mut dst = MemRam::filled(&layout(), 0);
+    match load_state(open, &Registry::new(), Some(&mut dst)) {
+        Err(e @ Error::StreamChanged { source: None, .. }) => assert!(
+            e.to_string()
+                .starts_with("the stream changed between the checking and the loading pass")
+        ),
+        other => panic!("{other:?}"),
+    }
+
+    // Truncated on the second read: the parse error, as the cause.
+    let mut calls = 0;
+    let open = || {
+        calls += 1;
+        let b = if calls == 1 {
+            &first[..]
+        } else {
+            &first[..5000]
+        };
+        Ok(QemuFile::from_bytes(b.to_vec(), "t"))
+    };
+    match load_state(open, &Registry::new(), Some(&mut dst)) {
+        Err(Error::StreamChanged {
+            source: Some(cause),
+            ..
+        }) => assert!(matches!(*cause, Error::LoadSectionPart { .. }), "{cause:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A VMM that cannot write guest RAM: its error, not "stream changed".
+#[test]
+fn write_failures_are_the_vmms_errors() {
+    struct ReadOnly(MemRam);
+    impl RamBlocks for ReadOnly {
+        fn blocks(&self) -> Vec<RamBlockDesc> {
+            self.0.blocks()
+        }
+        fn read(&self, b: usize, o: u64, buf: &mut [u8]) -> std::result::Result<(), BoxError> {
+            self.0.read(b, o, buf)
+        }
+        fn write(&mut self, _: usize, _: u64, _: &[u8]) -> std::result::Result<(), BoxError> {
+            Err("read-only mapping".into())
+        }
+        fn zero(&mut self, b: usize, o: u64, l: u64) -> std::result::Result<(), BoxError> {
+            self.0.zero(b, o, l)
+        }
+    }
+    let (bytes, _) = save(&mut Registry::new(), &source_ram());
+    let mut dst = ReadOnly(MemRam::filled(&layout(), 0));
+    let e = load(&bytes, &Registry::new(), &mut dst).expect_err("write fails");
+    assert_eq!(
+        chain(&e),
+        "error while loading state section id 0(ram): ramblock \"pc.ram\": write at 0x0 failed: read-only mapping"
+    );
+}
+
+#[test]
+fn ram_is_not_a_registry_entry() {
+    let mut registry = Registry::new();
+    registry
+        .register_persist(
+            Registration::new("ram", InstanceId::Id(0), OnLoad::Optional),
+            shared(Timer::default()),
+        )
+        .expect("register");
+    let mut f = QemuFile::memory_writer("t");
+    match save_state(&mut f, &mut registry, Some(&source_ram())) {
+        Err(Error::DuplicateRegistration {
+            idstr,
+            instance_id: 0,
+        }) => assert_eq!(idstr, "ram"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn save_refuses_bad_block_lists_and_reports_read_errors() {
+    let bad = MemRam::filled(&[RamBlockDesc::copied("odd", 100)], 0);
+    let mut f = QemuFile::memory_writer("t");
+    let e = save_state(&mut f, &mut Registry::new(), Some(&bad)).expect_err("unaligned");
+    assert_eq!(
+        e.to_string(),
+        "ramblock \"odd\": used_length must be a non-zero multiple of the 4096-byte target page"
+    );
+
+    // blocks() says 2 pages, the memory has 1: the block's one batched read
+    // (offset 0, both pages) fails.
+    let mut short = MemRam::filled(&[RamBlockDesc::copied("pc.ram", 2 * PAGE as u64)], 1);
+    short.data[0].truncate(PAGE);
+    let mut f = QemuFile::memory_writer("t");
+    match save_state(&mut f, &mut Registry::new(), Some(&short)) {
+        Err(e @ Error::RamAccess { .. }) => {
+            assert_eq!(
+                chain(&e),
+                "ramblock \"pc.ram\": read at 0x0 failed: out of range"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn path_helpers_round_trip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("vm.state");
+    let mut m = Machine::golden();
+    let src = source_ram();
+    let stats =
+        save_state_to_path(&path, &mut m.registry, Some(&src), CHANNEL_CPR_SAVE).expect("save");
+    assert_eq!(std::fs::metadata(&path).expect("file").len(), stats.bytes);
+
+    let mut fresh = Machine::new(Timer::default(), Dev::default());
+    let mut dst = MemRam::filled(&layout(), 0xee);
+    let loaded = read_state_from_path(&path, &fresh.registry, Some(&mut dst), CHANNEL_CPR_LOAD)
+        .expect("load");
+    assert_eq!(dst.block("pc.ram"), src.block("pc.ram"));
+    loaded.apply(&mut fresh.registry).expect("apply");
+    assert_eq!(fresh.states(), m.states());
+
+    let missing = dir.path().join("nope");
+    let e = read_state_from_path(&missing, &fresh.registry, Some(&mut dst), CHANNEL_CPR_LOAD)
+        .expect_err("missing file");
+    assert!(chain(&e).starts_with("I/O error while opening the state file: Unable to open"));
+}
