@@ -431,14 +431,18 @@ impl ParsedCheckpoint {
     }
 }
 
-/// Reads and checks the whole checkpoint from `f` for a machine of shape `layout`.
+/// Reads and checks the whole checkpoint for a machine of shape `layout`. `open` gives the
+/// stream from its start (called again for a second pass when RAM is copied in). With
+/// `ram`, a `ram` section is expected and copied RAM is written into it, but only after the
+/// whole stream has been checked; without, the stream must be a device-state stream.
 pub fn parse(
-    f: &mut cpr_migration_file::QemuFile,
+    open: impl FnMut() -> cpr_savevm::Result<cpr_migration_file::QemuFile>,
     layout: MachineLayout,
+    ram: Option<&mut dyn cpr_savevm::RamBlocks>,
 ) -> cpr_savevm::Result<ParsedCheckpoint> {
     let cells = Cells::empty(layout.vcpus as usize);
     let registry = cells.registry(layout)?;
-    let loaded = cpr_savevm::load_device_state(f, &registry)?;
+    let loaded = cpr_savevm::load_state(open, &registry, ram)?;
     Ok(ParsedCheckpoint {
         loaded,
         registry,

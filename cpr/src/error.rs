@@ -48,7 +48,7 @@ pub enum Error {
         path: PathBuf,
         /// Why.
         #[source]
-        source: cpr_migration_file::Error,
+        source: std::io::Error,
     },
     /// V7 cpr-load step 3 (bad magic or version): `%s is not a vmstate file`.
     #[error("{} is not a vmstate file", path.display())]

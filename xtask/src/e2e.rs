@@ -69,6 +69,36 @@ pub fn check_carried_on(vm: &mut VmProcess, before: &Progress) -> Result<Progres
     Ok(ticking)
 }
 
+/// Waits until every vCPU's workload generation reaches `gen`; the workload checks each
+/// generation's pattern while writing the next, so two generations past a restore mean
+/// every page of the workload region was checked since.
+pub fn wait_generation(vm: &mut VmProcess, target: u64) -> Result<Progress, HarnessError> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let p = vm.progress()?;
+        if p.errors > 0 {
+            return Err(fail(format!(
+                "the guest's RAM check found {} errors",
+                p.errors
+            )));
+        }
+        if !p.vcpus.is_empty() && p.vcpus.iter().all(|v| v.generation >= target) {
+            return Ok(p);
+        }
+        if Instant::now() >= deadline {
+            return Err(fail(format!(
+                "workload did not reach generation {target}: {p:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The lowest generation any vCPU is in.
+pub fn generation(p: &Progress) -> u64 {
+    p.vcpus.iter().map(|v| v.generation).min().unwrap_or(0)
+}
+
 pub fn expect_status(vm: &mut VmProcess, want: &str) -> Result<(), HarnessError> {
     let got = vm.status()?;
     if got == want {
@@ -92,6 +122,9 @@ fn running_cycles(binary: &Path, cycles: u32) -> Outcome {
         blackouts.push(c.blackout);
         vm = next;
     }
+    // Every page of the workload region checked since the last restore.
+    let now = vm.progress()?;
+    wait_generation(&mut vm, generation(&now) + 2)?;
     vm.quit()?;
     blackouts.sort();
     let median = blackouts[blackouts.len() / 2];

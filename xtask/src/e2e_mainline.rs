@@ -11,7 +11,10 @@ use cpr::demo::VmFiles;
 use cpr::harness::{HarnessError, VmProcess};
 use serde_json::{Value, json};
 
-use crate::e2e::{Outcome, Scratch, WAIT, boot, check_carried_on, expect_status, fail};
+use crate::e2e::{
+    Outcome, Scratch, WAIT, boot, check_carried_on, expect_status, fail, generation,
+    wait_generation,
+};
 
 /// How the guest is when the migration starts.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -88,6 +91,8 @@ pub fn cycle(binary: &Path, state: GuestState, ignore_shared: bool) -> Outcome {
     let files = VmFiles::in_dir(&dir.0);
     let args = files.args("256M", 1, &[]);
     let mut vm = boot(binary, &files, &args)?;
+    // Let the workload fill its region with a pattern first, so the copy carries data.
+    wait_generation(&mut vm, 2)?;
     match state {
         GuestState::Running => {}
         GuestState::Paused => {
@@ -159,6 +164,8 @@ pub fn cycle(binary: &Path, state: GuestState, ignore_shared: bool) -> Outcome {
         }
     }
     check_carried_on(&mut vm, &before)?;
+    // Two more generations: every page written before the migration was checked.
+    wait_generation(&mut vm, generation(&before) + 2)?;
     vm.quit()?;
     Ok(format!(
         "{} bytes in the file, source {} MiB transferred, guest carried on",

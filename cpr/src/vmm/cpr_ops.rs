@@ -15,6 +15,7 @@
 //!   (`prelaunch`), ready for a good one. V7 applies sections as it reads them and aborts
 //!   QEMU on an impossible run-state transition.
 
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::str::FromStr;
 
@@ -25,6 +26,7 @@ use nix::sys::stat::Mode;
 use serde_json::{Value, json};
 
 use super::Vmm;
+use super::ram_io::GuestRamIo;
 use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::machine::Machine;
@@ -59,6 +61,13 @@ pub(super) enum Flavor {
     /// state goes back to `suspended`, and `system_wakeup` gives WAKEUP.
     Mainline,
 }
+
+/// Bytes looked at before loading: magic, version, and the first section's header up to
+/// its idstr (type, section id, idstr length, "ram").
+const HEADER_PEEK: usize = 8 + 1 + 4 + 1 + 3;
+
+/// Why writing a checkpoint failed: QEMU's negative errno and the cause.
+pub(super) type SaveFailure = (i32, Box<dyn std::error::Error + Send + Sync>);
 
 /// QEMU's `QEMU_VM_FILE_MAGIC` and `QEMU_VM_FILE_VERSION`.
 const MAGIC: u32 = 0x5145_564d;
@@ -104,8 +113,8 @@ impl Vmm {
         // 8. cpr_set_mode(mode).
         self.cpr_mode = Some(mode);
         // 9. Write the device state, and make it durable.
-        let warnings = match self.write_checkpoint(file.file(), global) {
-            Ok(w) => w,
+        let warnings = match self.write_checkpoint(file.file(), global, None) {
+            Ok((w, _)) => w,
             Err((errno, cause)) => {
                 drop(file); // removes the temporary; the old checkpoint is untouched
                 return Err(self.save_failed(saved_vm_running, suspended, errno, cause));
@@ -128,11 +137,15 @@ impl Vmm {
 
     /// Captures the machine, makes RAM durable where it can be, writes the stream.
     /// Returns what the user should be warned about.
+    ///
+    /// `ignore_shared` is `None` for V7 (no RAM in the stream), else mainline's
+    /// `x-ignore-shared`: blocks that do not stay in place are copied into the stream.
     pub(super) fn write_checkpoint(
-        &mut self,
+        &self,
         file: &mut QemuFile,
         global: RunState,
-    ) -> std::result::Result<Vec<String>, (i32, Box<dyn std::error::Error + Send + Sync>)> {
+        ignore_shared: Option<bool>,
+    ) -> std::result::Result<(Vec<String>, cpr_savevm::SaveStats), SaveFailure> {
         let machine = self.machine().ok_or((
             -5,
             Box::<dyn std::error::Error + Send + Sync>::from("no machine"),
@@ -151,10 +164,13 @@ impl Vmm {
         if warnings.len() < self.blocks.len() {
             self.ram.sync().map_err(|e| (-5, e.into()))?;
         }
-        let mut registry = checkpoint::save_registry(self.layout.clone(), global, state)
-            .map_err(|e| (-22, e.into()))?;
-        cpr_savevm::save_device_state(file, &mut registry).map_err(|e| (-5, e.into()))?;
-        Ok(warnings)
+        let mut registry =
+            checkpoint::save_registry(self.layout_with_ram(ignore_shared), global, state)
+                .map_err(|e| (-22, e.into()))?;
+        let io = ignore_shared.map(|ignore| GuestRamIo::new(&self.ram, ignore));
+        let ram = io.as_ref().map(|io| io as &dyn cpr_savevm::RamBlocks);
+        let stats = cpr_savevm::save_state(file, &mut registry, ram).map_err(|e| (-5, e.into()))?;
+        Ok((warnings, stats))
     }
 
     /// V7 step 10: restart the VM if it was running, clear the mode; report.
@@ -193,21 +209,26 @@ impl Vmm {
         offset: u64,
         flavor: Flavor,
     ) -> Result<()> {
-        // 2. Open read-only, channel name "cpr-load".
-        let mut f = QemuFile::open(filename, OFlag::O_RDONLY, Mode::empty(), "cpr-load").map_err(
-            |source| Error::Open {
-                path: filename.to_path_buf(),
-                source,
-            },
-        )?;
-        if offset > 0 {
-            f.seek_to(offset).map_err(|source| Error::Open {
-                path: filename.to_path_buf(),
-                source,
-            })?;
-        }
+        // 2. Open read-only, channel name "cpr-load". The file is opened once; every pass
+        //    reads a duplicate of that descriptor from `offset`, so a file renamed over
+        //    the path meanwhile cannot mix two checkpoints.
+        let file = std::fs::File::open(filename).map_err(|source| Error::Open {
+            path: filename.to_path_buf(),
+            source,
+        })?;
+        let pinned = format!("/proc/self/fd/{}", file.as_raw_fd());
+        let open = || -> cpr_savevm::Result<QemuFile> {
+            let io = |op| move |source| cpr_savevm::Error::Io { op, source };
+            let mut f = QemuFile::open(&pinned, OFlag::O_RDONLY, Mode::empty(), "cpr-load")
+                .map_err(io("reopening the checkpoint"))?;
+            f.seek_to(offset).map_err(io("seeking to the stream"))?;
+            Ok(f)
+        };
         // 3. Magic and version (a short or empty file reads as "not a vmstate file").
-        let header = f.peek(8).map(<[u8]>::to_vec).unwrap_or_default();
+        let header = open()
+            .ok()
+            .and_then(|mut f| f.peek(HEADER_PEEK).ok().map(<[u8]>::to_vec))
+            .unwrap_or_default();
         let word = |i: usize| {
             header
                 .get(i..i + 4)
@@ -221,19 +242,36 @@ impl Vmm {
         }
         // 4. cpr_set_mode(reboot).
         self.cpr_mode = Some(CprMode::Reboot);
-        let result = self.load_stream(&mut f, flavor);
+        // A stream whose first section is QEMU's `ram` START section carries RAM (a
+        // mainline stream); otherwise it is a V7 device-state stream (RAM in place).
+        let has_ram = header.get(8) == Some(&0x01)
+            && header.get(13..HEADER_PEEK) == Some(b"\x03ram".as_slice());
+        let result = self.load_stream(open, flavor, has_ram);
         // 7. cpr_set_mode(none).
         self.cpr_mode = None;
         result
     }
 
-    fn load_stream(&mut self, f: &mut QemuFile, flavor: Flavor) -> Result<()> {
+    fn load_stream(
+        &mut self,
+        open: impl FnMut() -> cpr_savevm::Result<QemuFile>,
+        flavor: Flavor,
+        has_ram: bool,
+    ) -> Result<()> {
         // 5. Read and check everything (framing, versions, sections, machine shape,
-        //    checksum) before anything changes.
-        let parsed = checkpoint::parse(f, self.layout.clone()).map_err(|e| Error::Load {
-            errno: -22,
-            source: Box::new(e),
-        })?;
+        //    checksum) before anything changes. V7 checkpoints hold no RAM; mainline
+        //    streams have a `ram` section (pages copied in only after the checks).
+        let mut io = GuestRamIo::new(&self.ram, self.migration.cap("x-ignore-shared"));
+        let ram: Option<&mut dyn cpr_savevm::RamBlocks> = match flavor {
+            Flavor::Mainline if has_ram => Some(&mut io),
+            // V7's cpr-load takes cpr-save files only; a `ram` section is then refused.
+            _ => None,
+        };
+        let parsed =
+            checkpoint::parse(open, self.layout.clone(), ram).map_err(|e| Error::Load {
+                errno: -22,
+                source: Box::new(e),
+            })?;
         let saved = parsed.runstate().ok_or_else(|| Error::Load {
             errno: -22,
             source: "the checkpoint has no globalstate section".into(),

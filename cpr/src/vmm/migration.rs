@@ -169,6 +169,19 @@ pub fn parse_target(args: &Map<String, Value>) -> Result<FileTarget> {
     }
 }
 
+/// `query-migrate`'s `ram` statistics from what the saver wrote.
+fn ram_stats(s: &cpr_savevm::SaveStats) -> MigrationStats {
+    let page = 4096;
+    MigrationStats {
+        transferred: s.bytes,
+        total: (s.ram_pages + s.ram_zero_pages) * page,
+        duplicate: s.ram_zero_pages,
+        normal: s.ram_pages,
+        normal_bytes: s.ram_pages * page,
+        ..MigrationStats::default()
+    }
+}
+
 /// QEMU's `qemu_strtosz`-like offset: decimal or `0x` hex.
 fn parse_offset(s: &str) -> Option<u64> {
     match s.strip_prefix("0x") {
@@ -413,16 +426,15 @@ impl Vmm {
                         source,
                     }
                 })?;
-            self.write_checkpoint(file.file(), global).map_err(failed)?;
-            let bytes = file.file().position();
+            let ignore = self.migration.cap("x-ignore-shared");
+            let (_, stats) = self
+                .write_checkpoint(file.file(), global, Some(ignore))
+                .map_err(failed)?;
             file.commit().map_err(|e| Error::Save {
                 errno: -5,
                 source: Box::new(e),
             })?;
-            Ok(MigrationStats {
-                transferred: bytes,
-                ..MigrationStats::default()
-            })
+            Ok(ram_stats(&stats))
         } else {
             let create = |source| Error::Create {
                 path: target.path.clone(),
@@ -436,18 +448,17 @@ impl Vmm {
             )
             .map_err(create)?;
             f.seek_to(target.offset).map_err(create)?;
-            self.write_checkpoint(&mut f, global).map_err(failed)?;
-            let bytes = f.position();
+            let ignore = self.migration.cap("x-ignore-shared");
+            let (_, stats) = self
+                .write_checkpoint(&mut f, global, Some(ignore))
+                .map_err(failed)?;
             f.fsync()
                 .and_then(|()| f.close())
                 .map_err(|e| Error::Save {
                     errno: -5,
                     source: Box::new(e),
                 })?;
-            Ok(MigrationStats {
-                transferred: bytes,
-                ..MigrationStats::default()
-            })
+            Ok(ram_stats(&stats))
         }
     }
 

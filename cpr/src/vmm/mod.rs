@@ -9,6 +9,7 @@
 
 mod cpr_ops;
 mod migration;
+mod ram_io;
 mod slot;
 
 use std::fs::OpenOptions;
@@ -148,6 +149,19 @@ impl Vmm {
     /// Whether `quit` was asked for (or the guest powered off).
     pub fn should_quit(&self) -> bool {
         self.quit
+    }
+
+    /// This machine's layout as a checkpoint records it: `ignore_shared` is `None` for a
+    /// V7 checkpoint (no RAM in the file), else mainline's `x-ignore-shared`, which decides
+    /// which blocks are copied into the stream.
+    fn layout_with_ram(&self, ignore_shared: Option<bool>) -> MachineLayout {
+        let mut layout = self.layout.clone();
+        if let Some(ignore) = ignore_shared {
+            for (info, block) in layout.ram.iter_mut().zip(self.ram.blocks()) {
+                info.copied = !ram_io::stays_in_place(block, ignore);
+            }
+        }
+        layout
     }
 
     fn machine(&self) -> Option<&Machine> {
