@@ -118,6 +118,9 @@ impl RamBlockDesc {
 ///
 /// impl RamBlocks for Ram {
 ///     fn blocks(&self) -> Vec<RamBlockDesc> { vec![self.desc.clone()] }
+///     fn populated(&self, _b: usize) -> Result<Option<Vec<std::ops::Range<u64>>>, BoxError> {
+///         Ok(None)
+///     }
 ///     fn read(&self, _b: usize, off: u64, buf: &mut [u8]) -> Result<(), BoxError> {
 ///         let off = usize::try_from(off)?;
 ///         buf.copy_from_slice(&self.mem[off..off + buf.len()]);
@@ -170,6 +173,15 @@ pub trait RamBlocks {
     /// Make `len` bytes at `offset` of `block` read as zeros (the VMM may
     /// `madvise(MADV_DONTNEED)` or `memset`).
     fn zero(&mut self, block: usize, offset: u64, len: u64) -> std::result::Result<(), BoxError>;
+    /// The byte ranges of `block` that may hold data, if the VMM knows (an anonymous
+    /// mapping's present or swapped pages, a sparse file's data extents); `None` to have
+    /// every page read. Pages outside the ranges are saved as zeros without being read, so
+    /// saving a mostly-empty 16 GiB guest costs what its data costs. Getting this wrong
+    /// loses data: a range must not be left out unless it reads as zeros.
+    fn populated(
+        &self,
+        block: usize,
+    ) -> std::result::Result<Option<Vec<std::ops::Range<u64>>>, BoxError>;
 }
 
 /// Check a block list from [`RamBlocks::blocks`]: names 1..=255 bytes and

@@ -258,6 +258,12 @@ fn write_failures_are_the_vmms_errors() {
         fn blocks(&self) -> Vec<RamBlockDesc> {
             self.0.blocks()
         }
+        fn populated(
+            &self,
+            b: usize,
+        ) -> std::result::Result<Option<Vec<std::ops::Range<u64>>>, BoxError> {
+            self.0.populated(b)
+        }
         fn read(&self, b: usize, o: u64, buf: &mut [u8]) -> std::result::Result<(), BoxError> {
             self.0.read(b, o, buf)
         }
@@ -344,4 +350,70 @@ fn path_helpers_round_trip() {
     let e = read_state_from_path(&missing, &fresh.registry, Some(&mut dst), CHANNEL_CPR_LOAD)
         .expect_err("missing file");
     assert!(chain(&e).starts_with("I/O error while opening the state file: Unable to open"));
+}
+
+/// The VMM's populated-ranges hint: pages outside it are saved as zeros without a single
+/// read, and load back as zeros.
+#[test]
+fn populated_hint_skips_reading_never_populated_pages() {
+    struct Hinted {
+        inner: MemRam,
+        hint: Vec<std::ops::Range<u64>>,
+        outside_reads: Cell<usize>,
+    }
+    impl RamBlocks for Hinted {
+        fn blocks(&self) -> Vec<RamBlockDesc> {
+            self.inner.blocks()
+        }
+        fn populated(
+            &self,
+            b: usize,
+        ) -> std::result::Result<Option<Vec<std::ops::Range<u64>>>, BoxError> {
+            Ok((b == 0).then(|| self.hint.clone()))
+        }
+        fn read(&self, b: usize, o: u64, buf: &mut [u8]) -> std::result::Result<(), BoxError> {
+            let end = o + buf.len() as u64;
+            if b == 0 && !self.hint.iter().any(|r| o >= r.start && end <= r.end) {
+                self.outside_reads.set(self.outside_reads.get() + 1);
+            }
+            self.inner.read(b, o, buf)
+        }
+        fn write(&mut self, b: usize, o: u64, d: &[u8]) -> std::result::Result<(), BoxError> {
+            self.inner.write(b, o, d)
+        }
+        fn zero(&mut self, b: usize, o: u64, l: u64) -> std::result::Result<(), BoxError> {
+            self.inner.zero(b, o, l)
+        }
+    }
+    let page = PAGE as u64;
+    let src = Hinted {
+        inner: source_ram(),
+        // Pages 5..7 of pc.ram (which hold data) and nothing else: the data in pages 0,
+        // 10 and 63 is, by the VMM's word, not there, and must come back as zeros.
+        hint: vec![5 * page..7 * page],
+        outside_reads: Cell::new(0),
+    };
+    let mut m = Machine::golden();
+    let (bytes, stats) = save(&mut m.registry, &src);
+    assert_eq!(
+        src.outside_reads.get(),
+        0,
+        "read outside the populated hint"
+    );
+    assert_eq!(
+        stats.ram_pages,
+        2 + 16,
+        "pc.ram pages 5 and 6, and all of vram"
+    );
+    let mut dst = MemRam::filled(&layout(), 0xee);
+    let m2 = Machine::new(Timer::default(), Dev::default());
+    load(&bytes, &m2.registry, &mut dst).expect("load");
+    let pc = dst.block("pc.ram");
+    assert_eq!(
+        &pc[5 * PAGE..7 * PAGE],
+        &src.inner.block("pc.ram")[5 * PAGE..7 * PAGE]
+    );
+    assert!(pc[..5 * PAGE].iter().all(|&b| b == 0));
+    assert!(pc[7 * PAGE..].iter().all(|&b| b == 0));
+    assert_eq!(dst.block("vram"), src.inner.block("vram"));
 }

@@ -7,6 +7,10 @@
 //! answers: RAM mapped, socket up), `cpr-load` (read, check, new VM, restore), and first
 //! progress (resume until the guest's next report).
 //!
+//! A second table is the cost of not sharing RAM: the mainline interface (`migrate` to a
+//! `file:` URI, `migrate-incoming` in a new process) with RAM in place (`x-ignore-shared`)
+//! next to RAM copied into the file (anonymous RAM), for each RAM size.
+//!
 //! RAM files are sparse files in a scratch directory on /dev/shm, and the guest's workload
 //! is limited to 128 MiB (`--workload-size`) so that the 16 GiB case does not fill the
 //! machine's memory: what grows is the RAM the VMM maps and registers with KVM, which is
@@ -109,6 +113,146 @@ fn row_json(r: &Row) -> Value {
            "state_file_bytes": size, "phases": phases})
 }
 
+/// One mainline cpr-reboot (`migrate` to a file, new process, `migrate-incoming`), timed.
+struct MainlineRun {
+    /// `migrate` sent until `query-migrate` says completed.
+    migrate: Duration,
+    /// `migrate-incoming` sent until completed (the guest resumes then).
+    incoming: Duration,
+    /// `migrate` sent until the guest reported progress in the new process.
+    blackout: Duration,
+    /// Size of the migration file.
+    file_bytes: u64,
+}
+
+fn qmp_wait_completed(vm: &mut VmProcess) -> Result<(), HarnessError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let info = vm.execute("query-migrate", json!({}))?;
+        match info["status"].as_str() {
+            Some("completed") => return Ok(()),
+            Some("failed") => return Err(HarnessError::Check(format!("migration failed: {info}"))),
+            _ if std::time::Instant::now() > deadline => {
+                return Err(HarnessError::Check("migration did not complete".into()));
+            }
+            _ => std::thread::sleep(Duration::from_micros(500)),
+        }
+    }
+}
+
+fn mainline_configure(vm: &mut VmProcess, ignore_shared: bool) -> Result<(), HarnessError> {
+    vm.execute(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "x-ignore-shared", "state": ignore_shared}]}),
+    )?;
+    vm.execute("migrate-set-parameters", json!({"mode": "cpr-reboot"}))?;
+    Ok(())
+}
+
+/// In place: RAM in a shared /dev/shm file with `x-ignore-shared`. Copied: private
+/// anonymous RAM (not shared: mainline copies it into the file), on both sides.
+fn mainline_run(
+    binary: &Path,
+    scratch: &Path,
+    mem: &str,
+    copied: bool,
+) -> Result<MainlineRun, HarnessError> {
+    let dir = scratch.join(format!("{mem}-{}", if copied { "copy" } else { "inplace" }));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| HarnessError::Check(e.to_string()))?;
+    let files = VmFiles::in_dir(&dir);
+    let mut args = files.args(mem, 1, &["--workload-size", "128M"]);
+    if copied {
+        // Private anonymous RAM: the classic RAM that is not shared.
+        let i = args.iter().position(|a| a == "--mem-path").unwrap_or(0);
+        args.drain(i..i + 2);
+        args.push("--mem-share".into());
+        args.push("off".into());
+    }
+    let mut vm = VmProcess::spawn(binary, &args, &files.qmp, None)?;
+    vm.wait_progress(0, Some(5), Duration::from_secs(60))?;
+    std::thread::sleep(Duration::from_millis(200));
+    mainline_configure(&mut vm, !copied)?;
+    let before = vm.progress()?;
+    let t0 = std::time::Instant::now();
+    vm.execute(
+        "migrate",
+        json!({"uri": format!("file:{}", files.state.display())}),
+    )?;
+    qmp_wait_completed(&mut vm)?;
+    let migrate = t0.elapsed();
+    vm.quit()?;
+    let mut dest = args.clone();
+    dest.push("--incoming".into());
+    dest.push("defer".into());
+    let mut vm = VmProcess::spawn(binary, &dest, &files.qmp, None)?;
+    mainline_configure(&mut vm, !copied)?;
+    let t1 = std::time::Instant::now();
+    vm.execute(
+        "migrate-incoming",
+        json!({"uri": format!("file:{}", files.state.display())}),
+    )?;
+    qmp_wait_completed(&mut vm)?;
+    let incoming = t1.elapsed();
+    let after = vm.wait_progress(before.progress, None, Duration::from_secs(60))?;
+    let blackout = t0.elapsed();
+    if after.errors > 0 {
+        return Err(HarnessError::Check(format!("{mem}: RAM errors after copy")));
+    }
+    let file_bytes = std::fs::metadata(&files.state).map_or(0, |m| m.len());
+    vm.quit()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(MainlineRun {
+        migrate,
+        incoming,
+        blackout,
+        file_bytes,
+    })
+}
+
+/// The cost of not sharing RAM: mainline cpr-reboot with RAM in place vs copied.
+fn run_copy_case(
+    binary: &Path,
+    scratch: &Path,
+    sizes: &[String],
+    runs: u32,
+) -> Result<Value, String> {
+    println!();
+    println!(
+        "mainline cpr-reboot (migrate file: / migrate-incoming), 1 vCPU, 128 MiB of guest data: ms, median [min-max] over {runs} runs"
+    );
+    println!(
+        "{:<6} {:<8} {:>12} {:>22} {:>22} {:>22}",
+        "RAM", "RAM is", "file B", "migrate", "migrate-incoming", "blackout"
+    );
+    let mut out = Vec::new();
+    for mem in sizes {
+        for copied in [false, true] {
+            eprintln!(
+                "bench: mainline {mem}, RAM {}...",
+                if copied { "copied" } else { "in place" }
+            );
+            let mut rs = Vec::new();
+            for _ in 0..runs {
+                rs.push(mainline_run(binary, scratch, mem, copied).map_err(|e| e.to_string())?);
+            }
+            let col = |f: fn(&MainlineRun) -> Duration| {
+                let (m, lo, hi) = stats(rs.iter().map(|r| ms(f(r))).collect());
+                (format!("{m:.1} [{lo:.1}-{hi:.1}]"), m)
+            };
+            let (mig, mig_m) = col(|r| r.migrate);
+            let (inc, inc_m) = col(|r| r.incoming);
+            let (blk, blk_m) = col(|r| r.blackout);
+            let bytes = rs.first().map_or(0, |r| r.file_bytes);
+            let kind = if copied { "copied" } else { "in place" };
+            println!("{mem:<6} {kind:<8} {bytes:>12} {mig:>22} {inc:>22} {blk:>22}");
+            out.push(json!({"mem": mem, "ram": kind, "file_bytes": bytes,
+                "migrate_ms": mig_m, "incoming_ms": inc_m, "blackout_ms": blk_m}));
+        }
+    }
+    Ok(Value::Array(out))
+}
+
 /// Runs the benchmark and prints the table and the JSON (also written to `json_out`).
 pub fn run(binary: &Path, runs: u32, sizes: &[String], json_out: &Path) -> Result<(), String> {
     if !Path::new("/dev/kvm").exists() {
@@ -142,8 +286,12 @@ pub fn run(binary: &Path, runs: u32, sizes: &[String], json_out: &Path) -> Resul
         }
         println!();
     }
+    let copy = run_copy_case(binary, &scratch, sizes, runs.min(3));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let copy = copy?;
     let doc = json!({"benchmark": "cpr-reboot-blackout", "runs": runs,
-                     "results": rows.iter().map(row_json).collect::<Vec<_>>()});
+                     "results": rows.iter().map(row_json).collect::<Vec<_>>(),
+                     "mainline_in_place_vs_copied": copy});
     let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
     println!();
     println!("{text}");

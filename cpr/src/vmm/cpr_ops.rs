@@ -167,7 +167,7 @@ impl Vmm {
         let mut registry =
             checkpoint::save_registry(self.layout_with_ram(ignore_shared), global, state)
                 .map_err(|e| (-22, e.into()))?;
-        let io = ignore_shared.map(|ignore| GuestRamIo::new(&self.ram, ignore));
+        let io = ignore_shared.map(|ignore| GuestRamIo::new(&self.ram, ignore, false));
         let ram = io.as_ref().map(|io| io as &dyn cpr_savevm::RamBlocks);
         let stats = cpr_savevm::save_state(file, &mut registry, ram).map_err(|e| (-5, e.into()))?;
         Ok((warnings, stats))
@@ -261,7 +261,12 @@ impl Vmm {
         // 5. Read and check everything (framing, versions, sections, machine shape,
         //    checksum) before anything changes. V7 checkpoints hold no RAM; mainline
         //    streams have a `ram` section (pages copied in only after the checks).
-        let mut io = GuestRamIo::new(&self.ram, self.migration.cap("x-ignore-shared"));
+        let pristine = self.ram_pristine;
+        if has_ram {
+            // Whatever happens next, RAM may have been written.
+            self.ram_pristine = false;
+        }
+        let mut io = GuestRamIo::new(&self.ram, self.migration.cap("x-ignore-shared"), pristine);
         let ram: Option<&mut dyn cpr_savevm::RamBlocks> = match flavor {
             Flavor::Mainline if has_ram => Some(&mut io),
             // V7's cpr-load takes cpr-save files only; a `ram` section is then refused.

@@ -57,6 +57,8 @@ pub struct Vmm {
     vfio: VfioDevices,
     autostart: bool,
     quit: bool,
+    /// No one has written guest RAM since it was mapped (no boot, no RAM loaded).
+    ram_pristine: bool,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -119,6 +121,7 @@ impl Vmm {
         let blocks = ram_blocks(&args)?;
         let ram = GuestRam::map(&blocks, OpenMode::OpenOrCreate).map_err(Error::Memory)?;
         let layout = machine_layout(&args, &blocks);
+        let ram_pristine = ram_io::is_fresh(&ram);
         let mut vfio = VfioDevices::new();
         for name in &args.vfio_test_devices {
             vfio.add(Box::new(TestVfioDevice { name: name.clone() }));
@@ -138,6 +141,7 @@ impl Vmm {
             vfio,
             autostart: true,
             quit: false,
+            ram_pristine,
         })
     }
 
@@ -203,6 +207,7 @@ impl Vmm {
     /// Boots the built-in guest (fresh start, `cont` from `prelaunch`).
     fn boot(&mut self) -> Result<()> {
         let mut machine = Machine::new(self.machine_config()?)?;
+        self.ram_pristine = false;
         machine.boot()?;
         self.install_machine(machine);
         Ok(())

@@ -71,6 +71,19 @@ impl PartWriter<'_> {
         }
     }
 
+    /// `pages` zero pages from `offset` (a range the VMM says was never populated).
+    fn zero_pages(&mut self, blocks: &[RamBlockDesc], block: usize, offset: u64, pages: u64) {
+        match &mut self.run {
+            Some((b, start, n)) if *b == block && *start + *n * PAGE64 == offset => {
+                *n += pages;
+            }
+            _ => {
+                self.flush_run(blocks);
+                self.run = Some((block, offset, pages));
+            }
+        }
+    }
+
     fn page(&mut self, blocks: &[RamBlockDesc], block: usize, offset: u64, data: &[u8]) {
         self.flush_run(blocks);
         let idstr = blocks.get(block).map_or("", |b| b.idstr.as_str());
@@ -91,6 +104,47 @@ impl PartWriter<'_> {
             self.last = None;
         }
     }
+}
+
+/// Splits `0..len` into `(start, end, may_hold_data)` segments, page-aligned: the
+/// populated ranges (widened to whole pages, merged) and the gaps between them. Without a
+/// hint, the whole block may hold data.
+fn segments(populated: Option<&[std::ops::Range<u64>]>, len: u64) -> Vec<(u64, u64, bool)> {
+    let Some(ranges) = populated else {
+        return vec![(0, len, true)];
+    };
+    let mut spans: Vec<(u64, u64)> = ranges
+        .iter()
+        .map(|r| {
+            let start = r.start.min(len) / PAGE64 * PAGE64;
+            let end = r.end.min(len).div_ceil(PAGE64) * PAGE64;
+            (start, end.min(len))
+        })
+        .filter(|(s, e)| s < e)
+        .collect();
+    spans.sort_unstable();
+    let mut out: Vec<(u64, u64, bool)> = Vec::new();
+    let mut pos = 0;
+    for (s, e) in spans {
+        if e <= pos {
+            continue;
+        }
+        match out.last_mut() {
+            // Touching or overlapping the previous populated span: extend it.
+            Some(last) if last.2 && s <= pos => last.1 = e,
+            _ => {
+                if s > pos {
+                    out.push((pos, s, false));
+                }
+                out.push((s.max(pos), e, true));
+            }
+        }
+        pos = e;
+    }
+    if pos < len {
+        out.push((pos, len, false));
+    }
+    out
 }
 
 /// Write the whole `ram` section of `ram` as section `section_id`.
@@ -138,28 +192,43 @@ pub(crate) fn save_ram_section(
     };
     let mut buf = vec![0u8; RAM_READ_BATCH];
     for (i, b) in blocks.iter().enumerate().filter(|(_, b)| !b.ignored) {
-        let mut offset = 0u64;
-        while offset < b.used_length {
-            let n = usize::try_from(b.used_length - offset).map_or(buf.len(), |l| l.min(buf.len()));
-            let batch = buf.get_mut(..n).unwrap_or_default();
-            ram.read(i, offset, batch)
-                .map_err(|source| Error::RamAccess {
-                    op: "read",
-                    idstr: b.idstr.clone(),
-                    offset,
-                    source,
-                })?;
-            for page in batch.chunks_exact(PAGE) {
-                if is_zero(page) {
-                    w.zero_page(&blocks, i, offset);
-                    saved.zero_pages += 1;
-                } else {
-                    w.page(&blocks, i, offset, page);
-                    saved.pages += 1;
-                }
-                offset += PAGE64;
+        let populated = ram.populated(i).map_err(|source| Error::RamAccess {
+            op: "query populated ranges of",
+            idstr: b.idstr.clone(),
+            offset: 0,
+            source,
+        })?;
+        for (start, end, maybe_data) in segments(populated.as_deref(), b.used_length) {
+            if !maybe_data {
+                // Never populated: zeros, without reading (or faulting in) a byte.
+                let pages = (end - start) / PAGE64;
+                w.zero_pages(&blocks, i, start, pages);
+                saved.zero_pages += pages;
+                continue;
             }
-            w.f.check().map_err(io)?;
+            let mut offset = start;
+            while offset < end {
+                let n = usize::try_from(end - offset).map_or(buf.len(), |l| l.min(buf.len()));
+                let batch = buf.get_mut(..n).unwrap_or_default();
+                ram.read(i, offset, batch)
+                    .map_err(|source| Error::RamAccess {
+                        op: "read",
+                        idstr: b.idstr.clone(),
+                        offset,
+                        source,
+                    })?;
+                for page in batch.chunks_exact(PAGE) {
+                    if is_zero(page) {
+                        w.zero_page(&blocks, i, offset);
+                        saved.zero_pages += 1;
+                    } else {
+                        w.page(&blocks, i, offset, page);
+                        saved.pages += 1;
+                    }
+                    offset += PAGE64;
+                }
+                w.f.check().map_err(io)?;
+            }
         }
         w.flush_run(&blocks);
     }
@@ -182,6 +251,29 @@ mod tests {
 
     /// A zero run of a block is flushed before a page of another block,
     /// and a run never spans two blocks.
+    #[test]
+    fn segments_cover_the_block_in_whole_pages() {
+        assert_eq!(segments(None, 3 * 4096), vec![(0, 3 * 4096, true)]);
+        assert_eq!(
+            segments(Some(&[100..200, 4096 * 5..4096 * 5 + 1]), 8 * 4096),
+            vec![
+                (0, 4096, true),
+                (4096, 5 * 4096, false),
+                (5 * 4096, 6 * 4096, true),
+                (6 * 4096, 8 * 4096, false)
+            ]
+        );
+        // Overlapping, unsorted, out-of-range hints.
+        assert_eq!(
+            segments(
+                Some(&[8192..20000, 0..4096, 4096..9000, 1 << 40..1 << 41]),
+                6 * 4096
+            ),
+            vec![(0, 5 * 4096, true), (5 * 4096, 6 * 4096, false)]
+        );
+        assert_eq!(segments(Some(&[]), 4096), vec![(0, 4096, false)]);
+    }
+
     #[test]
     fn runs_do_not_cross_blocks() {
         let blocks = [

@@ -82,6 +82,13 @@ impl RamBlocks for MemRam {
     fn blocks(&self) -> Vec<RamBlockDesc> {
         self.descs.clone()
     }
+    fn populated(
+        &self,
+        _block: usize,
+    ) -> std::result::Result<Option<Vec<std::ops::Range<u64>>>, BoxError> {
+        Ok(None)
+    }
+
     fn read(&self, block: usize, offset: u64, buf: &mut [u8]) -> std::result::Result<(), BoxError> {
         let r = self.range(block, offset, buf.len())?;
         buf.copy_from_slice(&self.data[block][r]);
@@ -146,6 +153,13 @@ impl RamBlocks for GenRam {
     fn blocks(&self) -> Vec<RamBlockDesc> {
         self.descs.clone()
     }
+    fn populated(
+        &self,
+        _block: usize,
+    ) -> std::result::Result<Option<Vec<std::ops::Range<u64>>>, BoxError> {
+        Ok(None)
+    }
+
     fn read(&self, block: usize, offset: u64, buf: &mut [u8]) -> std::result::Result<(), BoxError> {
         for (k, page) in buf.chunks_mut(PAGE).enumerate() {
             let p = offset / PAGE as u64 + k as u64;
