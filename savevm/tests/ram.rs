@@ -390,7 +390,7 @@ fn populated_hint_skips_reading_never_populated_pages() {
         inner: source_ram(),
         // Pages 5..7 of pc.ram (which hold data) and nothing else: the data in pages 0,
         // 10 and 63 is, by the VMM's word, not there, and must come back as zeros.
-        hint: vec![5 * page..7 * page],
+        hint: std::iter::once(5 * page..7 * page).collect(),
         outside_reads: Cell::new(0),
     };
     let mut m = Machine::golden();
