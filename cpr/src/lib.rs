@@ -32,6 +32,16 @@
 //! * [`config`], [`app`]: the `cpr-vm` command line and process; [`demo`] and [`harness`]:
 //!   the main job and the process driver shared with `cargo xtask e2e`/`bench`.
 //!
+//! ## The mainline interface (QEMU 8.2+), same machinery
+//!
+//! `migrate-set-capabilities` (`x-ignore-shared`, `events`), `migrate-set-parameters
+//! {mode: cpr-reboot}`, `migrate file:...`, `--incoming defer` + `migrate-incoming`,
+//! `query-migrate`, MIGRATION events (`vmm/migration.rs`). It writes and reads the same
+//! checkpoint sections through the same loader; what mainline adds is RAM that is not
+//! shared: it is copied into the stream as QEMU's `ram` section ([`cpr_savevm::RamBlocks`],
+//! `vmm/ram_io.rs`), page by page with bounded memory, leaving out zero pages and pages
+//! the guest never populated, and loaded only after the whole file has been checked.
+//!
 //! ## The V7 checklist (patch-series.md §13), and where we differ
 //!
 //! | V7 behaviour | here | test |
