@@ -20,7 +20,7 @@ use crate::harness::{HarnessError, Progress, VmProcess, sibling_binary};
 pub struct Cycle {
     /// Progress when the save was sent (read just before).
     pub before: Progress,
-    /// First progress seen in the new process beyond `before`.
+    /// The guest's first report in the new process.
     pub after: Progress,
     /// `cpr-save` round trip.
     pub save: Duration,
@@ -30,9 +30,9 @@ pub struct Cycle {
     pub start: Duration,
     /// `cpr-load` round trip.
     pub load: Duration,
-    /// `cpr-load` answered until the guest reported progress.
+    /// `cpr-load` answered until the guest's first report.
     pub first_progress: Duration,
-    /// `cpr-save` sent until the guest reported progress in the new process.
+    /// `cpr-save` sent until the guest's first report in the new process.
     pub blackout: Duration,
     /// Size of the state file.
     pub state_bytes: u64,
@@ -108,7 +108,7 @@ pub fn cycle(
     vm.execute("cpr-load", json!({"filename": files.state}))?;
     let load = t2.elapsed();
     let t3 = Instant::now();
-    let after = vm.wait_progress(before.progress, None, Duration::from_secs(20))?;
+    let after = vm.wait_new_report(Duration::from_secs(20))?;
     let first_progress = t3.elapsed();
     let blackout = t0.elapsed();
     let state_bytes = std::fs::metadata(&files.state).map_or(0, |m| m.len());
@@ -177,7 +177,7 @@ fn run_in(dir: &Path, args: &DemoArgs) -> Result<()> {
     for n in 1..=args.cycles {
         let (new_vm, c) = cycle(&binary, vm, &files, &vm_args).map_err(h)?;
         vm = new_vm;
-        let continued = c.after.progress > c.before.progress;
+        let continued = c.after.progress >= c.before.progress;
         let restarted = c.after.progress < c.before.progress;
         println!(
             "cycle {n}: cpr-save {:.1} ms ({} bytes) | quit {:.1} ms | new process ready {:.1} ms | cpr-load {:.1} ms | first progress {:.1} ms | blackout {:.1} ms",

@@ -210,6 +210,26 @@ impl VmProcess {
         }
     }
 
+    /// Waits for the guest's next report in this process (one the VMM had not seen when
+    /// this was called) and returns it: the first proof that the guest runs here, and what
+    /// it says about its progress (a guest that restarted would report a small value).
+    pub fn wait_new_report(&mut self, timeout: Duration) -> Result<Progress> {
+        let seen = self.progress()?.reports;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let p = self.progress()?;
+            if p.reports > seen {
+                return Ok(p);
+            }
+            if Instant::now() >= deadline {
+                return Err(HarnessError::Check(format!(
+                    "the guest made no report within {timeout:?} (last: {p:?})"
+                )));
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+
     /// Waits for an event.
     pub fn wait_event(&mut self, name: &str, timeout: Duration) -> Result<Event> {
         self.qmp

@@ -66,7 +66,10 @@
 //!   reads it; we parse everything, verify a CRC-32 trailer, check that the checkpoint's
 //!   machine (vCPUs, RAM blocks, backing files) is this machine, and that its run state can
 //!   be entered, before building a new KVM machine, which replaces the old one only once it
-//!   exists. A bad file leaves the process in `prelaunch`, ready for a good one.
+//!   exists. A bad file leaves the process in `prelaunch`, ready for a good one. (A
+//!   mainline stream that copies RAM writes it after the whole file is checked and before
+//!   the machine is built, into a VM that is still `inmigrate`; a later failure leaves it
+//!   there, and a retry rewrites every page.)
 //! * **No aborts.** V7's `runstate_set` aborts QEMU on an impossible transition (loading a
 //!   suspended checkpoint into a `paused` VM); here it is an error:
 //!   `cannot restore a suspended VM into a VM that is paused`.
@@ -90,6 +93,18 @@
 //!   (`VFIO device only supports cpr-reboot for runstate suspended`) is checked with the
 //!   (empty) device list.
 //! * **`cpr-save` with no machine** (`-S` and never started) is refused: there is no state.
+//! * **A checkpoint that could never be loaded is refused**: `cpr-save` in `save-vm` (a
+//!   second save), `postmigrate`, `guest-panicked`... V7 writes it, replacing a good one.
+//! * **Targets**: a `cpr-save`/`migrate` target that exists and is not a regular file (a
+//!   device, FIFO, directory) is refused; a symlink is followed. A `cpr-load` file that is
+//!   not a regular file is refused without blocking (a FIFO would hang V7's open).
+//! * **A guest entering S3 while a command arrives** is seen as suspended first (its PM
+//!   register is the authority), so a checkpoint never says `running` for a suspended guest.
+//!
+//! Known limit: a checkpoint is tied to the RAM it left in place. Loading it after the VM
+//! ran on (`cont` after `cpr-save`, then a later `cpr-load` of the old file) is not
+//! detected; the built-in guest's RAM check then reports errors, as a real guest would
+//! corrupt itself. Save again before quitting.
 
 pub mod app;
 pub mod checkpoint;

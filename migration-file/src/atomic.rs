@@ -62,11 +62,38 @@ pub struct AtomicFile {
     dir: PathBuf,
 }
 
+/// The file an atomic save really replaces: a symlink is followed (the link stays, its
+/// target is replaced, as a plain write through the link would do), and an existing target
+/// that is not a regular file is refused.
+fn resolve_target(target: &Path) -> Result<PathBuf> {
+    let resolved = match std::fs::symlink_metadata(target) {
+        Ok(md) if md.file_type().is_symlink() => match std::fs::canonicalize(target) {
+            Ok(real) => real,
+            // A dangling link: create its target.
+            Err(_) => match std::fs::read_link(target) {
+                Ok(dest) if dest.is_absolute() => dest,
+                Ok(dest) => target.parent().unwrap_or(Path::new(".")).join(dest),
+                Err(_) => target.to_path_buf(),
+            },
+        },
+        _ => target.to_path_buf(),
+    };
+    match std::fs::metadata(&resolved) {
+        Ok(md) if !md.is_file() => Err(Error::NotRegularFile { path: resolved }),
+        _ => Ok(resolved),
+    }
+}
+
 impl AtomicFile {
     /// Create the temporary file for `target`; `name` names the stream's
     /// channel (see [`QemuFile::name`]).
     pub fn create(target: impl AsRef<Path>, name: &str) -> Result<AtomicFile> {
-        let target = target.as_ref().to_path_buf();
+        if target.as_ref().file_name().is_none() {
+            return Err(Error::NoFileName {
+                path: target.as_ref().to_path_buf(),
+            });
+        }
+        let target = resolve_target(target.as_ref())?;
         let Some(file_name) = target.file_name() else {
             return Err(Error::NoFileName { path: target });
         };

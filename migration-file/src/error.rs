@@ -185,6 +185,14 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// The atomic-save target exists and is not a regular file (a device, FIFO, socket or
+    /// directory must never be replaced by a checkpoint).
+    #[error("cannot save to {}: it exists and is not a regular file", path.display())]
+    NotRegularFile {
+        /// The target (symlinks resolved).
+        path: PathBuf,
+    },
+
     /// Creating the atomic-save temporary file failed.
     #[error("Unable to create temporary file {}", path.display())]
     TempCreate {

@@ -5,6 +5,7 @@
 //! from zero), its timer ticks keep arriving, and its RAM check finds nothing wrong.
 
 use std::ffi::OsString;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -52,11 +53,16 @@ pub fn boot(binary: &Path, files: &VmFiles, args: &[OsString]) -> Result<VmProce
 /// The guest checks after a restore: progress carried on from `before`, ticks keep
 /// arriving, no RAM errors.
 pub fn check_carried_on(vm: &mut VmProcess, before: &Progress) -> Result<Progress, HarnessError> {
-    let after = vm.wait_progress(before.progress, None, WAIT)?;
-    if after.progress < before.progress {
+    // The guest's first report in this process: a guest that restarted from zero (or from
+    // an older checkpoint) reports less than it had done before the save.
+    let after = vm.wait_new_report(WAIT)?;
+    if after.progress < before.progress || generation(&after) < generation(before) {
         return Err(fail(format!(
-            "progress restarted: {} before the save, {} after",
-            before.progress, after.progress
+            "progress restarted: {} (generation {}) before the save, {} (generation {}) after",
+            before.progress,
+            generation(before),
+            after.progress,
+            generation(&after)
         )));
     }
     let ticking = vm.wait_progress(after.progress, Some(after.ticks.max(before.ticks)), WAIT)?;
@@ -273,6 +279,93 @@ fn persistence(binary: &Path) -> Outcome {
     ))
 }
 
+/// (4c) Saves that must fail without harm: a second cpr-save (its checkpoint could never
+/// be loaded), targets that are not regular files or in a missing directory, a migrate
+/// whose target cannot be created (the guest is never stopped), a FIFO given to cpr-load
+/// (must not hang the VMM), and migrate-incoming after the VM was loaded.
+fn failed_saves(binary: &Path) -> Outcome {
+    let dir = Scratch::new("failed-saves")?;
+    let files = VmFiles::in_dir(&dir.0);
+    let args = files.args("128M", 1, &[]);
+    let mut vm = boot(binary, &files, &args)?;
+    vm.execute(
+        "cpr-save",
+        json!({"filename": files.state, "mode": "reboot"}),
+    )?;
+    let good = std::fs::read(&files.state).map_err(|e| fail(e.to_string()))?;
+    let desc = vm.execute_err(
+        "cpr-save",
+        json!({"filename": files.state, "mode": "reboot"}),
+    )?;
+    if !desc.contains("cannot be restored from a checkpoint") {
+        return Err(fail(format!("second cpr-save: {desc}")));
+    }
+    if std::fs::read(&files.state).map_err(|e| fail(e.to_string()))? != good {
+        return Err(fail("a refused cpr-save changed the previous checkpoint"));
+    }
+    vm.execute("cont", json!({}))?;
+    expect_status(&mut vm, "running")?;
+    let fifo = dir.0.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| fail(e.to_string()))?;
+    let missing = dir.0.join("no-such-dir").join("vm.state");
+    for target in [&missing, &fifo, &dir.0] {
+        let desc = vm.execute_err("cpr-save", json!({"filename": target, "mode": "reboot"}))?;
+        if desc.is_empty() {
+            return Err(fail("empty error"));
+        }
+        expect_status(&mut vm, "running")
+            .map_err(|e| fail(format!("after cpr-save to {}: {e}", target.display())))?;
+    }
+    if !std::fs::symlink_metadata(&fifo)
+        .map_err(|e| fail(e.to_string()))?
+        .file_type()
+        .is_fifo()
+    {
+        return Err(fail("cpr-save replaced a FIFO"));
+    }
+    vm.execute("migrate-set-parameters", json!({"mode": "cpr-reboot"}))?;
+    let before = vm.progress()?;
+    let _ = vm.events()?; // forget the STOP/RESUME of the save and cont above
+    let desc = vm.execute_err(
+        "migrate",
+        json!({"uri": format!("file:{}", missing.display())}),
+    )?;
+    if !desc.contains("no-such-dir") {
+        return Err(fail(format!("migrate to a missing directory: {desc}")));
+    }
+    if vm.events()?.iter().any(|e| e.event == "STOP") {
+        return Err(fail(
+            "a migrate that could not open its target stopped the VM",
+        ));
+    }
+    expect_status(&mut vm, "running")?;
+    check_carried_on(&mut vm, &before)?;
+    vm.quit()?;
+    // A FIFO given to cpr-load is refused at once, and the VMM still answers.
+    let mut s_args = args.clone();
+    s_args.push("--incoming".into());
+    s_args.push("defer".into());
+    let mut vm = VmProcess::spawn(binary, &s_args, &files.qmp, None)?;
+    let t = Instant::now();
+    let desc = vm.execute_err("cpr-load", json!({"filename": fifo}))?;
+    if !desc.contains("not a regular file") || t.elapsed() > Duration::from_secs(2) {
+        return Err(fail(format!("cpr-load of a FIFO: {desc}")));
+    }
+    // A (stale, but well-formed) checkpoint loads; migrate-incoming is then refused.
+    std::fs::write(&files.state, &good).map_err(|e| fail(e.to_string()))?;
+    vm.execute("cpr-load", json!({"filename": files.state}))?;
+    let desc = vm.execute_err(
+        "migrate-incoming",
+        json!({"uri": format!("file:{}", files.state.display())}),
+    )?;
+    if desc != "The incoming migration has already been started" {
+        return Err(fail(format!("migrate-incoming after a load: {desc}")));
+    }
+    vm.quit()?;
+    Ok("second save, odd targets, failed migrate, FIFO load and late migrate-incoming all refused harmlessly".into())
+}
+
 /// (5) Bad state files are refused by cpr-load; the same process then loads the good one.
 fn hostile_files(binary: &Path) -> Outcome {
     let dir = Scratch::new("hostile")?;
@@ -378,13 +471,13 @@ fn two_vcpus(binary: &Path) -> Outcome {
     if after.vcpus.len() != 2 {
         return Err(fail(format!("{} vCPUs report", after.vcpus.len())));
     }
+    // Each vCPU's own counters carried on, then each completed two more generations.
     for (i, (b, a)) in c.before.vcpus.iter().zip(&after.vcpus).enumerate() {
-        let moved = vm.wait_progress(0, None, WAIT)?;
-        let now = &moved.vcpus[i];
-        if now.progress <= b.progress && a.progress <= b.progress {
-            return Err(fail(format!("vCPU {i} did not carry on")));
+        if a.progress < b.progress || a.generation < b.generation {
+            return Err(fail(format!("vCPU {i} went back: {b:?} -> {a:?}")));
         }
     }
+    wait_generation(&mut vm, generation(&after) + 2)?;
     vm.quit()?;
     Ok("both vCPUs carried on".into())
 }
@@ -407,6 +500,10 @@ pub fn run(binary: &Path, cycles: u32) -> (u64, u64) {
             Box::new(move || volatile(binary)),
         ),
         ("RAM persistence", Box::new(move || persistence(binary))),
+        (
+            "failed saves and odd targets",
+            Box::new(move || failed_saves(binary)),
+        ),
         (
             "hostile state files",
             Box::new(move || hostile_files(binary)),

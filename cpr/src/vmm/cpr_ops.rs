@@ -66,6 +66,34 @@ pub(super) enum Flavor {
 /// its idstr (type, section id, idstr length, "ram").
 const HEADER_PEEK: usize = 8 + 1 + 4 + 1 + 3;
 
+/// Opens a checkpoint for reading without blocking on a FIFO, and only if it is a regular
+/// file (a device, FIFO or socket is refused; `/dev/zero` would never end).
+fn open_regular(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open_err = |source| Error::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(open_err)?;
+    let meta = file.metadata().map_err(open_err)?;
+    if !meta.is_file() {
+        return Err(Error::Other(format!(
+            "cannot load {}: not a regular file",
+            path.display()
+        )));
+    }
+    let flags =
+        nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL).map_err(|e| open_err(e.into()))?;
+    let flags = OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags))
+        .map_err(|e| open_err(e.into()))?;
+    Ok(file)
+}
+
 /// Why writing a checkpoint failed: QEMU's negative errno and the cause.
 pub(super) type SaveFailure = (i32, Box<dyn std::error::Error + Send + Sync>);
 
@@ -92,6 +120,18 @@ impl Vmm {
         self.vfio.check_cpr_reboot(state == RunState::Suspended)?;
         if self.machine().is_none() {
             return Err(Error::NothingToSave);
+        }
+        // Better than V7, which saves whatever the state is: a checkpoint of a VM in
+        // `save-vm` (a second cpr-save), `postmigrate`, `guest-panicked`... could never be
+        // loaded, and must not replace a good checkpoint at `filename`.
+        if !matches!(
+            state,
+            RunState::Running | RunState::Paused | RunState::Suspended
+        ) {
+            return Err(Error::Other(format!(
+                "cpr-save: a VM that is {state} cannot be restored from a checkpoint; {} is left as it was",
+                filename.display()
+            )));
         }
         // 4. global_state_store(): the run state *before* stopping.
         let global = state;
@@ -212,10 +252,7 @@ impl Vmm {
         // 2. Open read-only, channel name "cpr-load". The file is opened once; every pass
         //    reads a duplicate of that descriptor from `offset`, so a file renamed over
         //    the path meanwhile cannot mix two checkpoints.
-        let file = std::fs::File::open(filename).map_err(|source| Error::Open {
-            path: filename.to_path_buf(),
-            source,
-        })?;
+        let file = open_regular(filename)?;
         let pinned = format!("/proc/self/fd/{}", file.as_raw_fd());
         let open = || -> cpr_savevm::Result<QemuFile> {
             let io = |op| move |source| cpr_savevm::Error::Io { op, source };
@@ -252,12 +289,21 @@ impl Vmm {
         result
     }
 
+    /// Refuses to load into a running VM, whatever the interface (V7 step 1).
+    fn refuse_running(&self) -> Result<()> {
+        if self.rs.is_running() {
+            return Err(Error::LoadRunning);
+        }
+        Ok(())
+    }
+
     fn load_stream(
         &mut self,
         open: impl FnMut() -> cpr_savevm::Result<QemuFile>,
         flavor: Flavor,
         has_ram: bool,
     ) -> Result<()> {
+        self.refuse_running()?;
         // 5. Read and check everything (framing, versions, sections, machine shape,
         //    checksum) before anything changes. V7 checkpoints hold no RAM; mainline
         //    streams have a `ram` section (pages copied in only after the checks).
@@ -296,6 +342,16 @@ impl Vmm {
             errno: -22,
             source: e.into(),
         })?;
+        // The guest's own word wins: a checkpoint taken while it was entering S3 may say
+        // `running` while its PM register says suspended.
+        let (saved, target) = if state.pm.suspended && saved == RunState::Running {
+            (RunState::Suspended, RunState::Suspended)
+        } else {
+            (saved, target)
+        };
+        if check_transition(current, target).is_err() {
+            return Err(Error::RunStateTransition { saved, current });
+        }
         // The new KVM machine over the same RAM; the old one (if any) goes only once the
         // new one exists, so a failure here leaves the process as it was.
         let machine =
@@ -304,6 +360,8 @@ impl Vmm {
                 source: Box::new(e),
             })?;
         self.install_machine(machine);
+        // Whatever was loaded, a deferred incoming migration is no longer waiting.
+        self.migration.incoming_deferred = false;
         // 6. The run state from globalstate.
         match (saved, flavor) {
             (RunState::Running, _) if self.autostart => self.rs.vm_start()?,

@@ -75,7 +75,9 @@ pub struct MigrationState {
     params: Map<String, Value>,
     /// What `query-migrate` reports.
     pub info: MigrationInfo,
-    /// Started with `--incoming defer` and not yet loaded.
+    /// Started with `--incoming` (any form).
+    pub incoming_enabled: bool,
+    /// Started with `--incoming defer` and nothing loaded yet.
     pub incoming_deferred: bool,
 }
 
@@ -167,6 +169,56 @@ pub fn parse_target(args: &Map<String, Value>) -> Result<FileTarget> {
             })
         }
     }
+}
+
+/// An opened migration target.
+enum OpenTarget {
+    /// Offset 0: a temporary beside the target, renamed over it when complete.
+    Atomic(AtomicFile),
+    /// A non-zero offset: written in place (the file is someone else's container).
+    InPlace(QemuFile),
+}
+
+impl OpenTarget {
+    fn file(&mut self) -> &mut QemuFile {
+        match self {
+            OpenTarget::Atomic(a) => a.file(),
+            OpenTarget::InPlace(f) => f,
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        let failed = |e: cpr_migration_file::Error| Error::Save {
+            errno: -5,
+            source: Box::new(e),
+        };
+        match self {
+            OpenTarget::Atomic(a) => a.commit().map_err(failed),
+            OpenTarget::InPlace(mut f) => f.fsync().and_then(|()| f.close()).map_err(failed),
+        }
+    }
+}
+
+/// Opens (creates) the migration target, before anything is stopped.
+fn open_target(target: &FileTarget) -> Result<OpenTarget> {
+    let create = |source| Error::Create {
+        path: target.path.clone(),
+        source,
+    };
+    if target.offset == 0 {
+        return AtomicFile::create(&target.path, "migration-file")
+            .map(OpenTarget::Atomic)
+            .map_err(create);
+    }
+    let mut f = QemuFile::open(
+        &target.path,
+        OFlag::O_WRONLY | OFlag::O_CREAT,
+        Mode::from_bits_truncate(0o600),
+        "migration-file",
+    )
+    .map_err(create)?;
+    f.seek_to(target.offset).map_err(create)?;
+    Ok(OpenTarget::InPlace(f))
 }
 
 /// `query-migrate`'s `ram` statistics from what the saver wrote.
@@ -307,8 +359,10 @@ impl Vmm {
         Ok(())
     }
 
-    /// `migrate`: stop the VM, write RAM (copied or in place) and device state, end in
-    /// `postmigrate`.
+    /// `migrate`: open the target, stop the VM, write RAM (copied or in place) and device
+    /// state, end in `postmigrate`. Anything that fails before the VM is stopped is the
+    /// command's error (QEMU opens a `file:` target synchronously too); a failure after it
+    /// is status `failed` with the VM back in the state it was in.
     fn migrate(&mut self, args: &Map<String, Value>) -> Result<()> {
         if args.get("resume").and_then(Value::as_bool) == Some(true) {
             return Err(Error::Other(
@@ -320,74 +374,104 @@ impl Vmm {
                 "There's a migration process in progress".into(),
             ));
         }
-        if matches!(self.rs.state(), RunState::Inmigrate | RunState::Prelaunch)
-            && self.machine().is_none()
-        {
+        let old = self.rs.state();
+        if self.machine().is_none() {
             return Err(Error::NothingToSave);
+        }
+        if !matches!(
+            old,
+            RunState::Running | RunState::Paused | RunState::Suspended
+        ) {
+            return Err(Error::Other(format!(
+                "cannot migrate a VM that is {old}: its state could never be loaded"
+            )));
         }
         let target = parse_target(args)?;
         self.check_cpr_options()?;
+        let mut out = open_target(&target)?;
         let start = Instant::now();
         self.migration.info = MigrationInfo::default();
         self.set_migration_status(MigrationStatus::Setup);
-        let was_running = self.rs.is_running();
-        // Mainline stores the global state, then stops the VM (finish-migrate).
-        let global = self.rs.state();
+        // Mainline stores the global state, then stops the VM (finish-migrate). A
+        // suspended guest is already stopped; it stays `suspended` until the end.
         let stop = Instant::now();
-        if let Err(e) = self.rs.vm_stop(RunState::FinishMigrate) {
-            self.migration_failed(was_running, &Error::from(e));
+        let stopped = match old {
+            RunState::Running => self.rs.vm_stop(RunState::FinishMigrate),
+            RunState::Paused => self.rs.runstate_set(RunState::FinishMigrate),
+            _ => Ok(()),
+        };
+        if let Err(e) = stopped {
+            self.migration_failed(old, &Error::from(e));
             return Ok(());
-        }
-        if !was_running && self.rs.state() != RunState::FinishMigrate {
-            // vm_stop does not move a VM that is not running; mainline's
-            // migration_stop_vm does (paused/suspended → finish-migrate).
-            if let Err(e) = self.rs.runstate_set(RunState::FinishMigrate) {
-                self.migration_failed(was_running, &Error::from(e));
-                return Ok(());
-            }
         }
         self.set_migration_status(MigrationStatus::Active);
         let setup_ms = stop.duration_since(start).as_millis();
-        match self.write_stream(&target, global) {
+        let ignore = self.migration.cap("x-ignore-shared");
+        let written = self
+            .write_checkpoint(out.file(), old, Some(ignore))
+            .map_err(|(errno, source)| Error::Save { errno, source })
+            .and_then(|(warnings, stats)| {
+                for w in warnings {
+                    eprintln!("cpr-vm: warning: {w}");
+                }
+                out.finish()?;
+                Ok(stats)
+            });
+        match written {
             Ok(stats) => {
-                let downtime = stop.elapsed().as_millis();
-                self.migration.info.total_time =
-                    Some(u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX));
-                self.migration.info.downtime = Some(u64::try_from(downtime).unwrap_or(u64::MAX));
+                let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                self.migration.info.total_time = Some(ms(start.elapsed()));
+                self.migration.info.downtime = Some(ms(stop.elapsed()));
                 self.migration.info.setup_time = Some(u64::try_from(setup_ms).unwrap_or(u64::MAX));
-                self.migration.info.ram = Some(stats);
+                self.migration.info.ram = Some(ram_stats(&stats));
                 self.set_migration_status(MigrationStatus::Completed);
-                if let Err(e) = self.rs.runstate_set(RunState::Postmigrate) {
+                let done = if self.rs.state() == RunState::Suspended {
+                    self.rs.runstate_set(RunState::FinishMigrate)
+                } else {
+                    Ok(())
+                }
+                .and_then(|()| self.rs.runstate_set(RunState::Postmigrate));
+                if let Err(e) = done {
                     eprintln!("cpr-vm: {}", Error::from(e).chain());
                 }
             }
-            Err(e) => self.migration_failed(was_running, &e),
+            Err(e) => self.migration_failed(old, &e),
         }
         Ok(())
     }
 
     /// A failed outgoing migration: status `failed`, the error in `error-desc`, and the VM
-    /// runs again if it was running (mainline `migrate_fd_cleanup`).
-    fn migration_failed(&mut self, was_running: bool, e: &Error) {
+    /// back in the state it was in (running again if it was running, as mainline's
+    /// `migrate_fd_cleanup`; paused; or still suspended).
+    fn migration_failed(&mut self, old: RunState, e: &Error) {
         self.migration.info.error_desc = Some(e.chain());
         self.set_migration_status(MigrationStatus::Failed);
-        if was_running {
-            if let Err(e) = self.rs.vm_start() {
-                eprintln!("cpr-vm: cannot restart the VM: {}", Error::from(e).chain());
+        let back = match old {
+            RunState::Running => self.rs.vm_start(),
+            RunState::Paused if self.rs.state() == RunState::FinishMigrate => {
+                self.rs.runstate_set(RunState::Paused)
             }
-        } else if self.rs.state() == RunState::FinishMigrate {
-            let _ = self.rs.runstate_set(RunState::Paused);
+            _ => Ok(()),
+        };
+        if let Err(e) = back {
+            eprintln!(
+                "cpr-vm: cannot restore the VM's state: {}",
+                Error::from(e).chain()
+            );
         }
     }
 
     /// `migrate-incoming`: only after `--incoming defer`, once.
     fn migrate_incoming(&mut self, args: &Map<String, Value>) -> Result<()> {
-        if !self.migration.incoming_deferred {
-            return Err(Error::Other(if self.rs.state() == RunState::Inmigrate {
-                "The incoming migration has already been started".into()
-            } else {
-                "'-incoming' was not specified on the command line".into()
-            }));
+        if !self.migration.incoming_enabled {
+            return Err(Error::Other(
+                "'-incoming' was not specified on the command line".into(),
+            ));
+        }
+        if !self.migration.incoming_deferred || self.rs.state() != RunState::Inmigrate {
+            return Err(Error::Other(
+                "The incoming migration has already been started".into(),
+            ));
         }
         let target = parse_target(args)?;
         self.incoming(&target)
@@ -409,56 +493,6 @@ impl Vmm {
                 self.set_migration_status(MigrationStatus::Failed);
                 Err(e)
             }
-        }
-    }
-
-    /// Writes the migration stream to `target`: atomically (temporary + rename) at offset
-    /// 0; in place at a non-zero offset (the file is someone else's container).
-    fn write_stream(&mut self, target: &FileTarget, global: RunState) -> Result<MigrationStats> {
-        let failed = |(errno, source): (i32, Box<dyn std::error::Error + Send + Sync>)| {
-            Error::Save { errno, source }
-        };
-        if target.offset == 0 {
-            let mut file =
-                AtomicFile::create(&target.path, "migration-file").map_err(|source| {
-                    Error::Create {
-                        path: target.path.clone(),
-                        source,
-                    }
-                })?;
-            let ignore = self.migration.cap("x-ignore-shared");
-            let (_, stats) = self
-                .write_checkpoint(file.file(), global, Some(ignore))
-                .map_err(failed)?;
-            file.commit().map_err(|e| Error::Save {
-                errno: -5,
-                source: Box::new(e),
-            })?;
-            Ok(ram_stats(&stats))
-        } else {
-            let create = |source| Error::Create {
-                path: target.path.clone(),
-                source,
-            };
-            let mut f = QemuFile::open(
-                &target.path,
-                OFlag::O_WRONLY | OFlag::O_CREAT,
-                Mode::from_bits_truncate(0o600),
-                "migration-file",
-            )
-            .map_err(create)?;
-            f.seek_to(target.offset).map_err(create)?;
-            let ignore = self.migration.cap("x-ignore-shared");
-            let (_, stats) = self
-                .write_checkpoint(&mut f, global, Some(ignore))
-                .map_err(failed)?;
-            f.fsync()
-                .and_then(|()| f.close())
-                .map_err(|e| Error::Save {
-                    errno: -5,
-                    source: Box::new(e),
-                })?;
-            Ok(ram_stats(&stats))
         }
     }
 

@@ -115,8 +115,20 @@ impl Vmm {
     /// Maps guest RAM (reusing an existing RAM file, never resizing it) and sets up an
     /// unstarted VM in `prelaunch`. Machine events and QMP requests are to be sent to `msgs`.
     pub fn new(args: VmArgs, events: EventSender, msgs: Sender<Msg>) -> Result<Vmm> {
-        if args.smp == 0 {
-            return Err(Error::Other("--smp must be at least 1".into()));
+        let max_vcpus = crate::machine::layout::MAX_VCPUS;
+        if args.smp == 0 || u64::from(args.smp) > max_vcpus {
+            return Err(Error::Other(format!(
+                "--smp {}: the built-in guest runs 1 to {max_vcpus} vCPUs",
+                args.smp
+            )));
+        }
+        let max_ram = crate::machine::layout::MAX_MAPPED_GIB * crate::config::GIB;
+        if args.mem_size.0 < 64 * crate::config::MIB || args.mem_size.0 > max_ram {
+            return Err(Error::Other(format!(
+                "--mem-size {}: the built-in guest needs 64M to {}G of RAM",
+                args.mem_size,
+                max_ram / crate::config::GIB
+            )));
         }
         let blocks = ram_blocks(&args)?;
         let ram = GuestRam::map(&blocks, OpenMode::OpenOrCreate).map_err(Error::Memory)?;
@@ -201,7 +213,10 @@ impl Vmm {
         if let Some(rx) = machine.take_events() {
             forward(rx, self.msgs.clone(), Msg::Machine);
         }
-        self.rs.machine_mut().machine = Some(machine);
+        let slot = self.rs.machine_mut();
+        slot.machine = Some(machine);
+        // A clock read from the old machine must not be put into the new one.
+        slot.forget_stopped_clock();
     }
 
     /// Boots the built-in guest (fresh start, `cont` from `prelaunch`).
@@ -220,10 +235,12 @@ impl Vmm {
             Some(Incoming::Defer) => {
                 self.rs.runstate_set(RunState::Inmigrate)?;
                 self.autostart = !no_start;
+                self.migration.incoming_enabled = true;
                 self.migration.incoming_deferred = true;
             }
             Some(Incoming::File { path, offset }) => {
                 self.rs.runstate_set(RunState::Inmigrate)?;
+                self.migration.incoming_enabled = true;
                 self.autostart = !no_start;
                 self.incoming(&FileTarget {
                     path: path.clone(),
@@ -264,9 +281,24 @@ impl Vmm {
         self.flush_events();
     }
 
+    /// The guest may have entered S3 (its vCPUs all parked, the PM register says so)
+    /// before its `Suspended` event reached the main loop: bring the run state in line
+    /// before a command looks at it, so nothing saves or resumes a "running" guest that is
+    /// in fact suspended.
+    fn sync_suspend(&mut self) {
+        if self.rs.state() == RunState::Running && self.machine().is_some_and(Machine::is_suspended)
+        {
+            self.rs.suspend_request();
+            if let Err(e) = self.rs.process_requests() {
+                eprintln!("cpr-vm: {}", Error::from(e).chain());
+            }
+        }
+    }
+
     fn machine_event(&mut self, event: MachineEvent) {
         match event {
-            MachineEvent::Suspended => self.rs.suspend_request(),
+            // Handled here or already by `sync_suspend`.
+            MachineEvent::Suspended => self.sync_suspend(),
             MachineEvent::Shutdown { vcpu, reason } => {
                 eprintln!("cpr-vm: guest shutdown (vCPU {vcpu}): {reason}");
                 self.events.emit(
@@ -297,6 +329,7 @@ impl Vmm {
 
     /// Executes one QMP command.
     fn command(&mut self, command: &str, args: &serde_json::Map<String, Value>) -> Result<Value> {
+        self.sync_suspend();
         let str_arg = |name: &str| -> Result<String> {
             args.get(name)
                 .and_then(Value::as_str)

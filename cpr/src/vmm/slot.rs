@@ -27,6 +27,11 @@ impl MachineSlot {
     pub fn get_mut(&mut self) -> Option<&mut Machine> {
         self.machine.as_mut()
     }
+
+    /// Drops the clock recorded at the last stop (it belongs to a machine that is gone).
+    pub fn forget_stopped_clock(&mut self) {
+        self.stopped_clock = None;
+    }
 }
 
 impl cpr_runstate::Machine for MachineSlot {

@@ -150,11 +150,14 @@ fn latched_stream_error_aborts_commit() -> TestResult {
 #[test]
 fn rename_failure_keeps_target() -> TestResult {
     let dir = tempfile::tempdir()?;
-    // A non-empty directory cannot be replaced by a file.
+    // A non-empty directory cannot be replaced by a file; it appears after `create`
+    // (which refuses a directory target up front).
     let target = dir.path().join("busy");
+    std::fs::write(&target, OLD)?;
+    let mut save = AtomicFile::create(&target, "cpr-save")?;
+    std::fs::remove_file(&target)?;
     std::fs::create_dir(&target)?;
     std::fs::write(target.join("inside"), OLD)?;
-    let mut save = AtomicFile::create(&target, "cpr-save")?;
     save.file().put_u8(1);
     let err = save.commit().expect_err("renamed a file over a directory");
     assert!(
@@ -200,4 +203,46 @@ fn long_target_name_fits_name_max() -> TestResult {
     save.commit()?;
     assert_eq!(std::fs::read(&target)?, [9]);
     Ok(())
+}
+
+#[test]
+fn non_regular_targets_are_refused_and_symlinks_followed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A directory, a FIFO: refused, untouched.
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).expect("mkdir");
+    let err = AtomicFile::create(&sub, "t").expect_err("directory");
+    assert!(matches!(err, Error::NotRegularFile { .. }), "{err}");
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let err = AtomicFile::create(&fifo, "t").expect_err("fifo");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "cannot save to {}: it exists and is not a regular file",
+            fifo.display()
+        )
+    );
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .expect("fifo")
+            .file_type()
+            .is_fifo()
+    );
+    // A symlink to a regular file: the file is replaced, the link stays a link.
+    let real = dir.path().join("real.state");
+    std::fs::write(&real, b"old").expect("write");
+    let link = dir.path().join("link.state");
+    std::os::unix::fs::symlink(&real, &link).expect("symlink");
+    let mut a = AtomicFile::create(&link, "t").expect("create");
+    a.file().put_buffer(b"new");
+    a.commit().expect("commit");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .expect("link")
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read(&real).expect("read"), b"new");
 }
