@@ -47,8 +47,8 @@
 //! | V7 behaviour | here | test |
 //! |---|---|---|
 //! | volatile check: largest block first; RAM && !ram_device && !rom && (no fd \|\| !shared); `Memory region %s is volatile` | [`cpr_memory::check_ram_volatile`], step 1 of `cpr-save` | `memory` truth-table tests; e2e "anonymous RAM is volatile" |
-//! | cpr-save order: volatile → colo → replay → global state → open 0600 → suspended: ticks off → `vm_stop(SAVE_VM)` (STOP only if running) → mode → device state → close | `vmm/cpr_ops.rs`, steps numbered as in the spec | `tests/reboot_flow.rs`, e2e |
-//! | on save error `Error %d while saving VM state`, restart if it was running | same wording, RESUME | `failed_save_keeps_previous_checkpoint_and_resumes` |
+//! | cpr-save order: volatile → colo → replay → global state → open 0600 → suspended: ticks off → `vm_stop(SAVE_VM)` (STOP only if running) → mode → device state → close | `vmm/cpr_ops.rs`, steps numbered as in the spec | e2e (STOP/RESUME and run states per scenario); the order composed from the patch crates in `tests/reboot_flow.rs` |
+//! | on save error `Error %d while saving VM state`, restart if it was running | same wording (`-errno` of the failed write), RESUME | e2e "disk full during cpr-save" (a 16 KiB tmpfs fills up); `tests/reboot_flow.rs` |
 //! | success leaves the VM stopped (`save-vm`, or unchanged) | same | e2e "running"/"suspended"/"paused" |
 //! | cpr-load: refuse if running (`cpr-load called for a running VM`), open, magic+version (`%s is not a vmstate file`), sections to EOF, `Error %d while loading VM state` | same | e2e "hostile state files" |
 //! | run state from globalstate: running ⇒ `vm_start` (RESUME); else set it; suspended ⇒ start-on-wakeup | same | e2e "suspended" (RESUME then WAKEUP), "paused" |

@@ -366,6 +366,85 @@ fn failed_saves(binary: &Path) -> Outcome {
     Ok("second save, odd targets, failed migrate, FIFO load and late migrate-incoming all refused harmlessly".into())
 }
 
+/// A small tmpfs mounted for a test, unmounted on drop.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(at: PathBuf, size: &str) -> Result<SmallFs, String> {
+        std::fs::create_dir_all(&at).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&at)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(SmallFs(at))
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// (4d) The disk fills up during cpr-save: `Error -28 while saving VM state`, the guest
+/// runs again (RESUME), and the previous checkpoint is intact.
+fn disk_full(binary: &Path) -> Outcome {
+    let dir = Scratch::new("disk-full")?;
+    let fs = match SmallFs::mount(dir.0.join("small"), "16k") {
+        Ok(fs) => fs,
+        Err(why) => {
+            return Ok(format!(
+                "skipped: cannot mount a 16 KiB tmpfs here ({why}); needs root"
+            ));
+        }
+    };
+    let files = VmFiles::in_dir(&dir.0);
+    let state = fs.0.join("vm.state");
+    let mut vm = boot(binary, &files, &files.args("128M", 1, &[]))?;
+    vm.execute("cpr-save", json!({"filename": state, "mode": "reboot"}))?;
+    let good = std::fs::read(&state).map_err(|e| fail(e.to_string()))?;
+    vm.execute("cont", json!({}))?;
+    let before = vm.progress()?;
+    let _ = vm.events()?;
+    let desc = vm.execute_err("cpr-save", json!({"filename": state, "mode": "reboot"}))?;
+    if !desc.starts_with("Error -28 while saving VM state") {
+        return Err(fail(format!("unexpected error: {desc}")));
+    }
+    let names: Vec<String> = vm.events()?.into_iter().map(|e| e.event).collect();
+    if names != ["STOP", "RESUME"] {
+        return Err(fail(format!("events {names:?}, expected STOP then RESUME")));
+    }
+    expect_status(&mut vm, "running")?;
+    check_carried_on(&mut vm, &before)?;
+    if std::fs::read(&state).map_err(|e| fail(e.to_string()))? != good {
+        return Err(fail("the failed save changed the previous checkpoint"));
+    }
+    let leftovers = std::fs::read_dir(&fs.0)
+        .map_err(|e| fail(e.to_string()))?
+        .count();
+    if leftovers != 1 {
+        return Err(fail(format!(
+            "{leftovers} files in the target directory, expected 1"
+        )));
+    }
+    vm.quit()?;
+    drop(fs);
+    Ok(format!(
+        "\"{desc}\", guest resumed, previous checkpoint intact"
+    ))
+}
+
 /// (5) Bad state files are refused by cpr-load; the same process then loads the good one.
 fn hostile_files(binary: &Path) -> Outcome {
     let dir = Scratch::new("hostile")?;
@@ -503,6 +582,10 @@ pub fn run(binary: &Path, cycles: u32) -> (u64, u64) {
         (
             "failed saves and odd targets",
             Box::new(move || failed_saves(binary)),
+        ),
+        (
+            "disk full during cpr-save",
+            Box::new(move || disk_full(binary)),
         ),
         (
             "hostile state files",

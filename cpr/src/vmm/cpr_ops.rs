@@ -105,6 +105,22 @@ fn errno_of(e: &cpr_migration_file::Error, default: i32) -> i32 {
     e.errno().map_or(default, |n| -(n as i32))
 }
 
+/// The errno of the first file error in `e`'s chain (QEMU reports `-errno` of the failed
+/// write), else `default`.
+fn errno_in(e: &(dyn std::error::Error + 'static), default: i32) -> i32 {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(n) = err
+            .downcast_ref::<cpr_migration_file::Error>()
+            .and_then(cpr_migration_file::Error::errno)
+        {
+            return -(n as i32);
+        }
+        cur = err.source();
+    }
+    default
+}
+
 impl Vmm {
     /// `cpr-save filename mode` (V7 `qmp_cpr_save`).
     pub(super) fn cpr_save(&mut self, filename: &Path, mode: CprMode) -> Result<Value> {
@@ -209,7 +225,8 @@ impl Vmm {
                 .map_err(|e| (-22, e.into()))?;
         let io = ignore_shared.map(|ignore| GuestRamIo::new(&self.ram, ignore, false));
         let ram = io.as_ref().map(|io| io as &dyn cpr_savevm::RamBlocks);
-        let stats = cpr_savevm::save_state(file, &mut registry, ram).map_err(|e| (-5, e.into()))?;
+        let stats = cpr_savevm::save_state(file, &mut registry, ram)
+            .map_err(|e| (errno_in(&e, -5), e.into()))?;
         Ok((warnings, stats))
     }
 
