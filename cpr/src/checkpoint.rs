@@ -95,6 +95,9 @@ pub struct MachineLayout {
     pub vcpus: u32,
     /// RAM blocks, largest first.
     pub ram: Vec<RamBlockInfo>,
+    /// The epoch the in-place RAM files were tagged with at save time (empty: none); at
+    /// load time, the epoch the RAM files carry now (see `vmm/epoch.rs`).
+    pub epoch: String,
 }
 
 /// Most RAM blocks a `cpr-machine` section may list.
@@ -128,7 +131,7 @@ impl VmState for MachineLayout {
             w.array("backing", b.backing.as_bytes())?;
             w.bool("copied", b.copied);
         }
-        Ok(())
+        w.array("epoch", self.epoch.as_bytes())
     }
 
     fn load(r: &mut FieldReader<'_>, _version_id: u32) -> cpr_savevm::Result<Self> {
@@ -151,7 +154,8 @@ impl VmState for MachineLayout {
                 copied: r.bool("copied")?,
             });
         }
-        Ok(MachineLayout { vcpus, ram })
+        let epoch = text(r, "epoch", 256)?;
+        Ok(MachineLayout { vcpus, ram, epoch })
     }
 
     fn post_load(&mut self, _version_id: u32) -> cpr_savevm::Result<()> {
@@ -189,6 +193,22 @@ impl MachineLayout {
                     b.idstr, b.backing, b.shared, local.backing, local.shared
                 ));
             }
+        }
+        // RAM left in place must be the RAM this checkpoint left (vmm/epoch.rs).
+        if let Some(b) = saved.ram.iter().find(|b| !b.copied)
+            && !saved.epoch.is_empty()
+            && self.epoch != saved.epoch
+        {
+            return Some(format!(
+                "the RAM in {} is not the RAM this checkpoint left (checkpoint epoch {}, RAM {}): the guest ran on, or another VM used the file, after the checkpoint was taken",
+                b.backing,
+                saved.epoch,
+                if self.epoch.is_empty() {
+                    "untagged"
+                } else {
+                    self.epoch.as_str()
+                }
+            ));
         }
         if let Some(extra) = self
             .ram
@@ -448,4 +468,69 @@ pub fn parse(
         registry,
         cells,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(vcpus: u32, size: u64, backing: &str, epoch: &str) -> MachineLayout {
+        MachineLayout {
+            vcpus,
+            ram: vec![RamBlockInfo {
+                idstr: "pc.ram".into(),
+                size,
+                shared: true,
+                backing: backing.into(),
+                copied: false,
+            }],
+            epoch: epoch.into(),
+        }
+    }
+
+    #[test]
+    fn layout_and_globalstate_round_trip() {
+        let mut l = layout(2, 1 << 30, "/dev/shm/vm0.ram", "e1");
+        let (payload, _) = cpr_savevm::encode_vmstate(&mut l)
+            .expect("encode")
+            .expect("needed");
+        let back: MachineLayout = cpr_savevm::decode_vmstate(payload, 1).expect("decode");
+        assert_eq!(back, l);
+        let mut g = GlobalStateSection(RunState::Suspended);
+        let (payload, _) = cpr_savevm::encode_vmstate(&mut g)
+            .expect("encode")
+            .expect("needed");
+        assert_eq!(payload.len(), 4 + 100, "QEMU 6.2 globalstate layout");
+        let back: GlobalStateSection = cpr_savevm::decode_vmstate(payload, 1).expect("decode");
+        assert_eq!(back, g);
+    }
+
+    #[test]
+    fn machine_mismatches_are_explained() {
+        let here = layout(1, 1 << 30, "/dev/shm/a.ram", "e1");
+        assert_eq!(
+            here.mismatch(&layout(1, 1 << 30, "/dev/shm/a.ram", "e1")),
+            None
+        );
+        let why = |saved: MachineLayout| here.mismatch(&saved).unwrap_or_default();
+        assert_eq!(
+            why(layout(2, 1 << 30, "/dev/shm/a.ram", "e1")),
+            "the checkpoint has 2 vCPUs, this VM has 1"
+        );
+        assert!(why(layout(1, 1 << 29, "/dev/shm/a.ram", "e1")).contains("536870912 bytes"));
+        assert!(why(layout(1, 1 << 30, "/dev/shm/b.ram", "e1")).contains("/dev/shm/b.ram"));
+        assert!(
+            why(layout(1, 1 << 30, "/dev/shm/a.ram", "e0"))
+                .contains("is not the RAM this checkpoint left")
+        );
+        // A checkpoint without an epoch (file system without xattrs) is not refused for it.
+        assert_eq!(
+            here.mismatch(&layout(1, 1 << 30, "/dev/shm/a.ram", "")),
+            None
+        );
+        // Copied RAM may land anywhere, whatever its epoch.
+        let mut copied = layout(1, 1 << 30, "anonymous", "e0");
+        copied.ram[0].copied = true;
+        assert_eq!(here.mismatch(&copied), None);
+    }
 }

@@ -101,10 +101,12 @@
 //! * **A guest entering S3 while a command arrives** is seen as suspended first (its PM
 //!   register is the authority), so a checkpoint never says `running` for a suspended guest.
 //!
-//! Known limit: a checkpoint is tied to the RAM it left in place. Loading it after the VM
-//! ran on (`cont` after `cpr-save`, then a later `cpr-load` of the old file) is not
-//! detected; the built-in guest's RAM check then reports errors, as a real guest would
-//! corrupt itself. Save again before quitting.
+//! * **A stale checkpoint is refused.** A checkpoint describes RAM it does not contain. V7
+//!   happily loads it after the guest ran on (`cont` after `cpr-save`) or after another VM
+//!   booted over the same RAM file, and the guest corrupts itself. Here each save tags the
+//!   in-place RAM files with a fresh epoch (`user.cpr.epoch`), recorded in the checkpoint;
+//!   a running guest replaces the tag; `cpr-load` refuses a checkpoint whose epoch is not
+//!   the RAM's (`vmm/epoch.rs`). A file system without user xattrs gets a warning instead.
 
 pub mod app;
 pub mod checkpoint;

@@ -341,6 +341,13 @@ fn failed_saves(binary: &Path) -> Outcome {
     }
     expect_status(&mut vm, "running")?;
     check_carried_on(&mut vm, &before)?;
+    // The first checkpoint is stale now (the guest ran on); take a fresh one.
+    let stale = dir.0.join("stale.state");
+    std::fs::write(&stale, &good).map_err(|e| fail(e.to_string()))?;
+    vm.execute(
+        "cpr-save",
+        json!({"filename": files.state, "mode": "reboot"}),
+    )?;
     vm.quit()?;
     // A FIFO given to cpr-load is refused at once, and the VMM still answers.
     let mut s_args = args.clone();
@@ -352,8 +359,13 @@ fn failed_saves(binary: &Path) -> Outcome {
     if !desc.contains("not a regular file") || t.elapsed() > Duration::from_secs(2) {
         return Err(fail(format!("cpr-load of a FIFO: {desc}")));
     }
-    // A (stale, but well-formed) checkpoint loads; migrate-incoming is then refused.
-    std::fs::write(&files.state, &good).map_err(|e| fail(e.to_string()))?;
+    // The stale checkpoint is refused: its RAM has moved on.
+    let desc = vm.execute_err("cpr-load", json!({"filename": stale}))?;
+    if !desc.contains("is not the RAM this checkpoint left") {
+        return Err(fail(format!("stale checkpoint: {desc}")));
+    }
+    expect_status(&mut vm, "inmigrate")?;
+    // The fresh one loads; migrate-incoming is then refused.
     vm.execute("cpr-load", json!({"filename": files.state}))?;
     let desc = vm.execute_err(
         "migrate-incoming",
@@ -363,7 +375,7 @@ fn failed_saves(binary: &Path) -> Outcome {
         return Err(fail(format!("migrate-incoming after a load: {desc}")));
     }
     vm.quit()?;
-    Ok("second save, odd targets, failed migrate, FIFO load and late migrate-incoming all refused harmlessly".into())
+    Ok("second save, odd targets, failed migrate, FIFO load, stale checkpoint and late migrate-incoming all refused harmlessly".into())
 }
 
 /// A small tmpfs mounted for a test, unmounted on drop.

@@ -26,7 +26,8 @@ use nix::sys::stat::Mode;
 use serde_json::{Value, json};
 
 use super::Vmm;
-use super::ram_io::GuestRamIo;
+use super::epoch;
+use super::ram_io::{GuestRamIo, stays_in_place};
 use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::machine::Machine;
@@ -92,6 +93,30 @@ fn open_regular(path: &Path) -> Result<std::fs::File> {
     nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags))
         .map_err(|e| open_err(e.into()))?;
     Ok(file)
+}
+
+/// A checkpoint written, not yet committed.
+pub(super) struct Written {
+    /// What the user should be told.
+    pub warnings: Vec<String>,
+    /// What was written.
+    pub stats: cpr_savevm::SaveStats,
+    /// The RAM files' new epoch, to put on them at commit.
+    pub epoch: Option<epoch::Plan>,
+}
+
+impl Written {
+    /// Commits the checkpoint with `commit`, tagging the RAM files with its epoch.
+    pub fn commit<E>(
+        self,
+        commit: impl FnOnce() -> std::result::Result<(), E>,
+    ) -> std::result::Result<(Vec<String>, cpr_savevm::SaveStats), E> {
+        match self.epoch {
+            Some(plan) => plan.commit(commit)?,
+            None => commit()?,
+        }
+        Ok((self.warnings, self.stats))
+    }
 }
 
 /// Why writing a checkpoint failed: QEMU's negative errno and the cause.
@@ -169,17 +194,23 @@ impl Vmm {
         // 8. cpr_set_mode(mode).
         self.cpr_mode = Some(mode);
         // 9. Write the device state, and make it durable.
-        let warnings = match self.write_checkpoint(file.file(), global, None) {
-            Ok((w, _)) => w,
+        let written = self.write_checkpoint(file.file(), global, None);
+        // The RAM files' tags change now: whatever runs next must tag them again.
+        self.ram_tagged_running = false;
+        let written = match written {
+            Ok(w) => w,
             Err((errno, cause)) => {
                 drop(file); // removes the temporary; the old checkpoint is untouched
                 return Err(self.save_failed(saved_vm_running, suspended, errno, cause));
             }
         };
-        if let Err(e) = file.commit() {
-            let errno = errno_of(&e, -5);
-            return Err(self.save_failed(saved_vm_running, suspended, errno, Box::new(e)));
-        }
+        let warnings = match written.commit(|| file.commit()) {
+            Ok((w, _)) => w,
+            Err(e) => {
+                let errno = errno_of(&e, -5);
+                return Err(self.save_failed(saved_vm_running, suspended, errno, Box::new(e)));
+            }
+        };
         // 11. Success: the VM stays stopped and the mode stays set; the caller quits.
         if warnings.is_empty() {
             Ok(json!({}))
@@ -201,7 +232,7 @@ impl Vmm {
         file: &mut QemuFile,
         global: RunState,
         ignore_shared: Option<bool>,
-    ) -> std::result::Result<(Vec<String>, cpr_savevm::SaveStats), SaveFailure> {
+    ) -> std::result::Result<Written, SaveFailure> {
         let machine = self.machine().ok_or((
             -5,
             Box::<dyn std::error::Error + Send + Sync>::from("no machine"),
@@ -220,14 +251,30 @@ impl Vmm {
         if warnings.len() < self.blocks.len() {
             self.ram.sync().map_err(|e| (-5, e.into()))?;
         }
+        // The RAM left in place gets a fresh epoch, recorded in the checkpoint; the caller
+        // puts it on the RAM files when it commits the checkpoint.
+        let mut layout = self.layout_with_ram(ignore_shared);
+        let in_place = self.ram_files(|b| ignore_shared.is_none_or(|i| stays_in_place(b, i)));
+        let plan = epoch::Plan::new(&in_place);
+        match &plan {
+            Some(p) => layout.epoch = p.epoch.clone(),
+            None if !in_place.is_empty() => warnings.push(format!(
+                "{} cannot carry an epoch (no user extended attributes): cpr-load will not notice if this RAM is used again before it loads the checkpoint",
+                in_place[0].display()
+            )),
+            None => {}
+        }
         let mut registry =
-            checkpoint::save_registry(self.layout_with_ram(ignore_shared), global, state)
-                .map_err(|e| (-22, e.into()))?;
+            checkpoint::save_registry(layout, global, state).map_err(|e| (-22, e.into()))?;
         let io = ignore_shared.map(|ignore| GuestRamIo::new(&self.ram, ignore, false));
         let ram = io.as_ref().map(|io| io as &dyn cpr_savevm::RamBlocks);
         let stats = cpr_savevm::save_state(file, &mut registry, ram)
             .map_err(|e| (errno_in(&e, -5), e.into()))?;
-        Ok((warnings, stats))
+        Ok(Written {
+            warnings,
+            stats,
+            epoch: plan,
+        })
     }
 
     /// V7 step 10: restart the VM if it was running, clear the mode; report.
@@ -335,11 +382,17 @@ impl Vmm {
             // V7's cpr-load takes cpr-save files only; a `ram` section is then refused.
             _ => None,
         };
-        let parsed =
-            checkpoint::parse(open, self.layout.clone(), ram).map_err(|e| Error::Load {
-                errno: -22,
-                source: Box::new(e),
-            })?;
+        // The epoch the RAM files carry now, to compare with the checkpoint's.
+        let mut local = self.layout.clone();
+        local.epoch = self
+            .ram_files(|_| true)
+            .first()
+            .and_then(|f| epoch::read(f))
+            .unwrap_or_default();
+        let parsed = checkpoint::parse(open, local, ram).map_err(|e| Error::Load {
+            errno: -22,
+            source: Box::new(e),
+        })?;
         let saved = parsed.runstate().ok_or_else(|| Error::Load {
             errno: -22,
             source: "the checkpoint has no globalstate section".into(),

@@ -407,15 +407,16 @@ impl Vmm {
         self.set_migration_status(MigrationStatus::Active);
         let setup_ms = stop.duration_since(start).as_millis();
         let ignore = self.migration.cap("x-ignore-shared");
-        let written = self
-            .write_checkpoint(out.file(), old, Some(ignore))
+        let written = self.write_checkpoint(out.file(), old, Some(ignore));
+        self.ram_tagged_running = false;
+        let written = written
             .map_err(|(errno, source)| Error::Save { errno, source })
-            .and_then(|(warnings, stats)| {
+            .and_then(|w| w.commit(|| out.finish()))
+            .map(|(warnings, stats)| {
                 for w in warnings {
                     eprintln!("cpr-vm: warning: {w}");
                 }
-                out.finish()?;
-                Ok(stats)
+                stats
             });
         match written {
             Ok(stats) => {

@@ -8,6 +8,7 @@
 //! `cpr-save` and `cpr-load` (patch 6) live in `vmm/cpr_ops.rs`; see [`CprMode`].
 
 mod cpr_ops;
+mod epoch;
 mod migration;
 mod ram_io;
 mod slot;
@@ -59,6 +60,8 @@ pub struct Vmm {
     quit: bool,
     /// No one has written guest RAM since it was mapped (no boot, no RAM loaded).
     ram_pristine: bool,
+    /// The RAM files are tagged `running` (see `epoch.rs`).
+    ram_tagged_running: bool,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -108,6 +111,7 @@ pub fn machine_layout(args: &VmArgs, blocks: &RamBlockList) -> MachineLayout {
     MachineLayout {
         vcpus: args.smp,
         ram,
+        epoch: String::new(),
     }
 }
 
@@ -154,6 +158,7 @@ impl Vmm {
             autostart: true,
             quit: false,
             ram_pristine,
+            ram_tagged_running: false,
         })
     }
 
@@ -257,8 +262,33 @@ impl Vmm {
         Ok(())
     }
 
+    /// The RAM files of blocks that are file-backed (the only RAM a checkpoint can leave in
+    /// place).
+    fn ram_files(&self, only: impl Fn(&cpr_memory::MappedBlock) -> bool) -> Vec<PathBuf> {
+        self.ram
+            .blocks()
+            .iter()
+            .filter(|b| only(b))
+            .filter_map(|b| match b.block().backing() {
+                Backing::File { path } => Some(path.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Once a guest runs over the RAM, no checkpoint of it taken before is valid: tag the
+    /// RAM files `running` (once per run).
+    fn note_running(&mut self) {
+        if self.rs.state() == RunState::Running && !self.ram_tagged_running {
+            let files = self.ram_files(|_| true);
+            epoch::tag(&files, epoch::RUNNING);
+            self.ram_tagged_running = true;
+        }
+    }
+
     /// Sends the run-state machine's events to the QMP client.
     fn flush_events(&mut self) {
+        self.note_running();
         let pending: Vec<_> = self.rs.drain_events().collect();
         for e in pending {
             self.events.emit(e.event.name(), None);
