@@ -13,6 +13,7 @@ mod bench;
 mod ci;
 mod e2e;
 mod e2e_mainline;
+mod e2e_refusals;
 
 use std::process::ExitCode;
 
@@ -63,7 +64,7 @@ fn main() -> ExitCode {
             bench::run(&binary, runs, &sizes, &out)
         }),
         Command::E2e { cycles } => ci::build_vm().and_then(|binary| {
-            let (_, failed) = e2e::run(&binary, cycles);
+            let (_, failed, _) = e2e::run(&binary, cycles);
             if failed > 0 {
                 Err(format!("{failed} e2e scenario(s) failed"))
             } else {
