@@ -241,14 +241,21 @@ impl Vmm {
         // RAM first: the checkpoint must not become visible before the RAM it describes
         // is durable. Only blocks on a disk (or DAX) need it; tmpfs cannot be made to
         // survive a reboot, so say so instead.
+        // Only RAM left in place matters here: RAM copied into the stream travels with it.
         let mut warnings = Vec::new();
-        for b in self.blocks.iter() {
-            let report = cpr_memory::persistence(b).map_err(|e| (-5, e.into()))?;
-            if !report.persistence.survives_host_reboot() {
+        let mut durable = 0;
+        for b in self.ram.blocks() {
+            if ignore_shared.is_some_and(|i| !stays_in_place(b, i)) {
+                continue;
+            }
+            let report = cpr_memory::persistence(b.block()).map_err(|e| (-5, e.into()))?;
+            if report.persistence.survives_host_reboot() {
+                durable += 1;
+            } else {
                 warnings.push(report.to_string());
             }
         }
-        if warnings.len() < self.blocks.len() {
+        if durable > 0 {
             self.ram.sync().map_err(|e| (-5, e.into()))?;
         }
         // The RAM left in place gets a fresh epoch, recorded in the checkpoint; the caller
