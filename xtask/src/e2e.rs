@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use cpr::demo::{VmFiles, cycle};
 
 use crate::e2e_mainline::{self as mainline, GuestState};
-use crate::e2e_refusals::{disk_full, failed_saves, hostile_files};
+use crate::e2e_refusals::{disk_full, epochs, failed_saves, hostile_files};
 use cpr::harness::{HarnessError, Progress, VmProcess};
 use serde_json::json;
 
@@ -350,6 +350,7 @@ pub fn run(binary: &Path, cycles: u32) -> (u64, u64, u64) {
             "disk full during cpr-save",
             Box::new(move || disk_full(binary)),
         ),
+        ("checkpoint epochs", Box::new(move || epochs(binary))),
         (
             "hostile state files",
             Box::new(move || hostile_files(binary)),
@@ -391,10 +392,14 @@ pub fn run(binary: &Path, cycles: u32) -> (u64, u64, u64) {
         }
         return (0, 0, scenarios.len() as u64);
     }
-    let (mut passed, mut failed) = (0, 0);
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for (name, f) in &scenarios {
         let t = Instant::now();
         match f() {
+            Ok(detail) if detail.starts_with("skipped:") => {
+                skipped += 1;
+                println!("e2e SKIP {name}: {detail}");
+            }
             Ok(detail) => {
                 passed += 1;
                 println!(
@@ -408,6 +413,6 @@ pub fn run(binary: &Path, cycles: u32) -> (u64, u64, u64) {
             }
         }
     }
-    println!("e2e: {passed} passed, {failed} failed");
-    (passed, failed, 0)
+    println!("e2e: {passed} passed, {failed} failed, {skipped} skipped");
+    (passed, failed, skipped)
 }

@@ -255,3 +255,76 @@ pub fn hostile_files(binary: &Path) -> Outcome {
         "{refused} bad files and a missing one refused, then the good file loaded"
     ))
 }
+
+/// A checkpoint stays loadable exactly as long as the RAM it left in place is unchanged:
+/// loading it twice without running is fine, two saves of a paused VM are both valid, and
+/// it is refused once the guest ran on or once another stream's pages were copied over
+/// the RAM file.
+pub fn epochs(binary: &Path) -> Outcome {
+    let dir = Scratch::new("epochs")?;
+    let files = VmFiles::in_dir(&dir.0);
+    let args = files.args("128M", 1, &[]);
+    let (a, b, c) = (
+        dir.0.join("a.state"),
+        dir.0.join("b.state"),
+        dir.0.join("c.state"),
+    );
+    let mut vm = boot(binary, &files, &args)?;
+    vm.execute("stop", json!({}))?;
+    let before = vm.progress()?;
+    vm.execute("cpr-save", json!({"filename": a, "mode": "reboot"}))?;
+    vm.execute("cpr-save", json!({"filename": b, "mode": "reboot"}))?;
+    vm.quit()?;
+    let mut s_args = args.clone();
+    s_args.push("-S".into());
+    // Loaded and quit without running: still valid, twice.
+    for _ in 0..2 {
+        let mut vm = VmProcess::spawn(binary, &s_args, &files.qmp, None)?;
+        vm.execute("cpr-load", json!({"filename": a}))?;
+        expect_status(&mut vm, "paused")?;
+        vm.quit()?;
+    }
+    // Now the guest runs on: both checkpoints become stale.
+    let mut vm = VmProcess::spawn(binary, &s_args, &files.qmp, None)?;
+    vm.execute("cpr-load", json!({"filename": b}))?;
+    vm.execute("cont", json!({}))?;
+    check_carried_on(&mut vm, &before)?;
+    vm.execute("stop", json!({}))?;
+    vm.execute("cpr-save", json!({"filename": c, "mode": "reboot"}))?;
+    vm.quit()?;
+    let mut vm = VmProcess::spawn(binary, &s_args, &files.qmp, None)?;
+    for stale in [&a, &b] {
+        let desc = vm.execute_err("cpr-load", json!({"filename": stale}))?;
+        if !desc.contains("is not the RAM this checkpoint left") {
+            return Err(fail(format!("stale {}: {desc}", stale.display())));
+        }
+    }
+    vm.quit()?;
+    // Another VM's RAM copied over the RAM file makes `c` stale too.
+    let other = Scratch::new("epochs-other")?;
+    let ofiles = VmFiles::in_dir(&other.0);
+    let mut oargs = ofiles.args("128M", 1, &["--mem-share", "off"]);
+    let i = oargs.iter().position(|x| x == "--mem-path").unwrap_or(0);
+    oargs.drain(i..i + 2);
+    let mut x = boot(binary, &ofiles, &oargs)?;
+    x.execute("stop", json!({}))?;
+    x.execute("migrate-set-parameters", json!({"mode": "cpr-reboot"}))?;
+    let copy = format!("file:{}", ofiles.state.display());
+    x.execute("migrate", json!({"uri": copy}))?;
+    x.quit()?;
+    let mut d_args = args.clone();
+    d_args.push("--incoming".into());
+    d_args.push("defer".into());
+    let mut vm = VmProcess::spawn(binary, &d_args, &files.qmp, None)?;
+    vm.execute("migrate-set-parameters", json!({"mode": "cpr-reboot"}))?;
+    vm.execute("migrate-incoming", json!({"uri": copy}))?;
+    expect_status(&mut vm, "paused")?;
+    vm.quit()?;
+    let mut vm = VmProcess::spawn(binary, &s_args, &files.qmp, None)?;
+    let desc = vm.execute_err("cpr-load", json!({"filename": c}))?;
+    if !desc.contains("is not the RAM this checkpoint left") {
+        return Err(fail(format!("c after a copy over its RAM: {desc}")));
+    }
+    vm.quit()?;
+    Ok("valid checkpoints reload (twice, and after a second save); stale ones are refused after the guest ran and after a RAM copy".into())
+}

@@ -64,9 +64,11 @@ fn main() -> ExitCode {
             bench::run(&binary, runs, &sizes, &out)
         }),
         Command::E2e { cycles } => ci::build_vm().and_then(|binary| {
-            let (_, failed, _) = e2e::run(&binary, cycles);
+            let (passed, failed, _) = e2e::run(&binary, cycles);
             if failed > 0 {
                 Err(format!("{failed} e2e scenario(s) failed"))
+            } else if passed == 0 {
+                Err("no e2e scenario ran".into())
             } else {
                 Ok(())
             }

@@ -70,20 +70,42 @@ const HEADER_PEEK: usize = 8 + 1 + 4 + 1 + 3;
 /// Opens a checkpoint for reading without blocking on a FIFO, and only if it is a regular
 /// file (a device, FIFO or socket is refused; `/dev/zero` would never end).
 fn open_regular(path: &Path) -> Result<std::fs::File> {
+    open_regular_with(path, std::fs::OpenOptions::new().read(true), "load")
+}
+
+/// Opens (creating it, 0600) a file to write a stream into at an offset, refusing anything
+/// but a regular file without blocking on a FIFO.
+pub(super) fn open_regular_for_write(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    open_regular_with(
+        path,
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600),
+        "save to",
+    )
+}
+
+fn open_regular_with(
+    path: &Path,
+    options: &mut std::fs::OpenOptions,
+    what: &str,
+) -> Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     let open_err = |source| Error::Open {
         path: path.to_path_buf(),
         source,
     };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
+    let file = options
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
         .map_err(open_err)?;
     let meta = file.metadata().map_err(open_err)?;
     if !meta.is_file() {
         return Err(Error::Other(format!(
-            "cannot load {}: not a regular file",
+            "cannot {what} {}: not a regular file",
             path.display()
         )));
     }
@@ -106,14 +128,33 @@ pub(super) struct Written {
 }
 
 impl Written {
-    /// Commits the checkpoint with `commit`, tagging the RAM files with its epoch.
-    pub fn commit<E>(
-        self,
-        commit: impl FnOnce() -> std::result::Result<(), E>,
-    ) -> std::result::Result<(Vec<String>, cpr_savevm::SaveStats), E> {
-        match self.epoch {
-            Some(plan) => plan.commit(commit)?,
-            None => commit()?,
+    /// Tags the RAM files with the checkpoint's epoch, then commits the checkpoint with
+    /// `commit`; if the commit fails, the RAM files get their old tags back. A failure to
+    /// sync the directory after the rename leaves the new checkpoint in place (and its
+    /// tags): it is reported as a warning, not as a failed save.
+    pub fn commit(
+        mut self,
+        commit: impl FnOnce() -> std::result::Result<(), cpr_migration_file::Error>,
+    ) -> std::result::Result<(Vec<String>, cpr_savevm::SaveStats), SaveFailure> {
+        if let Some(plan) = &self.epoch {
+            plan.apply().map_err(|f| {
+                (
+                    -95,
+                    format!("cannot tag {} with the checkpoint's epoch", f.display()).into(),
+                )
+            })?;
+        }
+        match commit() {
+            Ok(()) => {}
+            Err(e @ cpr_migration_file::Error::DirSync { .. }) => self.warnings.push(format!(
+                "the checkpoint is in place but its directory was not synced: {e}"
+            )),
+            Err(e) => {
+                if let Some(plan) = &self.epoch {
+                    plan.undo();
+                }
+                return Err((errno_of(&e, -5), Box::new(e)));
+            }
         }
         Ok((self.warnings, self.stats))
     }
@@ -206,9 +247,8 @@ impl Vmm {
         };
         let warnings = match written.commit(|| file.commit()) {
             Ok((w, _)) => w,
-            Err(e) => {
-                let errno = errno_of(&e, -5);
-                return Err(self.save_failed(saved_vm_running, suspended, errno, Box::new(e)));
+            Err((errno, cause)) => {
+                return Err(self.save_failed(saved_vm_running, suspended, errno, cause));
             }
         };
         // 11. Success: the VM stays stopped and the mode stays set; the caller quits.
@@ -262,7 +302,7 @@ impl Vmm {
         // puts it on the RAM files when it commits the checkpoint.
         let mut layout = self.layout_with_ram(ignore_shared);
         let in_place = self.ram_files(|b| ignore_shared.is_none_or(|i| stays_in_place(b, i)));
-        let plan = epoch::Plan::new(&in_place);
+        let plan = epoch::Plan::new(&in_place, !self.ram_tagged_running);
         match &plan {
             Some(p) => layout.epoch = p.epoch.clone(),
             None if !in_place.is_empty() => warnings.push(format!(
@@ -383,7 +423,9 @@ impl Vmm {
             // Whatever happens next, RAM may have been written.
             self.ram_pristine = false;
         }
-        let mut io = GuestRamIo::new(&self.ram, self.migration.cap("x-ignore-shared"), pristine);
+        let files = self.ram_files(|_| true);
+        let mut io = GuestRamIo::new(&self.ram, self.migration.cap("x-ignore-shared"), pristine)
+            .retag_on_write(files);
         let ram: Option<&mut dyn cpr_savevm::RamBlocks> = match flavor {
             Flavor::Mainline if has_ram => Some(&mut io),
             // V7's cpr-load takes cpr-save files only; a `ram` section is then refused.
@@ -396,7 +438,12 @@ impl Vmm {
             .first()
             .and_then(|f| epoch::read(f))
             .unwrap_or_default();
-        let parsed = checkpoint::parse(open, local, ram).map_err(|e| Error::Load {
+        let parsed = checkpoint::parse(open, local, ram);
+        if io.retagged() {
+            // RAM pages were copied in: the files are tagged `running` (see ram_io.rs).
+            self.ram_tagged_running = true;
+        }
+        let parsed = parsed.map_err(|e| Error::Load {
             errno: -22,
             source: Box::new(e),
         })?;

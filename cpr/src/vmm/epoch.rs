@@ -48,40 +48,53 @@ pub fn tag(files: &[PathBuf], epoch: &str) -> Vec<PathBuf> {
 /// invalidates the previous, still valid, checkpoint).
 #[derive(Debug)]
 pub struct Plan {
-    /// The new epoch.
+    /// The epoch.
     pub epoch: String,
     files: Vec<(PathBuf, Option<String>)>,
 }
 
 impl Plan {
-    /// An epoch for `files`, or `None` if one of them cannot carry one.
-    pub fn new(files: &[PathBuf]) -> Option<Plan> {
+    /// An epoch for `files`, or `None` if one of them cannot carry one. With `reuse`, the
+    /// epoch the files already carry is kept when they all carry the same one: a second
+    /// checkpoint of RAM that has not changed since the first must not make the first stale.
+    pub fn new(files: &[PathBuf], reuse: bool) -> Option<Plan> {
         let mut prev = Vec::with_capacity(files.len());
         for f in files {
             // An error (no user xattrs on this file system) means no protection.
             let old = xattr::get(f, XATTR).ok()?;
             prev.push((f.clone(), old.and_then(|v| String::from_utf8(v).ok())));
         }
-        (!prev.is_empty()).then(|| Plan {
-            epoch: fresh(),
-            files: prev,
-        })
+        let first = prev.first()?.1.clone();
+        let epoch = match first {
+            Some(e)
+                if reuse && e != RUNNING && prev.iter().all(|(_, o)| o.as_ref() == Some(&e)) =>
+            {
+                e
+            }
+            _ => fresh(),
+        };
+        Some(Plan { epoch, files: prev })
     }
 
-    /// Tags the files, runs `commit`, and restores the old tags if it fails.
-    pub fn commit<E>(self, commit: impl FnOnce() -> Result<(), E>) -> Result<(), E> {
-        let files: Vec<PathBuf> = self.files.iter().map(|(f, _)| f.clone()).collect();
-        tag(&files, &self.epoch);
-        let r = commit();
-        if r.is_err() {
-            for (f, old) in &self.files {
-                let _ = match old {
-                    Some(v) => xattr::set(f, XATTR, v.as_bytes()),
-                    None => xattr::remove(f, XATTR),
-                };
+    /// Tags the files with the epoch; if one refuses, the others get their old tags back.
+    pub fn apply(&self) -> Result<(), PathBuf> {
+        for (f, _) in &self.files {
+            if xattr::set(f, XATTR, self.epoch.as_bytes()).is_err() {
+                self.undo();
+                return Err(f.clone());
             }
         }
-        r
+        Ok(())
+    }
+
+    /// Puts the old tags back (the checkpoint was not committed).
+    pub fn undo(&self) {
+        for (f, old) in &self.files {
+            let _ = match old {
+                Some(v) => xattr::set(f, XATTR, v.as_bytes()),
+                None => xattr::remove(f, XATTR),
+            };
+        }
     }
 }
 

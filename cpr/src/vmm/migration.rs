@@ -31,8 +31,6 @@ use cpr_vfio_info::{MigrationInfo, MigrationStats, MigrationStatus};
 use serde_json::{Map, Value, json};
 
 use cpr_migration_file::{AtomicFile, QemuFile};
-use nix::fcntl::OFlag;
-use nix::sys::stat::Mode;
 
 use super::Vmm;
 use super::cpr_ops::Flavor;
@@ -187,14 +185,10 @@ impl OpenTarget {
         }
     }
 
-    fn finish(self) -> Result<()> {
-        let failed = |e: cpr_migration_file::Error| Error::Save {
-            errno: -5,
-            source: Box::new(e),
-        };
+    fn finish(self) -> std::result::Result<(), cpr_migration_file::Error> {
         match self {
-            OpenTarget::Atomic(a) => a.commit().map_err(failed),
-            OpenTarget::InPlace(mut f) => f.fsync().and_then(|()| f.close()).map_err(failed),
+            OpenTarget::Atomic(a) => a.commit(),
+            OpenTarget::InPlace(mut f) => f.fsync().and_then(|()| f.close()),
         }
     }
 }
@@ -210,13 +204,8 @@ fn open_target(target: &FileTarget) -> Result<OpenTarget> {
             .map(OpenTarget::Atomic)
             .map_err(create);
     }
-    let mut f = QemuFile::open(
-        &target.path,
-        OFlag::O_WRONLY | OFlag::O_CREAT,
-        Mode::from_bits_truncate(0o600),
-        "migration-file",
-    )
-    .map_err(create)?;
+    let file = super::cpr_ops::open_regular_for_write(&target.path)?;
+    let mut f = QemuFile::from_fd(file.into(), true, "migration-file");
     f.seek_to(target.offset).map_err(create)?;
     Ok(OpenTarget::InPlace(f))
 }
@@ -375,8 +364,15 @@ impl Vmm {
             ));
         }
         let old = self.rs.state();
+        if old == RunState::Inmigrate {
+            return Err(Error::Other(
+                "Guest is waiting for an incoming migration".into(),
+            ));
+        }
         if self.machine().is_none() {
-            return Err(Error::NothingToSave);
+            return Err(Error::Other(
+                "migrate: the VM was never started, there is no state to migrate".into(),
+            ));
         }
         if !matches!(
             old,
@@ -410,8 +406,8 @@ impl Vmm {
         let written = self.write_checkpoint(out.file(), old, Some(ignore));
         self.ram_tagged_running = false;
         let written = written
-            .map_err(|(errno, source)| Error::Save { errno, source })
             .and_then(|w| w.commit(|| out.finish()))
+            .map_err(|(errno, source)| Error::Save { errno, source })
             .map(|(warnings, stats)| {
                 for w in warnings {
                     eprintln!("cpr-vm: warning: {w}");

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::ops::Range;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 
 use cpr_memory::{Backing, GuestRam, MappedBlock, Origin};
 use cpr_savevm::{BoxError, RamBlockDesc, RamBlocks};
@@ -35,6 +36,10 @@ pub struct GuestRamIo<'a> {
     ignore_shared: bool,
     /// RAM nobody has written since it was mapped: zero runs need no clearing.
     pristine: bool,
+    /// RAM files to tag `running` before the first write: once pages are copied in, no
+    /// checkpoint that left this RAM in place describes it any more.
+    retag: Vec<PathBuf>,
+    retagged: bool,
 }
 
 impl<'a> GuestRamIo<'a> {
@@ -45,6 +50,26 @@ impl<'a> GuestRamIo<'a> {
             ram,
             ignore_shared,
             pristine,
+            retag: Vec::new(),
+            retagged: false,
+        }
+    }
+
+    /// Tag `files` `running` before the first page is written (loading).
+    pub fn retag_on_write(mut self, files: Vec<PathBuf>) -> Self {
+        self.retag = files;
+        self
+    }
+
+    /// Whether the RAM files were tagged `running` because RAM was written.
+    pub fn retagged(&self) -> bool {
+        self.retagged
+    }
+
+    fn before_write(&mut self) {
+        if !self.retagged {
+            super::epoch::tag(&self.retag, super::epoch::RUNNING);
+            self.retagged = true;
         }
     }
 
@@ -117,6 +142,7 @@ impl RamBlocks for GuestRamIo<'_> {
     }
 
     fn write(&mut self, block: usize, offset: u64, data: &[u8]) -> Result<(), BoxError> {
+        self.before_write();
         self.each_piece(block, offset, data.len() as u64, |addr, at, n| {
             self.ram
                 .memory()
@@ -132,6 +158,7 @@ impl RamBlocks for GuestRamIo<'_> {
         if self.pristine {
             return Ok(());
         }
+        self.before_write();
         let zeros = vec![0u8; ZERO_CHUNK];
         let mut buf = vec![0u8; ZERO_CHUNK];
         let mem = self.ram.memory();
