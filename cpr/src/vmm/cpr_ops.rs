@@ -237,7 +237,7 @@ impl Vmm {
         // 9. Write the device state, and make it durable.
         let written = self.write_checkpoint(file.file(), global, None);
         // The RAM files' tags change now: whatever runs next must tag them again.
-        self.ram_tagged_running = false;
+        self.rs.machine_mut().tags.running = false;
         let written = match written {
             Ok(w) => w,
             Err((errno, cause)) => {
@@ -302,7 +302,7 @@ impl Vmm {
         // puts it on the RAM files when it commits the checkpoint.
         let mut layout = self.layout_with_ram(ignore_shared);
         let in_place = self.ram_files(|b| ignore_shared.is_none_or(|i| stays_in_place(b, i)));
-        let plan = epoch::Plan::new(&in_place, !self.ram_tagged_running);
+        let plan = epoch::Plan::new(&in_place, !self.rs.machine().tags.running);
         match &plan {
             Some(p) => layout.epoch = p.epoch.clone(),
             None if !in_place.is_empty() => warnings.push(format!(
@@ -441,7 +441,7 @@ impl Vmm {
         let parsed = checkpoint::parse(open, local, ram);
         if io.retagged() {
             // RAM pages were copied in: the files are tagged `running` (see ram_io.rs).
-            self.ram_tagged_running = true;
+            self.rs.machine_mut().tags.running = true;
         }
         let parsed = parsed.map_err(|e| Error::Load {
             errno: -22,

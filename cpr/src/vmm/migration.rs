@@ -404,7 +404,7 @@ impl Vmm {
         let setup_ms = stop.duration_since(start).as_millis();
         let ignore = self.migration.cap("x-ignore-shared");
         let written = self.write_checkpoint(out.file(), old, Some(ignore));
-        self.ram_tagged_running = false;
+        self.rs.machine_mut().tags.running = false;
         let written = written
             .and_then(|w| w.commit(|| out.finish()))
             .map_err(|(errno, source)| Error::Save { errno, source })

@@ -60,8 +60,6 @@ pub struct Vmm {
     quit: bool,
     /// No one has written guest RAM since it was mapped (no boot, no RAM loaded).
     ram_pristine: bool,
-    /// The RAM files are tagged `running` (see `epoch.rs`).
-    ram_tagged_running: bool,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -143,6 +141,13 @@ impl Vmm {
             vfio.add(Box::new(TestVfioDevice { name: name.clone() }));
         }
         let mut rs = VmRunState::new(MachineSlot::default());
+        rs.machine_mut().tags.files = blocks
+            .iter()
+            .filter_map(|b| match b.backing() {
+                Backing::File { path } => Some(path.clone()),
+                _ => None,
+            })
+            .collect();
         rs.register_wakeup_support();
         Ok(Vmm {
             args,
@@ -158,7 +163,6 @@ impl Vmm {
             autostart: true,
             quit: false,
             ram_pristine,
-            ram_tagged_running: false,
         })
     }
 
@@ -228,6 +232,8 @@ impl Vmm {
     fn boot(&mut self) -> Result<()> {
         let mut machine = Machine::new(self.machine_config()?)?;
         self.ram_pristine = false;
+        // No checkpoint describes RAM a fresh guest is about to write.
+        self.rs.machine_mut().tags.before_run();
         machine.boot()?;
         self.install_machine(machine);
         Ok(())
@@ -276,19 +282,8 @@ impl Vmm {
             .collect()
     }
 
-    /// Once a guest runs over the RAM, no checkpoint of it taken before is valid: tag the
-    /// RAM files `running` (once per run).
-    fn note_running(&mut self) {
-        if self.rs.state() == RunState::Running && !self.ram_tagged_running {
-            let files = self.ram_files(|_| true);
-            epoch::tag(&files, epoch::RUNNING);
-            self.ram_tagged_running = true;
-        }
-    }
-
     /// Sends the run-state machine's events to the QMP client.
     fn flush_events(&mut self) {
-        self.note_running();
         let pending: Vec<_> = self.rs.drain_events().collect();
         for e in pending {
             self.events.emit(e.event.name(), None);

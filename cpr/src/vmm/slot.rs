@@ -4,15 +4,39 @@
 //! `prelaunch` after `-S`): every operation is then a no-op, as pausing vCPUs that do not
 //! exist is in QEMU.
 
+use std::path::PathBuf;
+
 use kvm_bindings::kvm_clock_data;
 
 use crate::machine::{self, Machine};
+
+/// The RAM files' epoch tags (see `epoch.rs`): they say `running` before any vCPU runs,
+/// so even a VMM killed a moment later never leaves changed RAM under an old epoch.
+#[derive(Debug, Default)]
+pub struct RamTags {
+    /// The file-backed RAM files.
+    pub files: Vec<PathBuf>,
+    /// They are tagged `running` now.
+    pub running: bool,
+}
+
+impl RamTags {
+    /// Tags the files `running` (once).
+    pub fn before_run(&mut self) {
+        if !self.running {
+            super::epoch::tag(&self.files, super::epoch::RUNNING);
+            self.running = true;
+        }
+    }
+}
 
 /// Holds the machine (if any) for [`cpr_runstate::VmRunState`].
 #[derive(Debug, Default)]
 pub struct MachineSlot {
     /// The KVM machine, once booted or restored.
     pub machine: Option<Machine>,
+    /// The RAM files' epoch tags.
+    pub tags: RamTags,
     /// kvmclock when the ticks were disabled (see `disable_ticks`).
     stopped_clock: Option<kvm_clock_data>,
 }
@@ -48,7 +72,10 @@ impl cpr_runstate::Machine for MachineSlot {
     /// wakeup hook (`wakeup`) runs.
     fn resume_vcpus(&mut self) -> Result<(), Self::Error> {
         match &mut self.machine {
-            Some(m) if !m.is_running() && !m.is_suspended() => m.resume(),
+            Some(m) if !m.is_running() && !m.is_suspended() => {
+                self.tags.before_run();
+                m.resume()
+            }
             _ => Ok(()),
         }
     }
@@ -90,7 +117,10 @@ impl cpr_runstate::Machine for MachineSlot {
     /// The machine's wakeup hook: leave S3 (the vCPUs continue after the PM1 write).
     fn wakeup(&mut self, _reason: cpr_runstate::WakeupReason) -> Result<(), Self::Error> {
         match &mut self.machine {
-            Some(m) if m.is_suspended() => m.wakeup(),
+            Some(m) if m.is_suspended() => {
+                self.tags.before_run();
+                m.wakeup()
+            }
             _ => Ok(()),
         }
     }
