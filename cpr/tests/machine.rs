@@ -10,9 +10,9 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use cpr::machine::{
-    GuestProgress, Machine, MachineConfig, MachineEvent, SerialOutput, file_backed_ram,
-};
+use cpr::machine::{GuestProgress, Machine, MachineConfig, MachineEvent, SerialOutput};
+use cpr_memory::{Backing, GuestRam, OpenMode, RamBlock, RamBlockList, pc_ram_windows};
+use vm_memory::GuestMemoryMmap;
 
 const RAM: u64 = 128 << 20;
 const WAIT: Duration = Duration::from_secs(10);
@@ -62,8 +62,34 @@ fn ram_file() -> tempfile::NamedTempFile {
         .expect("temp file in /dev/shm")
 }
 
+/// Guest RAM the way `cpr-vm` maps it: one `pc.ram` block through QEMU's windows, in the
+/// shared file `path` (sized on first use, reused after) or anonymous.
+fn guest_ram(path: Option<&Path>, size: u64) -> GuestMemoryMmap {
+    let mut b = RamBlock::builder("pc.ram", size).windows(pc_ram_windows(size));
+    b = match path {
+        Some(p) => {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .expect("RAM file");
+            if f.metadata().expect("stat").len() == 0 {
+                f.set_len(size).expect("size RAM file");
+            }
+            b.backing(Backing::File {
+                path: p.to_path_buf(),
+            })
+            .shared(true)
+        }
+        None => b.backing(Backing::Anonymous).shared(false),
+    };
+    let list = RamBlockList::from_blocks([b.build().expect("RAM block")]).expect("block list");
+    let ram = GuestRam::map(&list, OpenMode::OpenOrCreate).expect("map RAM");
+    // The regions (and their files) are reference-counted: the clone keeps them mapped.
+    ram.memory().clone()
+}
+
 fn config(vcpus: usize, ram: &Path, serial: &Capture) -> MachineConfig {
-    let mem = file_backed_ram(ram, RAM).expect("file-backed RAM");
+    let mem = guest_ram(Some(ram), RAM);
     let mut c = MachineConfig::new(vcpus, mem);
     c.serial = SerialOutput::Writer(Box::new(serial.clone()));
     c
@@ -442,7 +468,7 @@ fn boot_16gib_ram_high_workload() {
         return;
     }
     let t = Instant::now();
-    let mem = cpr::machine::anonymous_ram(16 << 30).expect("16 GiB anonymous RAM");
+    let mem = guest_ram(None, 16 << 30);
     let mut c = MachineConfig::new(2, mem);
     let serial = Capture::default();
     c.serial = SerialOutput::Writer(Box::new(serial.clone()));

@@ -61,8 +61,8 @@ impl SerialOutput {
 pub struct MachineConfig {
     /// Number of vCPUs (1..=32).
     pub vcpus: usize,
-    /// Guest RAM laid out by [`ram_ranges`](super::memory::ram_ranges) (see
-    /// [`file_backed_ram`](super::file_backed_ram)).
+    /// Guest RAM at QEMU's x86 layout (`cpr_memory::pc_ram_windows`: up to 3 GiB at 0,
+    /// the rest from 4 GiB), as `cpr_memory::GuestRam::memory` gives it.
     pub memory: GuestMemoryMmap,
     /// COM1 output.
     pub serial: SerialOutput,

@@ -56,9 +56,6 @@ pub enum Error {
     /// The configuration is invalid.
     #[error("invalid machine configuration: {0}")]
     InvalidConfig(String),
-    /// Guest memory could not be created.
-    #[error("cannot create guest memory")]
-    MemoryCreate(#[source] vm_memory::mmap::FromRangesError),
     /// Guest memory access failed.
     #[error("guest memory access failed: {what}")]
     GuestMemory {

@@ -1,7 +1,7 @@
 //! The KVM machine: VM, vCPU threads, devices and the built-in guest.
 //!
 //! A [`Machine`] is created over guest RAM that the caller provides (a vm-memory
-//! `GuestMemoryMmap`, e.g. from [`file_backed_ram`]) and either **booted** fresh
+//! `GuestMemoryMmap`, from `cpr_memory::GuestRam::memory`) and either **booted** fresh
 //! ([`Machine::boot`]) or **restored** from a [`MachineState`] captured by another
 //! machine over the same RAM ([`Machine::restore`]), without touching RAM contents.
 //!
@@ -46,7 +46,7 @@ pub use devices::pm::PmState;
 pub use devices::serial::SerialDeviceState;
 pub use devices::testdev::{GuestFatal, GuestProgress, TestDevState, VcpuProgress};
 pub use error::{Error, Result};
-pub use memory::{RamRegion, anonymous_ram, file_backed_ram, ram_regions_of, register_ram};
+pub use memory::{RamRegion, ram_regions_of, register_ram};
 pub use vcpu_state::VcpuState;
 pub use vm::VmState;
 
