@@ -232,8 +232,9 @@ impl Vmm {
         if let Err(e) = self.rs.vm_stop(RunState::SaveVm) {
             return Err(self.save_failed(saved_vm_running, suspended, -5, Box::new(e)));
         }
-        // 8. cpr_set_mode(mode).
-        self.cpr_mode = Some(mode);
+        // 8. cpr_set_mode(mode): a no-op in patch 6 (it becomes real with restart mode, patch
+        //    13), and nothing here reads a mode: `reboot` is the only one.
+        let CprMode::Reboot = mode;
         // 9. Write the device state, and make it durable.
         let written = self.write_checkpoint(file.file(), global, None);
         // The RAM files' tags change now: whatever runs next must tag them again.
@@ -324,7 +325,7 @@ impl Vmm {
         })
     }
 
-    /// V7 step 10: restart the VM if it was running, clear the mode; report.
+    /// V7 step 10: restart the VM if it was running; report.
     fn save_failed(
         &mut self,
         saved_vm_running: bool,
@@ -340,7 +341,6 @@ impl Vmm {
             // Better than V7: the ticks disabled in step 6 come back.
             let _ = cpr_runstate::Machine::enable_ticks(self.rs.machine_mut());
         }
-        self.cpr_mode = None;
         Error::Save { errno, source }
     }
 
@@ -388,16 +388,13 @@ impl Vmm {
                 path: filename.to_path_buf(),
             });
         }
-        // 4. cpr_set_mode(reboot).
-        self.cpr_mode = Some(CprMode::Reboot);
+        // 4. cpr_set_mode(reboot): a no-op in patch 6, as at step 8 of cpr-save.
         // A stream whose first section is QEMU's `ram` START section carries RAM (a
         // mainline stream); otherwise it is a V7 device-state stream (RAM in place).
         let has_ram = header.get(8) == Some(&0x01)
             && header.get(13..HEADER_PEEK) == Some(b"\x03ram".as_slice());
-        let result = self.load_stream(open, flavor, has_ram);
-        // 7. cpr_set_mode(none).
-        self.cpr_mode = None;
-        result
+        // 7. cpr_set_mode(none): a no-op too.
+        self.load_stream(open, flavor, has_ram)
     }
 
     /// Refuses to load into a running VM, whatever the interface (V7 step 1).
