@@ -202,7 +202,7 @@ pub fn run(lint: bool) -> Result<(), String> {
     run_step("rustdoc", &mut doc)?;
     let binary = build_vm()?;
     println!("==> end-to-end scenarios");
-    let (passed, failed, skipped) = crate::e2e::run(&binary, 20);
+    let (passed, failed, skipped) = crate::e2e::run(&binary, 20, None);
     totals.passed += passed;
     totals.failed += failed;
     totals.ignored += skipped;

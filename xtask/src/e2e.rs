@@ -328,9 +328,10 @@ fn two_vcpus(binary: &Path) -> Outcome {
     Ok("both vCPUs carried on".into())
 }
 
-/// Runs every scenario; returns (passed, failed, skipped).
-pub fn run(binary: &Path, cycles: u32) -> (u64, u64, u64) {
-    let scenarios: Vec<Scenario<'_>> = vec![
+/// Runs every scenario (or those whose name contains `only`); returns (passed, failed,
+/// skipped).
+pub fn run(binary: &Path, cycles: u32, only: Option<&str>) -> (u64, u64, u64) {
+    let mut scenarios: Vec<Scenario<'_>> = vec![
         (
             "running guest, save/quit/start/load cycles",
             Box::new(move || running_cycles(binary, cycles)),
@@ -386,6 +387,9 @@ pub fn run(binary: &Path, cycles: u32) -> (u64, u64, u64) {
             Box::new(move || mainline::refusals(binary)),
         ),
     ];
+    if let Some(only) = only {
+        scenarios.retain(|(name, _)| name.contains(only));
+    }
     if !Path::new("/dev/kvm").exists() {
         for (name, _) in &scenarios {
             println!("e2e SKIP {name}: /dev/kvm is absent on this machine, so no VM can run");

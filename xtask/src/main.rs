@@ -49,6 +49,9 @@ enum Command {
         /// Save/quit/start/load cycles in the running-guest scenario.
         #[arg(long, default_value_t = 20)]
         cycles: u32,
+        /// Run only the scenarios whose name contains this text.
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -63,8 +66,8 @@ fn main() -> ExitCode {
                 .join("cpr-bench.json");
             bench::run(&binary, runs, &sizes, &out)
         }),
-        Command::E2e { cycles } => ci::build_vm().and_then(|binary| {
-            let (passed, failed, _) = e2e::run(&binary, cycles);
+        Command::E2e { cycles, only } => ci::build_vm().and_then(|binary| {
+            let (passed, failed, _) = e2e::run(&binary, cycles, only.as_deref());
             if failed > 0 {
                 Err(format!("{failed} e2e scenario(s) failed"))
             } else if passed == 0 {
