@@ -122,6 +122,43 @@ impl FromStr for Incoming {
     }
 }
 
+/// `--global DRIVER.PROPERTY=VALUE` (QEMU's `-global`): only the `migration` object's
+/// properties are known here; they are checked when the VM is set up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Global {
+    /// The object (`migration`).
+    pub driver: String,
+    /// The property (`x-ignore-shared`, `mode`, ...).
+    pub property: String,
+    /// Its value, as text.
+    pub value: String,
+}
+
+impl FromStr for Global {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad =
+            || format!("'{s}': expected DRIVER.PROPERTY=VALUE, e.g. migration.mode=cpr-reboot");
+        let (name, value) = s.split_once('=').ok_or_else(bad)?;
+        let (driver, property) = name.split_once('.').ok_or_else(bad)?;
+        if driver.is_empty() || property.is_empty() {
+            return Err(bad());
+        }
+        Ok(Global {
+            driver: driver.to_string(),
+            property: property.to_string(),
+            value: value.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for Global {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}={}", self.driver, self.property, self.value)
+    }
+}
+
 /// The machine options shared by `cpr-vm` and `cpr-vm demo`.
 #[derive(Args, Clone, Debug)]
 pub struct VmArgs {
@@ -146,6 +183,11 @@ pub struct VmArgs {
     /// end of RAM below 3 GiB).
     #[arg(long = "workload-size")]
     pub workload_size: Option<Size>,
+    /// Migration settings at start-up, as QEMU's `-global migration.<property>=<value>`:
+    /// capabilities (`migration.x-ignore-shared=on`) and parameters
+    /// (`migration.mode=cpr-reboot`), with QEMU's property names.
+    #[arg(long = "global", value_name = "migration.PROPERTY=VALUE")]
+    pub globals: Vec<Global>,
     /// Test double: pretend a migratable VFIO device of this name is attached (there is no
     /// real VFIO support yet; this exercises the cpr-reboot VFIO rule).
     #[arg(long = "x-vfio-test-device", hide = true)]
@@ -243,6 +285,30 @@ mod tests {
             "file:/x,offset=abc".parse::<Incoming>(),
             Err("invalid offset 'abc' in 'file:/x,offset=abc'".to_string())
         );
+    }
+
+    #[test]
+    fn globals_parse() {
+        assert_eq!(
+            "migration.x-ignore-shared=true".parse::<Global>(),
+            Ok(Global {
+                driver: "migration".into(),
+                property: "x-ignore-shared".into(),
+                value: "true".into()
+            })
+        );
+        for bad in ["migration", "mode=cpr-reboot", ".mode=x", "migration.=x"] {
+            assert!(bad.parse::<Global>().is_err(), "{bad}");
+        }
+        let cli = Cli::try_parse_from([
+            "cpr-vm",
+            "--global",
+            "migration.mode=cpr-reboot",
+            "--global",
+            "migration.x-ignore-shared=on",
+        ])
+        .expect("globals");
+        assert_eq!(cli.vm.globals.len(), 2);
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub enum Error {
     /// VFIO rule (mainline 9.0).
     #[error(transparent)]
     Vfio(#[from] cpr_vfio_info::Error),
+    /// The RAM is not this process's to run on (another process holds its lock).
+    #[error(transparent)]
+    RamOwnership(#[from] crate::vmm::OwnershipError),
     /// Guest RAM could not be set up.
     #[error("guest RAM")]
     Memory(#[source] cpr_memory::Error),
@@ -111,6 +114,15 @@ impl Error {
 impl From<crate::machine::Error> for Error {
     fn from(e: crate::machine::Error) -> Self {
         Error::Machine(e)
+    }
+}
+
+impl From<crate::vmm::SlotError> for Error {
+    fn from(e: crate::vmm::SlotError) -> Self {
+        match e {
+            crate::vmm::SlotError::Machine(e) => Error::Machine(e),
+            crate::vmm::SlotError::Ram(e) => Error::RamOwnership(e),
+        }
     }
 }
 

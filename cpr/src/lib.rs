@@ -88,7 +88,9 @@
 //!   stable kvmclock, see host-kvm.md).
 //! * **S3** is resume-in-place: there is no firmware waking vector; on wakeup the guest
 //!   continues after its PM1 write.
-//! * **COLO and record/replay** do not exist in this VMM, so steps 2 and 3 never fire.
+//! * **COLO and record/replay** do not exist in this VMM. Step 2 still refuses a VM with
+//!   the `x-colo` capability on (`cpr-save does not support x-colo`), as V7 does; step 3
+//!   never fires.
 //! * **VFIO**: no real device can be bound yet (see [`cpr_vfio_info`]); the mainline rule
 //!   (`VFIO device only supports cpr-reboot for runstate suspended`) is checked with the
 //!   (empty) device list.
@@ -107,6 +109,20 @@
 //!   in-place RAM files with a fresh epoch (`user.cpr.epoch`), recorded in the checkpoint;
 //!   a running guest replaces the tag; `cpr-load` refuses a checkpoint whose epoch is not
 //!   the RAM's (`vmm/epoch.rs`). A file system without user xattrs gets a warning instead.
+//! * **One guest, one process: the RAM lock.** Neither V7 nor mainline QEMU stops two
+//!   processes from running guests on one RAM file (a second VMM on the same `--mem-path`,
+//!   or a new process that loads while the old one can still `cont`). Here a process that
+//!   runs, or can run, a guest holds an open-file-description lock on each RAM file
+//!   (`vmm/ownership.rs`): taken before the boot, `cont`, `system_wakeup` and every load,
+//!   refused with an error naming the file when another process holds it, and released
+//!   by a completed checkpoint (`cpr-save`, `migrate`), which hands the RAM over to the
+//!   process that loads it, even while the old one is still exiting.
+//!
+//! Mainline's interface is QEMU's down to its checks: `migrate-set-parameters` refuses
+//! out-of-range values with QEMU's messages and changes nothing (`vmm/mig_params.rs`), and
+//! `--global migration.<property>=<value>` sets capabilities and parameters at start-up
+//! with QEMU's property names (`-global migration.x-ignore-shared=on`,
+//! `-global migration.mode=cpr-reboot`), so `--incoming file:` can load an in-place stream.
 
 pub mod app;
 pub mod checkpoint;

@@ -194,8 +194,10 @@ impl Vmm {
         let saved_vm_running = self.rs.is_running();
         // 1. Volatile RAM (checked for every mode).
         cpr_memory::check_ram_volatile(&self.blocks).map_err(Error::Volatile)?;
-        // 2. x-colo: the capability cannot be set in this VMM (no COLO), so this never
-        //    fires; kept for the order of checks.
+        // 2. x-colo: V7 refuses a VM with the capability on.
+        if self.migration.cap("x-colo") {
+            return Err(Error::Colo);
+        }
         // 3. Record/replay: not implemented in this VMM, never active.
         // (Mainline 9.0) VFIO devices need a suspended guest.
         let state = self.rs.state();
@@ -238,7 +240,7 @@ impl Vmm {
         // 9. Write the device state, and make it durable.
         let written = self.write_checkpoint(file.file(), global, None);
         // The RAM files' tags change now: whatever runs next must tag them again.
-        self.rs.machine_mut().tags.running = false;
+        self.rs.machine_mut().ram.checkpoint_tagged();
         let written = match written {
             Ok(w) => w,
             Err((errno, cause)) => {
@@ -253,6 +255,10 @@ impl Vmm {
             }
         };
         // 11. Success: the VM stays stopped and the mode stays set; the caller quits.
+        // Better than V7: the checkpoint hands the RAM over (see `ownership.rs`), so a new
+        // process may load it while this one still exits; this one must take the RAM back
+        // before it runs the guest again.
+        self.rs.machine_mut().ram.release();
         if warnings.is_empty() {
             Ok(json!({}))
         } else {
@@ -303,7 +309,7 @@ impl Vmm {
         // puts it on the RAM files when it commits the checkpoint.
         let mut layout = self.layout_with_ram(ignore_shared);
         let in_place = self.ram_files(|b| ignore_shared.is_none_or(|i| stays_in_place(b, i)));
-        let plan = epoch::Plan::new(&in_place, !self.rs.machine().tags.running);
+        let plan = epoch::Plan::new(&in_place, !self.rs.machine().ram.tagged_running());
         match &plan {
             Some(p) => layout.epoch = p.epoch.clone(),
             None if !in_place.is_empty() => warnings.push(format!(
@@ -354,12 +360,29 @@ impl Vmm {
     }
 
     /// Steps 2–7 of cpr-load, shared with `--incoming`.
+    ///
+    /// Better than V7: the RAM must be this process's before anything is read into it or
+    /// run over it (see `ownership.rs`), so a process whose RAM another one holds is
+    /// refused first, whatever the file. A load that fails without having written RAM
+    /// gives it back, so the process that handed it over can still take it.
     pub(super) fn load_checkpoint(
         &mut self,
         filename: &Path,
         offset: u64,
         flavor: Flavor,
     ) -> Result<()> {
+        self.refuse_running()?;
+        let held = self.rs.machine().ram.is_locked();
+        self.rs.machine_mut().ram.acquire()?;
+        let loaded = self.open_and_load(filename, offset, flavor);
+        let ram = &mut self.rs.machine_mut().ram;
+        if loaded.is_err() && !held && !ram.tagged_running() {
+            ram.release();
+        }
+        loaded
+    }
+
+    fn open_and_load(&mut self, filename: &Path, offset: u64, flavor: Flavor) -> Result<()> {
         // 2. Open read-only, channel name "cpr-load". The file is opened once; every pass
         //    reads a duplicate of that descriptor from `offset`, so a file renamed over
         //    the path meanwhile cannot mix two checkpoints.
@@ -438,7 +461,7 @@ impl Vmm {
         let parsed = checkpoint::parse(open, local, ram);
         if io.retagged() {
             // RAM pages were copied in: the files are tagged `running` (see ram_io.rs).
-            self.rs.machine_mut().tags.running = true;
+            self.rs.machine_mut().ram.retagged_running();
         }
         let parsed = parsed.map_err(|e| Error::Load {
             errno: -22,

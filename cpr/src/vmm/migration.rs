@@ -34,6 +34,10 @@ use cpr_migration_file::{AtomicFile, QemuFile};
 
 use super::Vmm;
 use super::cpr_ops::Flavor;
+use super::mig_params::{
+    GlobalProperty, MigrationParameters, global_property, parse_bool, property_value,
+};
+use crate::config::Global;
 use crate::error::{Error, Result};
 
 /// `MigMode`.
@@ -47,7 +51,7 @@ pub enum MigMode {
 }
 
 impl MigMode {
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             MigMode::Normal => "normal",
             MigMode::CprReboot => "cpr-reboot",
@@ -68,9 +72,8 @@ pub struct FileTarget {
 #[derive(Debug, Clone, Default)]
 pub struct MigrationState {
     caps: BTreeMap<String, bool>,
-    mode: MigMode,
-    /// Other parameters, stored as given and reported back.
-    params: Map<String, Value>,
+    /// The parameters, checked as QEMU checks them.
+    params: MigrationParameters,
     /// What `query-migrate` reports.
     pub info: MigrationInfo,
     /// Started with `--incoming` (any form).
@@ -87,7 +90,37 @@ impl MigrationState {
 
     /// The migration mode.
     pub fn mode(&self) -> MigMode {
-        self.mode
+        self.params.mode
+    }
+
+    /// `--global migration.<property>=<value>` (QEMU's `-global`), through the same
+    /// checks as `migrate-set-capabilities` and `migrate-set-parameters`.
+    pub fn apply_globals(&mut self, globals: &[Global]) -> Result<()> {
+        for g in globals {
+            let fail = |why: String| Error::Other(format!("can't apply global {g}: {why}"));
+            let property = match g.driver.as_str() {
+                "migration" => global_property(&g.property),
+                _ => None,
+            };
+            match property {
+                None => {
+                    return Err(fail(format!(
+                        "Property '{}.{}' not found",
+                        g.driver, g.property
+                    )));
+                }
+                Some(GlobalProperty::Capability(cap)) => {
+                    let on = parse_bool(&g.value).map_err(fail)?;
+                    self.caps.insert(cap.to_string(), on);
+                }
+                Some(GlobalProperty::Parameter(name, ty)) => {
+                    let value = property_value(ty, &g.value).map_err(fail)?;
+                    let args = Map::from_iter([(name.to_string(), value)]);
+                    self.params.apply(&args).map_err(|e| fail(e.0))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn in_progress(&self) -> bool {
@@ -300,38 +333,20 @@ impl Vmm {
                 "There's a migration process in progress".into(),
             ));
         }
-        for (k, v) in args {
-            if k == "mode" {
-                self.migration.mode = match v.as_str() {
-                    Some("cpr-reboot") => MigMode::CprReboot,
-                    _ => MigMode::Normal,
-                };
-            } else {
-                self.migration.params.insert(k.clone(), v.clone());
-            }
-        }
+        self.migration
+            .params
+            .apply(args)
+            .map_err(|e| Error::Other(e.0))?;
         Ok(json!({}))
     }
 
     fn query_parameters(&self) -> Value {
-        let mut out = json!({
-            "mode": self.migration.mode.as_str(),
-            "downtime-limit": 300,
-            "max-bandwidth": 134_217_728u64,
-            "multifd-channels": 2,
-            "direct-io": false,
-        });
-        if let Some(o) = out.as_object_mut() {
-            for (k, v) in &self.migration.params {
-                o.insert(k.clone(), v.clone());
-            }
-        }
-        out
+        self.migration.params.to_json()
     }
 
     /// Mainline's refusals for CPR modes (`migrate_mode_is_cpr` checks).
     fn check_cpr_options(&self) -> Result<()> {
-        if self.migration.mode != MigMode::CprReboot {
+        if self.migration.mode() != MigMode::CprReboot {
             return Ok(());
         }
         for (cap, what) in [
@@ -404,7 +419,7 @@ impl Vmm {
         let setup_ms = stop.duration_since(start).as_millis();
         let ignore = self.migration.cap("x-ignore-shared");
         let written = self.write_checkpoint(out.file(), old, Some(ignore));
-        self.rs.machine_mut().tags.running = false;
+        self.rs.machine_mut().ram.checkpoint_tagged();
         let written = written
             .and_then(|w| w.commit(|| out.finish()))
             .map_err(|(errno, source)| Error::Save { errno, source })
@@ -422,6 +437,8 @@ impl Vmm {
                 self.migration.info.setup_time = Some(u64::try_from(setup_ms).unwrap_or(u64::MAX));
                 self.migration.info.ram = Some(ram_stats(&stats));
                 self.set_migration_status(MigrationStatus::Completed);
+                // The checkpoint hands the RAM over to the process that loads it.
+                self.rs.machine_mut().ram.release();
                 let done = if self.rs.state() == RunState::Suspended {
                     self.rs.runstate_set(RunState::FinishMigrate)
                 } else {

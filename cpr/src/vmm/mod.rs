@@ -9,7 +9,9 @@
 
 mod cpr_ops;
 mod epoch;
+mod mig_params;
 mod migration;
+mod ownership;
 mod ram_io;
 mod slot;
 
@@ -30,7 +32,8 @@ use crate::qmp::{EventSender, QmpError, QmpRequest};
 
 pub use cpr_ops::CprMode;
 pub use migration::{FileTarget, MigMode, MigrationState, parse_target};
-pub use slot::MachineSlot;
+pub use ownership::{OwnershipError, RamOwnership, is_locked_elsewhere};
+pub use slot::{MachineSlot, SlotError};
 
 /// Name of the main RAM block (QEMU's x86 `pc.ram`).
 pub const MAIN_RAM: &str = "pc.ram";
@@ -131,6 +134,8 @@ impl Vmm {
                 max_ram / crate::config::GIB
             )));
         }
+        let mut migration = MigrationState::default();
+        migration.apply_globals(&args.globals)?;
         let blocks = ram_blocks(&args)?;
         let ram = GuestRam::map(&blocks, OpenMode::OpenOrCreate).map_err(Error::Memory)?;
         let layout = machine_layout(&args, &blocks);
@@ -140,13 +145,7 @@ impl Vmm {
             vfio.add(Box::new(TestVfioDevice { name: name.clone() }));
         }
         let mut rs = VmRunState::new(MachineSlot::default());
-        rs.machine_mut().tags.files = blocks
-            .iter()
-            .filter_map(|b| match b.backing() {
-                Backing::File { path } => Some(path.clone()),
-                _ => None,
-            })
-            .collect();
+        rs.machine_mut().ram = RamOwnership::new(&ram)?;
         rs.register_wakeup_support();
         Ok(Vmm {
             args,
@@ -156,7 +155,7 @@ impl Vmm {
             rs,
             events,
             msgs,
-            migration: MigrationState::default(),
+            migration,
             vfio,
             autostart: true,
             quit: false,
@@ -228,10 +227,11 @@ impl Vmm {
 
     /// Boots the built-in guest (fresh start, `cont` from `prelaunch`).
     fn boot(&mut self) -> Result<()> {
+        // The RAM must be ours before the guest image is written into it; and no
+        // checkpoint describes RAM a fresh guest is about to write.
+        self.rs.machine_mut().ram.before_run()?;
         let mut machine = Machine::new(self.machine_config()?)?;
         self.ram_pristine = false;
-        // No checkpoint describes RAM a fresh guest is about to write.
-        self.rs.machine_mut().tags.before_run();
         machine.boot()?;
         self.install_machine(machine);
         Ok(())
@@ -377,6 +377,10 @@ impl Vmm {
             }
             "cont" => self.cont().map(|()| json!({})),
             "system_wakeup" => {
+                if self.rs.state() == RunState::Suspended {
+                    // The guest is about to run: the RAM must be ours (`ownership.rs`).
+                    self.rs.machine_mut().ram.acquire()?;
+                }
                 self.rs.system_wakeup()?;
                 Ok(json!({}))
             }
@@ -441,6 +445,9 @@ impl Vmm {
         if self.machine().is_none() {
             self.boot()?;
         }
+        // The guest is about to run: the RAM must be ours (`ownership.rs`), refused before
+        // the run state changes.
+        self.rs.machine_mut().ram.acquire()?;
         self.rs.vm_start()?;
         Ok(())
     }
@@ -524,4 +531,150 @@ pub fn forward<T: Send + 'static>(rx: Receiver<T>, tx: Sender<Msg>, wrap: fn(T) 
 /// A message channel for [`Vmm::new`].
 pub fn channel_pair() -> (Sender<Msg>, Receiver<Msg>) {
     channel()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use serde_json::Map;
+
+    use super::*;
+    use crate::config::Cli;
+
+    /// A VMM without a machine (no KVM needed): anonymous RAM, in `prelaunch`.
+    fn vmm(extra: &[&str]) -> Result<Vmm> {
+        let mut argv = vec!["cpr-vm", "--mem-size", "64M", "--serial", "none"];
+        argv.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(argv).expect("command line");
+        let (tx, _rx) = channel_pair();
+        Vmm::new(cli.vm, EventSender::noop(), tx)
+    }
+
+    fn args(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    /// `cpr`'s own `vfio` feature must reach `cpr-vfio-info` (V7 patch 2): `cpr-vm
+    /// --features vfio` relies on this forward, and CI runs this test with `-p cpr
+    /// --features vfio` alone, so no other crate's feature can stand in for it.
+    #[test]
+    fn query_migrate_carries_vfio_exactly_with_cprs_feature() {
+        assert_eq!(cpr_vfio_info::VFIO_COMPILED_IN, cfg!(feature = "vfio"));
+        let mut vm = vmm(&["--x-vfio-test-device", "0000:01:00.0"]).expect("vmm");
+        let info = vm
+            .command("query-migrate", &Map::new())
+            .expect("query-migrate");
+        assert_eq!(
+            info.get("vfio").is_some(),
+            cfg!(feature = "vfio"),
+            "query-migrate: {info}"
+        );
+    }
+
+    #[test]
+    fn migrate_set_parameters_refuses_out_of_range_values() {
+        let mut vm = vmm(&[]).expect("vmm");
+        for (bad, want) in [
+            (
+                json!({"downtime-limit": -1}),
+                "Parameter 'downtime_limit' expects an integer in the range of 0 to (2000 * 1000) ms",
+            ),
+            (
+                json!({"announce-max": -1}),
+                "Parameter 'announce_max' expects a value between 0 and 100000",
+            ),
+        ] {
+            let err = vm
+                .command("migrate-set-parameters", &args(bad))
+                .expect_err("out of range");
+            assert_eq!(err.chain(), want);
+        }
+        let q = vm
+            .command("query-migrate-parameters", &Map::new())
+            .expect("query");
+        assert_eq!(
+            (q["downtime-limit"].clone(), q["announce-max"].clone()),
+            (json!(300), json!(550))
+        );
+    }
+
+    #[test]
+    fn globals_set_capabilities_and_parameters_at_start_up() {
+        let mut vm = vmm(&[
+            "--global",
+            "migration.x-ignore-shared=on",
+            "--global",
+            "migration.mode=cpr-reboot",
+            "--global",
+            "migration.x-downtime-limit=1000",
+        ])
+        .expect("vmm");
+        assert!(vm.migration.cap("x-ignore-shared"));
+        assert_eq!(vm.migration.mode(), MigMode::CprReboot);
+        let q = vm
+            .command("query-migrate-parameters", &Map::new())
+            .expect("query");
+        assert_eq!(q["downtime-limit"], 1000);
+        for (bad, want) in [
+            (
+                "migration.x-frob=1",
+                "can't apply global migration.x-frob=1: Property 'migration.x-frob' not found",
+            ),
+            (
+                "machine.mode=cpr-reboot",
+                "can't apply global machine.mode=cpr-reboot: Property 'machine.mode' not found",
+            ),
+            (
+                "migration.x-ignore-shared=maybe",
+                "can't apply global migration.x-ignore-shared=maybe: 'maybe' is not a boolean (use 'on' or 'off', 'yes' or 'no', 'true' or 'false')",
+            ),
+            (
+                "migration.mode=cpr-exec",
+                "can't apply global migration.mode=cpr-exec: Parameter 'mode' does not accept value 'cpr-exec'",
+            ),
+            (
+                "migration.x-downtime-limit=9999999",
+                "can't apply global migration.x-downtime-limit=9999999: Parameter 'downtime_limit' expects an integer in the range of 0 to (2000 * 1000) ms",
+            ),
+        ] {
+            let err = vmm(&["--global", bad]).expect_err(bad);
+            assert_eq!(err.chain(), want);
+        }
+    }
+
+    #[test]
+    fn cpr_save_refuses_x_colo_first() {
+        let mut vm = vmm(&[]).expect("vmm");
+        vm.command(
+            "migrate-set-capabilities",
+            &args(json!({"capabilities": [{"capability": "x-colo", "state": true}]})),
+        )
+        .expect("set x-colo");
+        // Anonymous RAM is volatile (step 1): file-backed RAM reaches step 2.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ram = dir.path().join("guest.ram");
+        let ram = ram.to_str().expect("utf-8");
+        let mut vm2 = vmm(&["--mem-path", ram]).expect("vmm");
+        vm2.command(
+            "migrate-set-capabilities",
+            &args(json!({"capabilities": [{"capability": "x-colo", "state": true}]})),
+        )
+        .expect("set x-colo");
+        let state = dir.path().join("vm.state");
+        let err = vm2
+            .command(
+                "cpr-save",
+                &args(json!({"filename": state, "mode": "reboot"})),
+            )
+            .expect_err("x-colo");
+        assert_eq!(err.chain(), "cpr-save does not support x-colo");
+        assert!(!state.exists(), "nothing was written");
+        let err = vm
+            .command(
+                "cpr-save",
+                &args(json!({"filename": state, "mode": "reboot"})),
+            )
+            .expect_err("volatile first");
+        assert_eq!(err.chain(), "Memory region pc.ram is volatile");
+    }
 }

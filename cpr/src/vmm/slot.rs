@@ -4,30 +4,21 @@
 //! `prelaunch` after `-S`): every operation is then a no-op, as pausing vCPUs that do not
 //! exist is in QEMU.
 
-use std::path::PathBuf;
-
 use kvm_bindings::kvm_clock_data;
+
+use super::ownership::{OwnershipError, RamOwnership};
 
 use crate::machine::{self, Machine};
 
-/// The RAM files' epoch tags (see `epoch.rs`): they say `running` before any vCPU runs,
-/// so even a VMM killed a moment later never leaves changed RAM under an old epoch.
-#[derive(Debug, Default)]
-pub struct RamTags {
-    /// The file-backed RAM files.
-    pub files: Vec<PathBuf>,
-    /// They are tagged `running` now.
-    pub running: bool,
-}
-
-impl RamTags {
-    /// Tags the files `running` (once).
-    pub fn before_run(&mut self) {
-        if !self.running {
-            super::epoch::tag(&self.files, super::epoch::RUNNING);
-            self.running = true;
-        }
-    }
+/// What the run-state machine's operations on the slot can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    /// The KVM machine failed.
+    #[error(transparent)]
+    Machine(#[from] machine::Error),
+    /// The RAM is not this process's to run on.
+    #[error(transparent)]
+    Ram(#[from] OwnershipError),
 }
 
 /// Holds the machine (if any) for [`cpr_runstate::VmRunState`].
@@ -35,8 +26,8 @@ impl RamTags {
 pub struct MachineSlot {
     /// The KVM machine, once booted or restored.
     pub machine: Option<Machine>,
-    /// The RAM files' epoch tags.
-    pub tags: RamTags,
+    /// The RAM files: their lock and epoch tags. The vCPUs never run without the lock.
+    pub ram: RamOwnership,
     /// kvmclock when the ticks were disabled (see `disable_ticks`).
     stopped_clock: Option<kvm_clock_data>,
 }
@@ -59,11 +50,11 @@ impl MachineSlot {
 }
 
 impl cpr_runstate::Machine for MachineSlot {
-    type Error = machine::Error;
+    type Error = SlotError;
 
     fn pause_vcpus(&mut self) -> Result<(), Self::Error> {
         match &mut self.machine {
-            Some(m) if m.is_running() => m.pause(),
+            Some(m) if m.is_running() => Ok(m.pause()?),
             _ => Ok(()),
         }
     }
@@ -73,8 +64,8 @@ impl cpr_runstate::Machine for MachineSlot {
     fn resume_vcpus(&mut self) -> Result<(), Self::Error> {
         match &mut self.machine {
             Some(m) if !m.is_running() && !m.is_suspended() => {
-                self.tags.before_run();
-                m.resume()
+                self.ram.before_run()?;
+                Ok(m.resume()?)
             }
             _ => Ok(()),
         }
@@ -118,8 +109,8 @@ impl cpr_runstate::Machine for MachineSlot {
     fn wakeup(&mut self, _reason: cpr_runstate::WakeupReason) -> Result<(), Self::Error> {
         match &mut self.machine {
             Some(m) if m.is_suspended() => {
-                self.tags.before_run();
-                m.wakeup()
+                self.ram.before_run()?;
+                Ok(m.wakeup()?)
             }
             _ => Ok(()),
         }
