@@ -197,6 +197,23 @@ pub fn run(lint: bool) -> Result<(), String> {
         ]),
         &mut totals,
     )?;
+    // `cpr`'s own forward, alone: in the step above `cpr-tests` turns on
+    // `cpr-vfio-info/vfio` itself, and Cargo's feature unification would hide a `cpr`
+    // whose `vfio` feature forgot to forward (what `cpr-vm --features vfio` relies on).
+    run_test_step(
+        "tests (cpr's feature vfio, alone)",
+        &mut cargo_cmd(&[
+            "test",
+            "--locked",
+            "-p",
+            "cpr",
+            "--features",
+            "vfio",
+            "--lib",
+            "vfio",
+        ]),
+        &mut totals,
+    )?;
     let mut doc = cargo_cmd(&["doc", "--workspace", "--no-deps", "--locked"]);
     doc.env("RUSTDOCFLAGS", "-D warnings");
     run_step("rustdoc", &mut doc)?;

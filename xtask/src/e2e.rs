@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use cpr::demo::{VmFiles, cycle};
 
 use crate::e2e_mainline::{self as mainline, GuestState};
+use crate::e2e_ownership as ownership;
 use crate::e2e_refusals::{disk_full, epochs, failed_saves, hostile_files};
 use cpr::harness::{HarnessError, Progress, VmProcess};
 use serde_json::json;
@@ -385,6 +386,22 @@ pub fn run(binary: &Path, cycles: u32, only: Option<&str>) -> (u64, u64, u64) {
         (
             "mainline: refusals",
             Box::new(move || mainline::refusals(binary)),
+        ),
+        (
+            "mainline: --incoming file: with --global",
+            Box::new(move || mainline::incoming_with_globals(binary)),
+        ),
+        (
+            "RAM ownership: a second process is refused",
+            Box::new(move || ownership::second_process(binary)),
+        ),
+        (
+            "RAM ownership: cpr-save hands the RAM over",
+            Box::new(move || ownership::hand_over(binary)),
+        ),
+        (
+            "RAM ownership: migrate hands the RAM over",
+            Box::new(move || ownership::mainline_hand_over(binary)),
         ),
     ];
     if let Some(only) = only {

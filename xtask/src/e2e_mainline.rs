@@ -234,3 +234,39 @@ pub fn refusals(binary: &Path) -> Outcome {
         seen.join("/")
     ))
 }
+
+/// The README's start-up row: `--incoming file:` loads an in-place stream, with the
+/// capability and mode set by `--global`, as QEMU users set them with `-global`.
+pub fn incoming_with_globals(binary: &Path) -> Outcome {
+    let dir = Scratch::new("mainline-globals")?;
+    let files = VmFiles::in_dir(&dir.0);
+    let args = files.args("256M", 1, &[]);
+    let mut vm = boot(binary, &files, &args)?;
+    configure(&mut vm, true)?;
+    let before = vm.progress()?;
+    let uri = format!("file:{}", files.state.display());
+    vm.execute("migrate", json!({"uri": uri}))?;
+    wait_completed(&mut vm)?;
+    vm.quit()?;
+    let mut dest_args = args.clone();
+    for a in [
+        "--global",
+        "migration.x-ignore-shared=on",
+        "--global",
+        "migration.mode=cpr-reboot",
+        "--incoming",
+        &uri,
+    ] {
+        dest_args.push(a.into());
+    }
+    let mut vm = VmProcess::spawn(binary, &dest_args, &files.qmp, None)?;
+    expect_status(&mut vm, "running")?;
+    let params = vm.execute("query-migrate-parameters", json!({}))?;
+    if params["mode"] != "cpr-reboot" {
+        return Err(fail(format!("--global mode not set: {params}")));
+    }
+    let after = check_carried_on(&mut vm, &before)?;
+    wait_generation(&mut vm, generation(&after) + 2)?;
+    vm.quit()?;
+    Ok("an in-place stream loaded at start-up with --global; guest carried on".into())
+}
