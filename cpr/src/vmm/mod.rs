@@ -13,7 +13,6 @@ mod migration;
 mod ram_io;
 mod slot;
 
-use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, Sender, channel};
 
@@ -196,10 +195,7 @@ impl Vmm {
             "stdout" => SerialOutput::Stdout,
             "none" => SerialOutput::Sink,
             path => SerialOutput::Writer(Box::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
+                crate::machine::devices::serial::open_output_file(path.as_ref())
                     .map_err(|e| Error::Other(format!("cannot open serial output {path}: {e}")))?,
             )),
         })
