@@ -452,7 +452,12 @@ impl Vmm {
             "x-guest-fault" => {
                 let fault = match str_arg("kind")?.as_str() {
                     "triple-fault" => GuestFault::TripleFault,
-                    _ => GuestFault::Panic,
+                    "panic" => GuestFault::Panic,
+                    other => {
+                        return Err(Error::Other(format!(
+                            "Parameter 'kind' does not accept value '{other}'"
+                        )));
+                    }
                 };
                 let m = self
                     .machine()
