@@ -80,6 +80,8 @@ fn constants() -> Vec<(&'static str, u64)> {
         STAGE_BAD_MAGIC,
         TIMER_VECTOR,
         SUSPEND_VECTOR,
+        FAULT_TRIPLE_VECTOR,
+        FAULT_PANIC_VECTOR,
         SPURIOUS_VECTOR,
         SEL_KERNEL_CODE,
         SEL_KERNEL_DATA,

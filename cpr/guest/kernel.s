@@ -18,7 +18,8 @@
 #         timer, then iretq to the user workload at CPL3 (RDI = vCPU index).
 #   ISRs: timer (count a tick, EOI), suspend request (EOI, write S3 to PM1a_CNT: the VMM
 #         parks all vCPUs on that write and the guest continues right after it on wakeup),
-#         exceptions 0..31 (report vector/RIP/error code/CR2/CS to the test device, halt).
+#         exceptions 0..31 (report vector/RIP/error code/CR2/CS to the test device, halt),
+#         and two test-only failures on request (x-guest-fault: triple fault, kernel #UD).
 #
 # The vCPU index inside ISRs is derived from the stack pointer: every vCPU only ever runs
 # on its own 16 KiB kernel stack (TSS.RSP0 points there), so index = (rsp - KERNEL_STACKS) >> 14.
@@ -227,8 +228,8 @@ mark_user:
 9:  ret
 
 # ---------------------------------------------------------------- IDT
-# Gates for exceptions 0..31 (stubs 16 bytes apart), the timer, the suspend request
-# and the spurious vector. Other vectors stay not-present (a stray one raises #NP,
+# Gates for exceptions 0..31 (stubs 16 bytes apart), the timer, the suspend request,
+# the two x-guest-fault requests and the spurious vector. Other vectors stay not-present (a stray one raises #NP,
 # reported like any exception with error code = vector * 8 + 2).
 build_idt:
     xor ecx, ecx
@@ -247,6 +248,12 @@ build_idt:
     call set_gate
     mov ecx, SUSPEND_VECTOR
     lea rax, [rip + suspend_isr]
+    call set_gate
+    mov ecx, FAULT_TRIPLE_VECTOR
+    lea rax, [rip + triple_fault_isr]
+    call set_gate
+    mov ecx, FAULT_PANIC_VECTOR
+    lea rax, [rip + panic_isr]
     call set_gate
     mov ecx, SPURIOUS_VECTOR
     lea rax, [rip + spurious_isr]
@@ -299,6 +306,20 @@ suspend_isr:
 
 spurious_isr:
     iretq
+
+# Test only (QMP x-guest-fault, sent by the VMM as an MSI to APIC ID 0): fail on purpose.
+# triple-fault: an empty IDT, then #UD. #UD finds no gate (#GP), nor does #GP (#DF), nor
+# #DF: the CPU shuts down (KVM_EXIT_SHUTDOWN), as a real triple fault does.
+triple_fault_isr:
+    lidt [rip + null_idt_ptr]
+    ud2
+    jmp halt_forever
+
+# panic: #UD in kernel mode, which exc_common reports to the test device as a fatal
+# exception (the VMM's GUEST_PANICKED), then halts.
+panic_isr:
+    ud2
+    jmp halt_forever
 
 # Exception stubs: push a dummy error code where the CPU pushes none, push the vector.
     .macro EXC vec
@@ -398,6 +419,11 @@ gdt_ptr:
 idt_ptr:
     .word 256 * 16 - 1
     .quad idt
+
+    .word 0, 0, 0
+null_idt_ptr:                       # x-guest-fault triple-fault: no gate at all
+    .word 0
+    .quad 0
 
     .balign 16
 tss_array:                          # 128 bytes per vCPU (a 64-bit TSS is 104 bytes)

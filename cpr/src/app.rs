@@ -1,4 +1,16 @@
 //! The `cpr-vm` process: command line → RAM, QMP monitor, VMM main loop.
+//!
+//! # Exit statuses
+//!
+//! | status | meaning |
+//! |---|---|
+//! | 0 ([`EXIT_OK`]) | `quit`, or the guest powered off |
+//! | 1 ([`EXIT_FAILURE`]) | `cpr-vm` failed (e.g. at start-up: RAM, KVM, socket, `--incoming`) |
+//! | 2 ([`EXIT_USAGE`]) | bad command line (clap) |
+//! | 3 ([`EXIT_GUEST_FAILED`]) | the guest failed: a triple fault ended it, or the process quit while the guest was `guest-panicked` or `internal-error` |
+//!
+//! QEMU exits 0 in all of these but the first two: a supervisor could not tell a crashed
+//! guest from a clean `quit`.
 
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
@@ -8,10 +20,42 @@ use crate::error::{Error, Result};
 use crate::qmp::{EventSender, QmpServer, ServerConfig};
 use crate::vmm::{Msg, Vmm, channel_pair, forward};
 
-/// Runs a VM until `quit` (or the guest powers off).
+/// Exit status: `quit`, or the guest powered off.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: `cpr-vm` itself failed (start-up error).
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit status: command-line usage error (clap's).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status: the guest failed (triple fault, `guest-panicked`, `internal-error`).
+pub const EXIT_GUEST_FAILED: u8 = 3;
+
+/// The text of `cpr-vm --help` about exit statuses.
+pub const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0  quit, or the guest powered off
+  1  cpr-vm failed (e.g. at start-up)
+  2  bad command line
+  3  the guest failed: a triple fault ended it, or cpr-vm quit while the guest was
+     guest-panicked or internal-error";
+
+/// How long the last words (the reply to `quit`, `SHUTDOWN`) may take to reach the client
+/// before the process exits anyway.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The exit status of a VM that ended, given whether its guest failed.
+pub fn exit_status(guest_failed: bool) -> u8 {
+    if guest_failed {
+        EXIT_GUEST_FAILED
+    } else {
+        EXIT_OK
+    }
+}
+
+/// Runs a VM until `quit` (or the guest powers off or fails), then exits the process with
+/// its [exit status](self); returns only on a start-up error.
 pub fn run(cli: &Cli) -> Result<()> {
     let (tx, rx) = channel_pair();
-    let server = match &cli.qmp {
+    let mut server = match &cli.qmp {
         Some(path) => {
             let mut cfg = ServerConfig::new(path);
             cfg.vcpus = cli.vm.smp;
@@ -35,13 +79,33 @@ pub fn run(cli: &Cli) -> Result<()> {
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
-    // Give the writer thread a moment to deliver the reply to `quit` and the SHUTDOWN
-    // event, then leave without tearing the VM down by hand: the kernel does that when the
-    // process exits, and nobody waits for it.
-    std::thread::sleep(Duration::from_millis(2));
-    if let Some(server) = &server {
-        // Joining the server's threads would only delay the exit; remove its socket.
-        let _ = std::fs::remove_file(server.path());
+    // The monitor's path is free before the reply to `quit` leaves: a new process started
+    // on the reply binds it. Only our own socket is removed; the client keeps its
+    // connection for the reply and SHUTDOWN.
+    if let Some(server) = &mut server {
+        server.close_listener();
     }
-    std::process::exit(0)
+    vmm.finish_quit();
+    if let Some(server) = &server {
+        server.flush(FLUSH_TIMEOUT);
+    }
+    // Leave without tearing the VM down by hand: the kernel does that when the process
+    // exits, and nobody waits for it. The client sees EOF then.
+    std::process::exit(i32::from(exit_status(vmm.guest_failed())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_guest_does_not_exit_like_quit() {
+        assert_eq!(exit_status(false), EXIT_OK);
+        assert_eq!(exit_status(true), EXIT_GUEST_FAILED);
+        let all = [EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_GUEST_FAILED];
+        for (i, a) in all.iter().enumerate() {
+            assert!(all[i + 1..].iter().all(|b| a != b), "{all:?}");
+            assert!(EXIT_STATUS_HELP.contains(&format!("  {a}  ")), "{a}");
+        }
+    }
 }

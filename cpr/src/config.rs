@@ -196,7 +196,12 @@ pub struct VmArgs {
 
 /// `cpr-vm`: a KVM VMM whose guest survives a process restart (CPR reboot mode).
 #[derive(Parser, Debug)]
-#[command(name = "cpr-vm", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "cpr-vm",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = crate::app::EXIT_STATUS_HELP
+)]
 pub struct Cli {
     /// Run something other than a VM.
     #[command(subcommand)]

@@ -95,47 +95,72 @@ pub fn sibling_binary(name: &str) -> PathBuf {
 impl VmProcess {
     /// Starts `binary args...` (which must include `--qmp qmp_path`) and connects.
     /// The child's stdout goes to `log` if given (the guest console), else is discarded.
+    ///
+    /// Whatever is at `qmp_path` is left alone: a stale socket is the new process's to
+    /// handle, as it is when an operator starts it.
     pub fn spawn(
         binary: &Path,
         args: &[OsString],
         qmp_path: &Path,
         log: Option<&Path>,
     ) -> Result<VmProcess> {
-        let _ = std::fs::remove_file(qmp_path);
+        let mut cmd = Command::new(binary);
+        cmd.args(args);
+        VmProcess::spawn_command(cmd, qmp_path, log)
+    }
+
+    /// Like [`spawn`](VmProcess::spawn), for a prepared command (e.g. `cpr-vm` run through
+    /// `sh -c 'umask 000; exec "$0" "$@"'`).
+    pub fn spawn_command(
+        mut cmd: Command,
+        qmp_path: &Path,
+        log: Option<&Path>,
+    ) -> Result<VmProcess> {
+        let binary = cmd.get_program().to_string_lossy().into_owned();
+        let spawn_err = |source| HarnessError::Spawn {
+            binary: binary.clone(),
+            source,
+        };
         let stdout = match log {
             Some(p) => std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(p)
                 .map(Stdio::from)
-                .map_err(|source| HarnessError::Spawn {
-                    binary: binary.display().to_string(),
-                    source,
-                })?,
+                .map_err(spawn_err)?,
             None => Stdio::null(),
         };
         let spawned = Instant::now();
-        let mut child = Command::new(binary)
-            .args(args)
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(stdout)
             .spawn()
-            .map_err(|source| HarnessError::Spawn {
-                binary: binary.display().to_string(),
-                source,
-            })?;
-        let qmp = match QmpClient::connect_with_retry(qmp_path, Duration::from_secs(20)) {
-            Ok(q) => q,
-            Err(source) => {
-                let _ = child.kill();
-                let status = child.wait().ok();
-                return Err(HarnessError::Qmp {
-                    what: format!(
-                        "connecting to {} (process exited: {status:?})",
-                        qmp_path.display()
-                    ),
-                    source,
-                });
+            .map_err(spawn_err)?;
+        let deadline = spawned + Duration::from_secs(20);
+        // Connect in short slices, so that a process that exits at start-up is reported
+        // as such at once.
+        let qmp = loop {
+            match QmpClient::connect_with_retry(qmp_path, Duration::from_millis(100)) {
+                Ok(q) => break q,
+                Err(ClientError::Timeout(_)) if Instant::now() < deadline => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        return Err(HarnessError::Check(format!(
+                            "{binary} exited ({status}) before its monitor {} answered",
+                            qmp_path.display()
+                        )));
+                    }
+                }
+                Err(source) => {
+                    let _ = child.kill();
+                    let status = child.wait().ok();
+                    return Err(HarnessError::Qmp {
+                        what: format!(
+                            "connecting to {} (process exited: {status:?})",
+                            qmp_path.display()
+                        ),
+                        source,
+                    });
+                }
             }
         };
         Ok(VmProcess {
@@ -144,6 +169,11 @@ impl VmProcess {
             spawned,
             ready: Instant::now(),
         })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The QMP client.

@@ -103,6 +103,23 @@
 //! * **A guest entering S3 while a command arrives** is seen as suspended first (its PM
 //!   register is the authority), so a checkpoint never says `running` for a suspended guest.
 //!
+//! * **Exit statuses tell a failed guest from `quit`** (`cpr::app`): 0 `quit` or the
+//!   guest powered off, 1 `cpr-vm` failed (start-up), 2 bad command line, 3 the guest
+//!   failed (a triple fault ended it, or the process quit while the guest was
+//!   `guest-panicked` or `internal-error`). QEMU exits 0 for all but start-up and usage
+//!   errors. Events are QEMU's: a triple fault is a reset request, which with no reboot
+//!   here ends the VM as QEMU's `-no-reboot` does (`SHUTDOWN {guest: true, reason:
+//!   guest-reset}`); a KVM internal error stops the VM in `internal-error` (STOP, as in
+//!   `kvm-all.c`); a guest panic is `GUEST_PANICKED` and `guest-panicked`. The test-only
+//!   `x-guest-fault {kind: triple-fault | panic}` makes the built-in guest fail on request.
+//! * **The monitor socket is released at `quit`, before the reply.** The listener is shut
+//!   down and the path removed (only while it is still this process's socket: device and
+//!   inode) before the reply to `quit` is sent, so a new process started on the reply binds
+//!   the same path every time, and an exiting process never removes another's socket. The
+//!   client keeps its connection: the reply, then `SHUTDOWN` (QEMU's order), then EOF.
+//! * **`--serial FILE` is created 0600** whatever the umask (an existing file keeps its
+//!   mode).
+//!
 //! * **A stale checkpoint is refused.** A checkpoint describes RAM it does not contain. V7
 //!   happily loads it after the guest ran on (`cont` after `cpr-save`) or after another VM
 //!   booted over the same RAM file, and the guest corrupts itself. Here each save tags the

@@ -418,6 +418,47 @@ fn guest_exception_is_reported() {
     assert!(m.guest_progress().fatal.is_some());
 }
 
+/// `x-guest-fault`'s two failures, through the guest's real paths: a triple fault is a
+/// `KVM_EXIT_SHUTDOWN` (a reset request: `ShutdownCause::GuestReset`), a panic is the
+/// kernel's own report of a kernel-mode `#UD`.
+#[test]
+fn guest_fault_requests() {
+    let _g = serialize();
+    if !have_kvm("guest_fault_requests") {
+        return;
+    }
+    use cpr::machine::{GuestFault, ShutdownCause};
+    for fault in [GuestFault::TripleFault, GuestFault::Panic] {
+        let ram = ram_file();
+        let serial = Capture::default();
+        let mut m = Machine::new(config(2, ram.path(), &serial)).expect("machine");
+        let events = m.take_events().expect("events");
+        m.boot().expect("boot");
+        wait_for(&m, &events, "running", |p| {
+            p.per_vcpu.iter().all(|v| v.reports > 0)
+        });
+        let t = Instant::now();
+        m.request_guest_fault(fault).expect("request the fault");
+        let e = events.recv_timeout(WAIT).expect("an event");
+        println!("{fault:?} -> {e:?} after {:?}", t.elapsed());
+        match (fault, e) {
+            (
+                GuestFault::TripleFault,
+                MachineEvent::Shutdown {
+                    vcpu: 0,
+                    cause: ShutdownCause::GuestReset,
+                    reason,
+                },
+            ) => assert!(reason.contains("KVM_EXIT_SHUTDOWN"), "{reason}"),
+            (GuestFault::Panic, MachineEvent::GuestPanicked { fatal }) => {
+                assert_eq!((fatal.vcpu, fatal.vector), (0, 6), "#UD on the BSP");
+                assert_eq!(fatal.cs & 3, 0, "raised in kernel mode");
+            }
+            (fault, other) => panic!("{fault:?}: unexpected {other:?}"),
+        }
+    }
+}
+
 /// An instruction the CPL0 emulator cannot run ends in an InternalError event with the
 /// instruction bytes; the VMM survives and can still pause and capture.
 #[test]

@@ -828,3 +828,84 @@ fn notify_hook_runs_once_per_vmm_request() {
     c.hmp("info status").unwrap();
     assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+/// `quit` as `cpr-vm` does it: the listener is closed and the path removed before the
+/// reply leaves (a new server binds the path while the old one still serves its client),
+/// the client still gets the reply, then SHUTDOWN, and the old server, dropped, leaves the
+/// new socket alone.
+#[test]
+fn close_listener_frees_the_path_and_the_client_gets_reply_then_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qmp.sock");
+    let (mut server, rx) = QmpServer::start(ServerConfig::new(&path)).unwrap();
+    let events = server.events();
+    let mut s = raw(&path, true);
+    s.write_all(b"{\"execute\": \"quit\", \"id\": \"q\"}\r\n")
+        .unwrap();
+    let req = rx.recv_timeout(T).expect("the quit request");
+    assert_eq!(req.command, "quit");
+    server.close_listener();
+    assert!(!path.exists(), "the path is free before the reply");
+    let (next, _next_rx) = QmpServer::start(ServerConfig::new(&path)).expect("a new server binds");
+    let (_, _, responder) = req.into_parts();
+    assert!(
+        responder.respond_queued(Ok(json!({}))).wait(T),
+        "reply queued"
+    );
+    events.emit(
+        "SHUTDOWN",
+        Some(json!({"guest": false, "reason": "host-qmp-quit"})),
+    );
+    assert!(server.flush(T), "everything written");
+    assert_eq!(raw_json(&mut s), json!({"return": {}, "id": "q"}));
+    let ev = raw_json(&mut s);
+    assert_eq!(ev["event"], "SHUTDOWN", "{ev}");
+    assert_eq!(
+        ev["data"],
+        json!({"guest": false, "reason": "host-qmp-quit"})
+    );
+    server.close_listener(); // idempotent
+    drop(server);
+    assert!(path.exists(), "the old server removed the new one's socket");
+    let mut c = QmpClient::connect(&path).expect("the new server answers");
+    c.execute("query-version", Value::Null).unwrap();
+    next.shutdown();
+    assert!(!path.exists());
+}
+
+/// The socket at the path is no longer ours (the operator removed it and another server
+/// bound there): closing leaves it in place, and so does dropping the server.
+#[test]
+fn close_listener_keeps_a_foreign_socket() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qmp.sock");
+    let (mut server, _rx) = QmpServer::start(ServerConfig::new(&path)).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let foreign = UnixListener::bind(&path).unwrap();
+    let ino = std::fs::symlink_metadata(&path).unwrap().ino();
+    server.close_listener();
+    assert_eq!(std::fs::symlink_metadata(&path).unwrap().ino(), ino);
+    drop(server);
+    assert_eq!(std::fs::symlink_metadata(&path).unwrap().ino(), ino);
+    let _c = UnixStream::connect(&path).unwrap();
+    foreign
+        .accept()
+        .expect("the foreign server still gets connections");
+}
+
+/// A closed listener refuses connections at once, even while its accept thread serves
+/// a client (closing does not wait for that thread, which would hang here).
+#[test]
+fn closed_listener_refuses_connections_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qmp.sock");
+    let (mut server, _rx) = QmpServer::start(ServerConfig::new(&path)).unwrap();
+    let _busy = raw(&path, true);
+    // A second name for the same socket, to reach it after the path is removed.
+    let alias = dir.path().join("alias.sock");
+    std::fs::hard_link(&path, &alias).unwrap();
+    server.close_listener();
+    let err = UnixStream::connect(&alias).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+}

@@ -12,6 +12,7 @@ use cpr::demo::{VmFiles, cycle};
 
 use crate::e2e_mainline::{self as mainline, GuestState};
 use crate::e2e_ownership as ownership;
+use crate::e2e_monitor::{guest_failures, restart_on_reply, serial_mode};
 use crate::e2e_refusals::{disk_full, epochs, failed_saves, hostile_files};
 use cpr::harness::{HarnessError, Progress, VmProcess};
 use serde_json::json;
@@ -359,6 +360,18 @@ pub fn run(binary: &Path, cycles: u32, only: Option<&str>) -> (u64, u64, u64) {
         ),
         ("--incoming", Box::new(move || incoming(binary))),
         ("two vCPUs", Box::new(move || two_vcpus(binary))),
+        (
+            "monitor: new process on quit's reply",
+            Box::new(move || restart_on_reply(binary, 20)),
+        ),
+        (
+            "monitor: serial file mode",
+            Box::new(move || serial_mode(binary)),
+        ),
+        (
+            "monitor: guest failures and exit statuses",
+            Box::new(move || guest_failures(binary)),
+        ),
         (
             "mainline: running guest, RAM in place",
             Box::new(move || mainline::cycle(binary, GuestState::Running, true)),

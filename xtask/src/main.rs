@@ -14,6 +14,7 @@ mod ci;
 mod e2e;
 mod e2e_mainline;
 mod e2e_ownership;
+mod e2e_monitor;
 mod e2e_refusals;
 
 use std::process::ExitCode;
@@ -53,6 +54,10 @@ enum Command {
         /// Run only the scenarios whose name contains this text.
         #[arg(long)]
         only: Option<String>,
+        /// Run against this cpr-vm instead of building one (e.g. an older build, to see
+        /// a new scenario fail against the code it guards).
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
     },
 }
 
@@ -67,7 +72,11 @@ fn main() -> ExitCode {
                 .join("cpr-bench.json");
             bench::run(&binary, runs, &sizes, &out)
         }),
-        Command::E2e { cycles, only } => ci::build_vm().and_then(|binary| {
+        Command::E2e {
+            cycles,
+            only,
+            binary,
+        } => binary.map_or_else(ci::build_vm, Ok).and_then(|binary| {
             let (passed, failed, _) = e2e::run(&binary, cycles, only.as_deref());
             if failed > 0 {
                 Err(format!("{failed} e2e scenario(s) failed"))

@@ -19,12 +19,22 @@ use super::devices::{Devices, lock};
 use super::error::{Error, Result};
 use super::guest::{self, BootInfo};
 use super::layout::{
-    LAPIC_BASE, MAX_VCPUS, SUSPEND_VECTOR, US_PROGRESS, USER_STATE, USER_STATE_STRIDE,
+    FAULT_PANIC_VECTOR, FAULT_TRIPLE_VECTOR, LAPIC_BASE, MAX_VCPUS, SUSPEND_VECTOR, US_PROGRESS,
+    USER_STATE, USER_STATE_STRIDE,
 };
 use super::memory::ram_regions_of;
 use super::vcpu::{self, ACK_TIMEOUT, Command, Shared, VcpuHandle};
 use super::vcpu_state::{VcpuState, boot_cpuid};
 use super::vm::{VmState, capture_vm, create_vm, restore_vm};
+
+/// A failure the built-in guest can be asked to cause (test only, QMP `x-guest-fault`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestFault {
+    /// Load an empty IDT and raise an exception: the CPU shuts down.
+    TripleFault,
+    /// Raise an exception in kernel mode: the kernel reports it as fatal and halts.
+    Panic,
+}
 
 /// Where the guest's COM1 output goes.
 pub enum SerialOutput {
@@ -357,9 +367,28 @@ impl Machine {
     /// Ask the guest to suspend itself (S3): an MSI with [`SUSPEND_VECTOR`] to the BSP.
     /// Completion is signalled by [`MachineEvent::Suspended`].
     pub fn request_guest_suspend(&self) -> Result<()> {
+        self.interrupt_bsp("request_guest_suspend", SUSPEND_VECTOR)
+    }
+
+    /// Test only: ask the built-in guest to fail (an MSI to the BSP). A triple fault ends
+    /// in [`MachineEvent::Shutdown`] with [`ShutdownCause::GuestReset`]
+    /// (`KVM_EXIT_SHUTDOWN`); a panic in [`MachineEvent::GuestPanicked`] (the kernel's own
+    /// exception report).
+    ///
+    /// [`ShutdownCause::GuestReset`]: super::ShutdownCause::GuestReset
+    pub fn request_guest_fault(&self, fault: GuestFault) -> Result<()> {
+        let vector = match fault {
+            GuestFault::TripleFault => FAULT_TRIPLE_VECTOR,
+            GuestFault::Panic => FAULT_PANIC_VECTOR,
+        };
+        self.interrupt_bsp("request_guest_fault", vector)
+    }
+
+    /// Sends interrupt `vector` to the BSP (the guest must be running).
+    fn interrupt_bsp(&self, op: &'static str, vector: u64) -> Result<()> {
         if self.lifecycle != Lifecycle::Running {
             return Err(Error::WrongState {
-                op: "request_guest_suspend",
+                op,
                 state: self.lifecycle.name(),
             });
         }
@@ -368,7 +397,7 @@ impl Machine {
             address_lo: u32::try_from(LAPIC_BASE).unwrap_or(0),
             address_hi: 0,
             // Fixed delivery, edge triggered.
-            data: u32::try_from(SUSPEND_VECTOR).unwrap_or(0),
+            data: u32::try_from(vector).unwrap_or(0),
             ..Default::default()
         };
         self.vm.signal_msi(msi).map_err(|source| Error::Kvm {

@@ -205,6 +205,13 @@ pub const STAGE_BAD_MAGIC: u64 = 0xBAD;
 pub const TIMER_VECTOR: u64 = 0x40;
 /// Interrupt vector of the suspend request (MSI from the VMM to the BSP).
 pub const SUSPEND_VECTOR: u64 = 0x41;
+/// Interrupt vector of the test-only `x-guest-fault {"kind": "triple-fault"}` request (MSI
+/// from the VMM to the BSP): the ISR loads an empty IDT and raises `#UD`, so the CPU
+/// shuts down (triple fault).
+pub const FAULT_TRIPLE_VECTOR: u64 = 0x42;
+/// Interrupt vector of the test-only `x-guest-fault {"kind": "panic"}` request: the ISR
+/// raises `#UD` in kernel mode, which the kernel reports as a fatal exception.
+pub const FAULT_PANIC_VECTOR: u64 = 0x43;
 /// LAPIC spurious vector.
 pub const SPURIOUS_VECTOR: u64 = 0xFF;
 

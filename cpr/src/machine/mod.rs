@@ -41,7 +41,7 @@ pub(crate) mod persist;
 
 mod control;
 
-pub use control::{Machine, MachineConfig, MachineState, SerialOutput};
+pub use control::{GuestFault, Machine, MachineConfig, MachineState, SerialOutput};
 pub use devices::pm::PmState;
 pub use devices::serial::SerialDeviceState;
 pub use devices::testdev::{GuestFatal, GuestProgress, TestDevState, VcpuProgress};
@@ -55,10 +55,13 @@ pub use vm::VmState;
 pub enum MachineEvent {
     /// The guest entered S3; every vCPU is parked. Call [`Machine::wakeup`] to resume.
     Suspended,
-    /// The guest powered off (PM1 S5) or a vCPU triple-faulted.
+    /// The guest powered off (PM1 S5) or a vCPU triple-faulted; the vCPU that saw it is
+    /// stopped.
     Shutdown {
         /// The vCPU that caused it.
         vcpu: usize,
+        /// Power-off or reset request.
+        cause: ShutdownCause,
         /// What happened.
         reason: String,
     },
@@ -75,4 +78,25 @@ pub enum MachineEvent {
         /// Description.
         reason: String,
     },
+}
+
+/// Why the guest stopped itself, as QEMU's `ShutdownCause` names it (qapi/run-state.json).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownCause {
+    /// `guest-shutdown`: the guest powered off (PM1 S5, `KVM_SYSTEM_EVENT_SHUTDOWN`).
+    GuestShutdown,
+    /// `guest-reset`: a reset request (a triple fault, `KVM_EXIT_SHUTDOWN`, or
+    /// `KVM_SYSTEM_EVENT_RESET`). There is no reboot here, so, like QEMU with
+    /// `-no-reboot`, it ends the VM.
+    GuestReset,
+}
+
+impl ShutdownCause {
+    /// QEMU's name for it (the `reason` of the `SHUTDOWN` event).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShutdownCause::GuestShutdown => "guest-shutdown",
+            ShutdownCause::GuestReset => "guest-reset",
+        }
+    }
 }

@@ -22,13 +22,13 @@ use kvm_bindings::{CpuId, KVM_MP_STATE_RUNNABLE, kvm_mp_state, kvm_regs, kvm_run
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::MachineEvent;
 use super::devices::pm::PmAction;
 use super::devices::testdev::TestDevAction;
 use super::devices::{Devices, IoAction, lock};
 use super::error::{Error, Result};
 use super::guest;
 use super::vcpu_state::{VcpuState, capture_vcpu, restore_vcpu};
+use super::{MachineEvent, ShutdownCause};
 
 /// Offset of the kick signal from `SIGRTMIN`.
 pub const KICK_SIGNAL_OFFSET: i32 = 1;
@@ -366,15 +366,23 @@ impl VcpuThread {
                 self.running = false;
                 self.shared.emit(MachineEvent::Shutdown {
                     vcpu: self.index,
+                    cause: ShutdownCause::GuestReset,
                     reason: format!("triple fault (KVM_EXIT_SHUTDOWN), rip={rip:#x}"),
                 });
             }
             Exit::SystemEvent(t) => {
-                // KVM_SYSTEM_EVENT_SHUTDOWN (1), _RESET (2), _CRASH (3), ...
+                // KVM_SYSTEM_EVENT_SHUTDOWN (1) is a power-off; _RESET (2), _CRASH (3)
+                // and anything newer end the guest as a failure (no reboot here).
                 self.stopped = true;
                 self.running = false;
+                let cause = if t == kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN {
+                    ShutdownCause::GuestShutdown
+                } else {
+                    ShutdownCause::GuestReset
+                };
                 self.shared.emit(MachineEvent::Shutdown {
                     vcpu: self.index,
+                    cause,
                     reason: format!("KVM_EXIT_SYSTEM_EVENT type {t}"),
                 });
             }
@@ -470,6 +478,7 @@ impl VcpuThread {
             Ok(()) if suspend => self.shared.emit(MachineEvent::Suspended),
             Ok(()) => self.shared.emit(MachineEvent::Shutdown {
                 vcpu: self.index,
+                cause: ShutdownCause::GuestShutdown,
                 reason: "guest powered off (PM1 S5)".into(),
             }),
             Err(e) => self.shared.emit(MachineEvent::InternalError {

@@ -65,6 +65,14 @@
 //! `MSG_NOSIGNAL` and a write timeout, and a reply for a client that
 //! disconnected mid-command is dropped quietly.
 //!
+//! `quit` (see `cpr::app`): the VMM first calls [`QmpServer::close_listener`]
+//! (the listening socket refuses connections and the path is removed if it is
+//! still this server's socket, without waiting for the accept thread; the
+//! client keeps its connection), then answers with
+//! [`Responder::respond_queued`] and waits for the [`Delivery`] before it
+//! emits `SHUTDOWN`, so the reply comes first, as in QEMU; then
+//! [`QmpServer::flush`] waits (bounded) until both are written.
+//!
 //! # Differences from QEMU
 //!
 //! * No out-of-band execution: `oob` is never offered, `exec-oob` is an
@@ -81,7 +89,8 @@
 //!   1024), same error texts. A malformed message produces one error; QEMU's
 //!   token-level recovery may produce several.
 //! * Only the commands in [`schema::BUILTIN_COMMANDS`]; `query-commands`
-//!   lists them. No `query-qmp-schema`.
+//!   lists them. No `query-qmp-schema`. `x-guest-fault` is ours and test
+//!   only (the built-in guest fails on request).
 //! * Schema integer types are not width-checked (`uint8` etc. are `int`);
 //!   `migrate`'s `channels` elements are only checked to be objects;
 //!   `migrate-set-parameters` knows a subset of `MigrateSetParameters`.
@@ -122,4 +131,4 @@ pub use error::{ErrorClass, QmpError};
 pub use protocol::{Timestamp, VersionInfo, VersionTriple};
 pub use schema::{ArgType, CommandDef, EnumType, Handler, Member, Schema};
 pub use server::{CLAIMED_QEMU_VERSION, QmpServer, ServerConfig};
-pub use vmm::{EventSender, QmpRequest, Responder};
+pub use vmm::{Delivery, EventSender, QmpRequest, Queued, Reply, Responder};

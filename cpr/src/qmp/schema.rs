@@ -179,6 +179,12 @@ pub static MIGRATION_CAPABILITY: EnumType = EnumType {
     ],
 };
 
+/// Kinds of `x-guest-fault` (test only; not a QEMU type).
+pub static GUEST_FAULT_KIND: EnumType = EnumType {
+    name: "XGuestFaultKind",
+    values: &["triple-fault", "panic"],
+};
+
 static CAPABILITY_STATUS: [Member; 2] = [
     req("capability", ArgType::Enum(&MIGRATION_CAPABILITY)),
     req("state", ArgType::Bool),
@@ -197,6 +203,8 @@ static CPR_SAVE_ARGS: [Member; 2] = [
 ];
 
 static CPR_LOAD_ARGS: [Member; 1] = [req("filename", ArgType::Str)];
+
+static GUEST_FAULT_ARGS: [Member; 1] = [req("kind", ArgType::Enum(&GUEST_FAULT_KIND))];
 
 static HMP_ARGS: [Member; 2] = [
     req("command-line", ArgType::Str),
@@ -261,6 +269,9 @@ pub static BUILTIN_COMMANDS: &[CommandDef] = &[
     CommandDef::vmm("guest-suspend-ram", &NONE),
     CommandDef::vmm("query-guest-progress", &NONE),
     CommandDef::vmm("query-ram-persistence", &NONE),
+    // Test only, as QEMU's `x-` prefix says: the built-in guest fails on request
+    // (`triple-fault`: an empty IDT and an exception; `panic`: a fatal kernel exception).
+    CommandDef::vmm("x-guest-fault", &GUEST_FAULT_ARGS),
     CommandDef::vmm("migrate-set-capabilities", &SET_CAPS_ARGS),
     CommandDef::vmm("migrate-set-parameters", &SET_PARAMS_ARGS),
     CommandDef::vmm("query-migrate-capabilities", &NONE),

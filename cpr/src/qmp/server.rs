@@ -6,10 +6,11 @@ use super::hmp::{self, HmpPlan};
 use super::protocol::{VersionInfo, VersionTriple, check_envelope, greeting_line, reply_line};
 use super::schema::{Handler, Schema, validate};
 use super::stream::{DEFAULT_MAX_MESSAGE, Frame, JsonStreamer};
-use super::vmm::{EventSender, QmpRequest};
+use super::vmm::{EventSender, QmpRequest, Queued};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::socket::{MsgFlags, send};
+use nix::sys::socket::{Shutdown as SockShutdown, shutdown as sock_shutdown};
 use serde_json::{Map, Value, json};
 use std::fmt;
 use std::fs::{self, DirBuilder, Permissions};
@@ -21,9 +22,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// QEMU version the server claims in the greeting and `query-version`:
 /// 6.2.0, the release the V7 series was based on (cpr-save/cpr-load are
@@ -105,15 +106,99 @@ impl ServerConfig {
 /// The connected client, as seen by event emitters.
 struct ClientSlot {
     id: u64,
-    out: SyncSender<String>,
+    out: Outbox,
     negotiated: bool,
     stream: UnixStream,
+}
+
+/// Lines queued for a client's writer thread but not yet written (or given up on).
+#[derive(Default)]
+struct Backlog {
+    /// (lines queued and not yet written, writer gone).
+    state: Mutex<(u64, bool)>,
+    changed: Condvar,
+}
+
+impl Backlog {
+    fn lock(&self) -> MutexGuard<'_, (u64, bool)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn queued(&self) {
+        self.lock().0 += 1;
+    }
+
+    fn written(&self) {
+        let mut g = self.lock();
+        g.0 = g.0.saturating_sub(1);
+        if g.0 == 0 {
+            self.changed.notify_all();
+        }
+    }
+
+    fn writer_gone(&self) {
+        self.lock().1 = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits until every queued line is written (true) or the writer gave up or
+    /// `timeout` passed (false, unless nothing was left).
+    fn wait_empty(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.lock();
+        loop {
+            if g.0 == 0 {
+                return true;
+            }
+            let now = Instant::now();
+            if g.1 || now >= deadline {
+                return false;
+            }
+            g = self
+                .changed
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// A client's output queue, counting what its writer has still to write.
+#[derive(Clone)]
+struct Outbox {
+    tx: SyncSender<String>,
+    backlog: Arc<Backlog>,
+}
+
+impl Outbox {
+    /// Queues a line, waiting for room; false if the writer is gone.
+    fn send(&self, line: String) -> bool {
+        self.backlog.queued();
+        if self.tx.send(line).is_ok() {
+            return true;
+        }
+        self.backlog.written();
+        false
+    }
+
+    /// Queues a line without waiting.
+    fn try_send(&self, line: String) -> Result<(), TrySendError<String>> {
+        self.backlog.queued();
+        let r = self.tx.try_send(line);
+        if r.is_err() {
+            self.backlog.written();
+        }
+        r
+    }
 }
 
 /// State shared by the server threads, the server handle and event senders.
 pub(crate) struct Shared {
     client: Mutex<Option<ClientSlot>>,
     stop: AtomicBool,
+    /// The listener is closed ([`QmpServer::close_listener`]): the accept thread ends once
+    /// its current client (if any) is gone, which keeps its connection.
+    closed: AtomicBool,
 }
 
 impl fmt::Debug for Shared {
@@ -147,11 +232,16 @@ impl Shared {
 }
 
 /// A running QMP server. Dropping it (or [`shutdown`](QmpServer::shutdown))
-/// stops it, disconnects the client and removes the socket file.
+/// stops it, disconnects the client and removes the socket file (if it is still this
+/// server's socket).
 #[derive(Debug)]
 pub struct QmpServer {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// The listening socket, shared with the accept thread so that
+    /// [`close_listener`](QmpServer::close_listener) need not wait for it; `None` once
+    /// closed.
+    listener: Option<Arc<UnixListener>>,
     path: PathBuf,
     ident: (u64, u64),
 }
@@ -171,9 +261,11 @@ impl QmpServer {
         requests: Sender<QmpRequest>,
     ) -> io::Result<QmpServer> {
         let (listener, ident) = bind_socket(&config.path)?;
+        let listener = Arc::new(listener);
         let shared = Arc::new(Shared {
             client: Mutex::new(None),
             stop: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         });
         let path = config.path.clone();
         let ctx = Ctx {
@@ -181,9 +273,10 @@ impl QmpServer {
             shared: shared.clone(),
             requests,
         };
+        let accept = listener.clone();
         let thread = thread::Builder::new()
             .name("qmp-server".into())
-            .spawn(move || accept_loop(listener, ctx));
+            .spawn(move || accept_loop(&accept, ctx));
         let thread = match thread {
             Ok(t) => t,
             Err(e) => {
@@ -194,9 +287,48 @@ impl QmpServer {
         Ok(QmpServer {
             shared,
             thread: Some(thread),
+            listener: Some(listener),
             path,
             ident,
         })
+    }
+
+    /// Stops listening at once, without waiting for the accept thread: the listening
+    /// socket refuses new connections (`shutdown`; its descriptor is closed as soon as the
+    /// accept thread lets go of it, at the latest when the process exits), and the socket
+    /// file is removed, but only while it is still this server's socket (same device and
+    /// inode): a socket another process bound there since is left alone. The connected
+    /// client keeps its connection: it still gets replies and events. Idempotent.
+    ///
+    /// `quit` calls this before replying, so a new process started on the reply can bind
+    /// the same path.
+    pub fn close_listener(&mut self) {
+        let Some(listener) = self.listener.take() else {
+            return;
+        };
+        self.shared.closed.store(true, Ordering::SeqCst);
+        // Refuses connections from now on and wakes the accept thread's poll, which then
+        // ends and drops the last reference (closing the descriptor) once its client is
+        // gone.
+        let _ = sock_shutdown(listener.as_raw_fd(), SockShutdown::Both);
+        drop(listener);
+        if let Ok(md) = fs::symlink_metadata(&self.path)
+            && md.file_type().is_socket()
+            && (md.dev(), md.ino()) == self.ident
+        {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+
+    /// Waits up to `timeout` until everything queued for the connected client (replies,
+    /// events) has been written to its socket; true if so (or if no client is connected).
+    /// For the last words before the process exits.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let backlog = match self.shared.client().as_ref() {
+            Some(slot) => slot.out.backlog.clone(),
+            None => return true,
+        };
+        backlog.wait_empty(timeout)
     }
 
     /// A handle for emitting events.
@@ -225,17 +357,13 @@ impl QmpServer {
     }
 
     fn stop(&mut self) {
+        self.close_listener();
         self.shared.stop.store(true, Ordering::SeqCst);
         if let Some(slot) = self.shared.client().as_ref() {
             let _ = slot.stream.shutdown(Shutdown::Both);
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
-        }
-        if let Ok(md) = fs::symlink_metadata(&self.path)
-            && (md.dev(), md.ino()) == self.ident
-        {
-            let _ = fs::remove_file(&self.path);
         }
     }
 }
@@ -329,9 +457,9 @@ struct Ctx {
     requests: Sender<QmpRequest>,
 }
 
-fn accept_loop(listener: UnixListener, ctx: Ctx) {
+fn accept_loop(listener: &UnixListener, ctx: Ctx) {
     let mut next_id = 0u64;
-    while !ctx.shared.stop.load(Ordering::SeqCst) {
+    while !ctx.shared.stop.load(Ordering::SeqCst) && !ctx.shared.closed.load(Ordering::SeqCst) {
         let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, 100u16) {
             Ok(n) if n > 0 => {}
@@ -359,10 +487,15 @@ fn serve_client(ctx: &Ctx, stream: UnixStream, id: u64) {
     };
     let _ = stream.set_nonblocking(false);
     let _ = writer_stream.set_write_timeout(Some(ctx.config.write_timeout));
-    let (out, rx) = mpsc::sync_channel::<String>(ctx.config.output_queue.max(1));
+    let (tx, rx) = mpsc::sync_channel::<String>(ctx.config.output_queue.max(1));
+    let out = Outbox {
+        tx,
+        backlog: Arc::new(Backlog::default()),
+    };
+    let backlog = out.backlog.clone();
     let Ok(writer) = thread::Builder::new()
         .name("qmp-writer".into())
-        .spawn(move || writer_loop(writer_stream, rx))
+        .spawn(move || writer_loop(writer_stream, rx, &backlog))
     else {
         return;
     };
@@ -377,6 +510,7 @@ fn serve_client(ctx: &Ctx, stream: UnixStream, id: u64) {
         id,
         out,
         negotiated: false,
+        queued: None,
     };
     if session.queue(greeting_line(&ctx.config.version_info())) {
         session.read_loop(&stream);
@@ -396,13 +530,16 @@ fn serve_client(ctx: &Ctx, stream: UnixStream, id: u64) {
 /// Writes queued lines; on any error (peer gone, write timeout) closes the
 /// socket so the reader notices, and exits. Uses MSG_NOSIGNAL: a client that
 /// disconnected is not a SIGPIPE for the VMM.
-fn writer_loop(stream: UnixStream, rx: Receiver<String>) {
+fn writer_loop(stream: UnixStream, rx: Receiver<String>, backlog: &Backlog) {
     for line in rx.iter() {
-        if send_all(&stream, line.as_bytes()).is_err() {
+        let sent = send_all(&stream, line.as_bytes());
+        backlog.written();
+        if sent.is_err() {
             let _ = stream.shutdown(Shutdown::Both);
-            return;
+            break;
         }
     }
+    backlog.writer_gone();
 }
 
 fn send_all(stream: &UnixStream, mut data: &[u8]) -> io::Result<()> {
@@ -421,14 +558,16 @@ fn send_all(stream: &UnixStream, mut data: &[u8]) -> io::Result<()> {
 struct Session<'a> {
     ctx: &'a Ctx,
     id: u64,
-    out: SyncSender<String>,
+    out: Outbox,
     negotiated: bool,
+    /// The VMM waits to hear that the reply of the command being handled is queued.
+    queued: Option<Queued>,
 }
 
 impl Session<'_> {
     /// Queues a line for the writer; false if the client is gone.
     fn queue(&self, line: String) -> bool {
-        self.out.send(line).is_ok()
+        self.out.send(line)
     }
 
     fn stopping(&self) -> bool {
@@ -481,7 +620,13 @@ impl Session<'_> {
         if negotiated_now {
             return self.enter_command_mode(line);
         }
-        self.queue(line)
+        let queued = self.queue(line);
+        if let Some(signal) = self.queued.take()
+            && queued
+        {
+            signal.done();
+        }
+        queued
     }
 
     /// Queues the successful `qmp_capabilities` reply and switches to command
@@ -571,7 +716,7 @@ impl Session<'_> {
         (Ok(json!({})), true)
     }
 
-    fn human_monitor_command(&self, args: &Map<String, Value>) -> Result<Value, QmpError> {
+    fn human_monitor_command(&mut self, args: &Map<String, Value>) -> Result<Value, QmpError> {
         if let Some(cpu) = args.get("cpu-index").and_then(Value::as_i64)
             && (cpu < 0 || cpu >= i64::from(self.ctx.config.vcpus))
         {
@@ -595,7 +740,7 @@ impl Session<'_> {
 
     /// Sends a request to the VMM and waits for its answer.
     fn call_vmm(
-        &self,
+        &mut self,
         name: &str,
         args: Map<String, Value>,
         via_hmp: bool,
@@ -609,7 +754,12 @@ impl Session<'_> {
         }
         loop {
             match rx.recv_timeout(POLL_INTERVAL) {
-                Ok(result) => return result,
+                Ok(reply) => {
+                    let (result, queued) = reply.into_parts();
+                    // Fired once `handle` has queued the reply line.
+                    self.queued = Some(queued);
+                    return result;
+                }
                 Err(RecvTimeoutError::Timeout) if self.stopping() => {
                     return Err(QmpError::generic("The QMP server is shutting down"));
                 }

@@ -5,7 +5,8 @@ use super::protocol::{Timestamp, event_line};
 use super::server::Shared;
 use serde_json::{Map, Value};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::time::Duration;
 
 /// A validated command for the VMM to execute.
 ///
@@ -31,7 +32,7 @@ impl QmpRequest {
         command: impl Into<String>,
         arguments: Map<String, Value>,
         via_hmp: bool,
-    ) -> (QmpRequest, Receiver<Result<Value, QmpError>>) {
+    ) -> (QmpRequest, Receiver<Reply>) {
         let (tx, rx) = sync_channel(1);
         let req = QmpRequest {
             command: command.into(),
@@ -60,17 +61,80 @@ impl QmpRequest {
     }
 }
 
+/// What the VMM answers to a [`QmpRequest`], as its requester receives it.
+#[derive(Debug)]
+pub struct Reply {
+    /// The command's result.
+    pub result: Result<Value, QmpError>,
+    /// Set by [`Responder::respond_queued`]: the requester signals it once the reply is
+    /// queued for the client (dropping it unsignalled means it never will be).
+    queued: Option<SyncSender<()>>,
+}
+
+impl Reply {
+    /// Splits the reply into its result and the "queued" signal, which the server fires
+    /// (with [`Queued::done`]) right after putting the reply in the client's output queue.
+    pub fn into_parts(self) -> (Result<Value, QmpError>, Queued) {
+        (self.result, Queued(self.queued))
+    }
+}
+
+/// The "reply is queued" signal of a [`Reply`]; dropping it without [`done`](Queued::done)
+/// tells the VMM that the reply will never be sent.
+#[derive(Debug)]
+pub struct Queued(Option<SyncSender<()>>);
+
+impl Queued {
+    /// The reply is in the client's output queue: anything queued from now on (an event)
+    /// reaches the client after it.
+    pub fn done(self) {
+        if let Some(tx) = self.0 {
+            let _ = tx.try_send(());
+        }
+    }
+}
+
 /// One-shot reply channel of a [`QmpRequest`].
 #[derive(Debug)]
 pub struct Responder {
-    tx: SyncSender<Result<Value, QmpError>>,
+    tx: SyncSender<Reply>,
 }
 
 impl Responder {
     /// Sends the reply (never blocks; dropped if nobody waits any more).
     pub fn respond(self, result: Result<Value, QmpError>) {
         // Capacity 1 and a single send: try_send cannot be Full.
-        let _ = self.tx.try_send(result);
+        let _ = self.tx.try_send(Reply {
+            result,
+            queued: None,
+        });
+    }
+
+    /// Sends the reply and returns a handle that tells when it has been queued for the
+    /// client, so that an event emitted after [`Delivery::wait`] follows the reply on the
+    /// wire (QEMU's order for `quit`: the reply, then `SHUTDOWN`).
+    pub fn respond_queued(self, result: Result<Value, QmpError>) -> Delivery {
+        let (tx, rx) = sync_channel(1);
+        let _ = self.tx.try_send(Reply {
+            result,
+            queued: Some(tx),
+        });
+        Delivery(rx)
+    }
+}
+
+/// See [`Responder::respond_queued`].
+#[derive(Debug)]
+pub struct Delivery(Receiver<()>);
+
+impl Delivery {
+    /// Waits up to `timeout` for the reply to be queued; false if it was not (the client
+    /// went away, or the server is stuck).
+    pub fn wait(&self, timeout: Duration) -> bool {
+        match self.0.recv_timeout(timeout) {
+            Ok(()) => true,
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => false,
+        }
     }
 }
 

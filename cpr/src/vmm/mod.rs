@@ -15,7 +15,6 @@ mod ownership;
 mod ram_io;
 mod slot;
 
-use std::fs::OpenOptions;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, Sender, channel};
 
@@ -27,8 +26,10 @@ use serde_json::{Value, json};
 use crate::checkpoint::{MachineLayout, RamBlockInfo};
 use crate::config::{Incoming, OnOff, VmArgs};
 use crate::error::{Error, Result};
-use crate::machine::{Machine, MachineConfig, MachineEvent, SerialOutput};
-use crate::qmp::{EventSender, QmpError, QmpRequest};
+use crate::machine::{
+    GuestFault, Machine, MachineConfig, MachineEvent, SerialOutput, ShutdownCause,
+};
+use crate::qmp::{EventSender, QmpError, QmpRequest, Responder};
 
 pub use cpr_ops::CprMode;
 pub use migration::{FileTarget, MigMode, MigrationState, parse_target};
@@ -60,6 +61,10 @@ pub struct Vmm {
     vfio: VfioDevices,
     autostart: bool,
     quit: bool,
+    /// The answer to `quit`, sent by [`finish_quit`](Vmm::finish_quit).
+    quit_reply: Option<Responder>,
+    /// The guest ended itself with a reset request (a triple fault).
+    guest_reset: bool,
     /// No one has written guest RAM since it was mapped (no boot, no RAM loaded).
     ram_pristine: bool,
 }
@@ -159,6 +164,8 @@ impl Vmm {
             vfio,
             autostart: true,
             quit: false,
+            quit_reply: None,
+            guest_reset: false,
             ram_pristine,
         })
     }
@@ -168,9 +175,35 @@ impl Vmm {
         self.rs.state()
     }
 
-    /// Whether `quit` was asked for (or the guest powered off).
+    /// Whether `quit` was asked for (or the guest powered off or reset itself).
     pub fn should_quit(&self) -> bool {
         self.quit
+    }
+
+    /// Whether the guest failed: it reset itself (a triple fault; there is no reboot), or
+    /// it is `guest-panicked` or `internal-error`. The process then exits with a status
+    /// that says so, not the one of a clean `quit`.
+    pub fn guest_failed(&self) -> bool {
+        self.guest_reset
+            || matches!(
+                self.rs.state(),
+                RunState::GuestPanicked | RunState::InternalError
+            )
+    }
+
+    /// Answers a pending `quit`, then emits `SHUTDOWN` once the answer is queued for the
+    /// client (QEMU's order: the reply, then the event). The caller closes the monitor's
+    /// listener before this, so the path is free when the reply arrives.
+    pub fn finish_quit(&mut self) {
+        if let Some(reply) = self.quit_reply.take() {
+            reply
+                .respond_queued(Ok(json!({})))
+                .wait(std::time::Duration::from_secs(2));
+            self.events.emit(
+                "SHUTDOWN",
+                Some(json!({"guest": false, "reason": "host-qmp-quit"})),
+            );
+        }
     }
 
     /// This machine's layout as a checkpoint records it: `ignore_shared` is `None` for a
@@ -195,10 +228,7 @@ impl Vmm {
             "stdout" => SerialOutput::Stdout,
             "none" => SerialOutput::Sink,
             path => SerialOutput::Writer(Box::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
+                crate::machine::devices::serial::open_output_file(path.as_ref())
                     .map_err(|e| Error::Other(format!("cannot open serial output {path}: {e}")))?,
             )),
         })
@@ -294,7 +324,12 @@ impl Vmm {
             Msg::Qmp(req) => {
                 let (command, args, responder) = req.into_parts();
                 let result = self.command(&command, &args);
-                responder.respond(result.map_err(|e| QmpError::generic(e.chain())));
+                if command == "quit" && result.is_ok() {
+                    // Answered by `finish_quit`, once the monitor's socket is gone.
+                    self.quit_reply = Some(responder);
+                } else {
+                    responder.respond(result.map_err(|e| QmpError::generic(e.chain())));
+                }
             }
             Msg::Machine(event) => self.machine_event(event),
         }
@@ -322,11 +357,17 @@ impl Vmm {
         match event {
             // Handled here or already by `sync_suspend`.
             MachineEvent::Suspended => self.sync_suspend(),
-            MachineEvent::Shutdown { vcpu, reason } => {
+            MachineEvent::Shutdown {
+                vcpu,
+                cause,
+                reason,
+            } => {
                 eprintln!("cpr-vm: guest shutdown (vCPU {vcpu}): {reason}");
+                // No reboot: a reset request ends the VM, as QEMU's -no-reboot does.
+                self.guest_reset |= cause == ShutdownCause::GuestReset;
                 self.events.emit(
                     "SHUTDOWN",
-                    Some(json!({"guest": true, "reason": "guest-shutdown"})),
+                    Some(json!({"guest": true, "reason": cause.as_str()})),
                 );
                 self.quit = true;
             }
@@ -385,10 +426,7 @@ impl Vmm {
                 Ok(json!({}))
             }
             "quit" => {
-                self.events.emit(
-                    "SHUTDOWN",
-                    Some(json!({"guest": false, "reason": "host-qmp-quit"})),
-                );
+                // The reply, then SHUTDOWN: `finish_quit`.
                 self.quit = true;
                 Ok(json!({}))
             }
@@ -413,6 +451,25 @@ impl Vmm {
                         Error::Other("guest-suspend-ram: the guest is not running".into())
                     })?;
                 m.request_guest_suspend()?;
+                Ok(json!({}))
+            }
+            "x-guest-fault" => {
+                let fault = match str_arg("kind")?.as_str() {
+                    "triple-fault" => GuestFault::TripleFault,
+                    "panic" => GuestFault::Panic,
+                    other => {
+                        return Err(Error::Other(format!(
+                            "Parameter 'kind' does not accept value '{other}'"
+                        )));
+                    }
+                };
+                let m = self
+                    .machine()
+                    .filter(|_| self.rs.state() == RunState::Running)
+                    .ok_or_else(|| {
+                        Error::Other("x-guest-fault: the guest is not running".into())
+                    })?;
+                m.request_guest_fault(fault)?;
                 Ok(json!({}))
             }
             "query-guest-progress" => Ok(self.progress_json()),

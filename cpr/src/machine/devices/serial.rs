@@ -29,6 +29,41 @@ impl Trigger for NoIrq {
 /// The serial output writer.
 pub type SerialWriter = Box<dyn Write + Send>;
 
+/// Opens `--serial FILE` for appending. A file this creates is mode 0600 whatever the
+/// umask (the guest console may say anything; like the checkpoint and the QMP socket, it
+/// is for its owner only): it is created `O_EXCL` with 0600, then `fchmod`ed to 0600 (a
+/// umask such as 0277 would have taken the owner's write bit). An existing file is
+/// appended to with its mode untouched, so never widened. Like before, a symlink at
+/// `path` is followed (a dangling one: its target is created, at most 0600).
+pub fn open_output_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::fs::{OpenOptions, Permissions};
+    use std::io::ErrorKind;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(f) => {
+            f.set_permissions(Permissions::from_mode(0o600))?;
+            return Ok(f);
+        }
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    match OpenOptions::new().append(true).open(path) {
+        // Removed meanwhile, or a dangling symlink: create as `O_CREAT` would, at most
+        // 0600 (the umask may only narrow it; someone else's link target is not chmod'ed).
+        Err(e) if e.kind() == ErrorKind::NotFound => OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path),
+        other => other,
+    }
+}
+
 /// The COM1 device.
 pub struct SerialDevice {
     uart: Serial<NoIrq, NoEvents, SerialWriter>,
@@ -166,5 +201,72 @@ mod persist_tests {
             ..SerialState::default()
         });
         assert_eq!(round_trip(&mut s), s);
+    }
+}
+
+#[cfg(test)]
+mod output_file_tests {
+    use super::open_output_file;
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    /// Set by the parent test for the child process that runs under another umask.
+    const CHILD_UMASK: &str = "CPR_TEST_SERIAL_UMASK";
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777
+    }
+
+    /// Runs this test binary again for `test` alone, with the umask set to `umask` in the
+    /// child (the umask is process-wide: changing it here would race with other tests).
+    fn run_child_under_umask(test: &str, umask: u32) {
+        let exe = std::env::current_exe().expect("test binary");
+        let out = std::process::Command::new(exe)
+            .args([test, "--exact", "--test-threads=1", "--nocapture"])
+            .env(CHILD_UMASK, format!("{umask:o}"))
+            .output()
+            .expect("run the child test");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "child under umask {umask:o}: {}\n{text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A new serial file is 0600 whatever the umask: 000 (the old code made it 0666) and
+    /// 0277 (without the fchmod it would be 0400, unwritable by its owner).
+    #[test]
+    fn new_serial_file_is_0600_whatever_the_umask() {
+        let name = "machine::devices::serial::output_file_tests::new_serial_file_is_0600_whatever_the_umask";
+        let Ok(umask) = std::env::var(CHILD_UMASK) else {
+            run_child_under_umask(name, 0o000);
+            run_child_under_umask(name, 0o277);
+            return;
+        };
+        let umask = u32::from_str_radix(&umask, 8).expect("octal umask");
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("serial.log");
+        let mut f = open_output_file(&path).expect("create");
+        f.write_all(b"cpr-guest: kernel up\n").expect("write");
+        assert_eq!(mode(&path), 0o600, "under umask {umask:o}");
+    }
+
+    /// An existing file keeps its mode (never widened, never narrowed) and is appended to.
+    #[test]
+    fn existing_serial_file_keeps_its_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for m in [0o400 | 0o200, 0o640, 0o644] {
+            let path = dir.path().join(format!("serial-{m:o}.log"));
+            std::fs::write(&path, b"old\n").expect("write");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m)).expect("chmod");
+            let mut f = open_output_file(&path).expect("open");
+            f.write_all(b"new\n").expect("append");
+            assert_eq!(mode(&path), m);
+            assert_eq!(std::fs::read(&path).expect("read"), b"old\nnew\n");
+        }
     }
 }
