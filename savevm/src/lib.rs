@@ -156,7 +156,11 @@
 //!   bytes after the trailer are refused.
 //! * **vmdesc after EOF**, although V7's `cpr-save` writes none, so that
 //!   `scripts/analyze-migration.py`-style tools can describe the file. It
-//!   is compact JSON with arrays recorded once (`array_len`).
+//!   is compact JSON with arrays recorded once (`array_len`). The
+//!   [`FieldReader`] records the fields it reads as the [`FieldWriter`]
+//!   records those it writes, and the loader refuses a vmdesc that is not,
+//!   byte for byte, the one the saver writes for the sections read
+//!   (QEMU skips the vmdesc on load).
 //! * **Required hooks.** Every [`VmState`] and [`SectionHandler`] hook
 //!   that touches state is a required method, and each registry entry
 //!   states whether it must be present on load ([`OnLoad`]).
