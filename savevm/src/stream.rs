@@ -450,6 +450,9 @@ pub(crate) fn parse_stream(
         vmdesc,
         ram,
     };
+    if let Some(check) = &registry.stream_check {
+        check(&loaded)?;
+    }
     Ok((loaded, ram_end))
 }
 
