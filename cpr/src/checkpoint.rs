@@ -32,7 +32,9 @@
 //!   arrays within their limits, `globalstate`'s buffer exactly as the saver pads it (no
 //!   QEMU 9.0 flag, zeros after the name), the vmdesc exactly the saver's description of
 //!   the sections read (`cpr_savevm`), nothing after the trailer. Re-saving what was loaded
-//!   gives the same bytes (the property test below mutates valid checkpoints to check it).
+//!   gives the same bytes (a property test, `checkpoint/saveable_tests.rs`, damages valid
+//!   checkpoints, recomputes their checksum and checks that each is refused or re-saves
+//!   identically).
 //! * **Values.** [`check_saveable`] states what the saver guarantees about the values, in
 //!   one place, and runs on the whole parsed stream (a [`Registry::set_stream_check`])
 //!   before any guest RAM is written or anything applied. A violation refuses the file with
