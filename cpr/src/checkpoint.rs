@@ -21,6 +21,43 @@
 //! `cpr-machine` is saved first so that loading a file into a machine of another shape fails
 //! with one clear sentence ("the checkpoint has 2 vCPUs, this VM has 1") before any other
 //! section is looked at. Every section is required on load.
+//!
+//! # The loader accepts exactly what the saver can write
+//!
+//! A checkpoint is hostile input: a file with a valid checksum can still hold values that
+//! no `cpr-save` or `migrate` ever writes, and the loader must not make a VM of them. So
+//! whatever [`parse`] accepts, the saver could have written, byte for byte:
+//!
+//! * **Encoding.** Every field is read back as it was written: bools are 0 or 1, counted
+//!   arrays within their limits, `globalstate`'s buffer exactly as the saver pads it (no
+//!   QEMU 9.0 flag, zeros after the name), the vmdesc exactly the saver's description of
+//!   the sections read (`cpr_savevm`), nothing after the trailer. Re-saving what was loaded
+//!   gives the same bytes (a property test, `checkpoint/saveable_tests.rs`, damages valid
+//!   checkpoints, recomputes their checksum and checks that each is refused or re-saves
+//!   identically).
+//! * **Values.** [`check_saveable`] states what the saver guarantees about the values, in
+//!   one place, and runs on the whole parsed stream (a [`Registry::set_stream_check`])
+//!   before any guest RAM is written or anything applied. A violation refuses the file with
+//!   an error that names the section (`error while loading state for instance 0x0 of device
+//!   'i8259': ...`). The rules:
+//!
+//!   | section | what the saver always writes |
+//!   |---|---|
+//!   | `globalstate` | a run state in [`SAVED_RUN_STATES`] (`running`, `paused`, `suspended`): `cpr-save` and `migrate` refuse every other |
+//!   | `cpr-machine` | each RAM block once; a block is `copied` exactly when the stream has a `ram` section whose block list sends its pages (a V7 `cpr-save` never copies, a `migrate` always writes the section); an epoch only for RAM left in place, and never `running`, the tag of RAM a guest runs on |
+//!   | `cpu` | KVM's MSR list (non-empty, each index once) and CPUID table (non-empty) |
+//!   | `i8259` | instance 0 is the master PIC (chip id 0), instance 1 the slave (chip id 1) |
+//!   | `ioapic` | chip id 2 (the IOAPIC) |
+//!   | `cpr-testdev` | one report per vCPU; a fatal report names one of them |
+//!
+//!   Some rules sit in the sections' own `post_load` (a `cpu` section's TSC rate is not 0)
+//!   and in [`MachineLayout::mismatch`] (the machine is this machine, in-place RAM carries
+//!   the checkpoint's epoch).
+//!
+//! V7 applies sections as it reads them and checks none of this: an `i8259` section with
+//! the slave's chip id in the master's place leaves the master PIC as KVM created it, a
+//! `cpu` section without MSRs leaves KVM's defaults, and a `globalstate` of `inmigrate`
+//! makes `cont` answer `{}` without the guest ever running.
 
 use std::sync::{Arc, Mutex};
 
@@ -30,6 +67,7 @@ use cpr_savevm::{
     BoxError, FieldReader, FieldWriter, InstanceId, LoadedState, OnLoad, Persist, Registration,
     Registry, Saved, SectionHandler, Staged, VmState,
 };
+use kvm_bindings::{KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE};
 
 use crate::machine::devices::serial::SerialSection;
 use crate::machine::vm::{IoapicSection, KvmClockSection, PicSection, PitSection};
@@ -64,6 +102,13 @@ impl VmState for GlobalStateSection {
         let size = r.u32("size")?;
         let buf = r.buffer::<RUNSTATE_BUF_LEN>("runstate")?;
         let state = GlobalState::decode(size, &buf).map_err(|e| r.invalid(e.to_string()))?;
+        // Exactly the saver's encoding: QEMU 6.2's layout, zeros after the name.
+        if GlobalState::new(state.runstate).encode() != (size, buf) {
+            return Err(r.invalid(format!(
+                "the runstate buffer holds more than the name {} (cpr-save writes QEMU 6.2's layout, zero-padded)",
+                state.runstate
+            )));
+        }
         Ok(GlobalStateSection(state.runstate))
     }
 
@@ -261,6 +306,172 @@ impl SectionHandler for LayoutHandler {
     }
 }
 
+/// The run states a checkpoint is taken in: `cpr-save` and `migrate` refuse to save a VM in
+/// any other (see `vmm/cpr_ops.rs` and `vmm/migration.rs`), so the loader refuses any other.
+pub const SAVED_RUN_STATES: [RunState; 3] =
+    [RunState::Running, RunState::Paused, RunState::Suspended];
+
+/// Why a parsed checkpoint could not have been written by the saver: the section
+/// (idstr, instance) and the reason.
+type Refusal = (&'static str, u32, String);
+
+/// The saver's guarantees about a checkpoint's values (see the [module docs](self)), checked
+/// on a whole parsed stream of a machine with `vcpus` vCPUs. Every section is present and
+/// parsed (the registry requires them all), and the `cpr-machine` section already matches
+/// this machine.
+pub fn check_saveable(loaded: &LoadedState, vcpus: u32) -> cpr_savevm::Result<()> {
+    saveable(loaded, vcpus).map_err(|(idstr, instance_id, reason)| {
+        let section_id = loaded
+            .sections()
+            .find(|s| s.idstr == idstr && s.instance_id == instance_id)
+            .map_or(0, |s| s.section_id);
+        cpr_savevm::Error::LoadSection {
+            idstr: idstr.to_owned(),
+            instance_id,
+            section_id,
+            source: Box::new(cpr_savevm::Error::InvalidState {
+                vmsd: idstr.to_owned(),
+                reason,
+            }),
+        }
+    })
+}
+
+fn saveable(loaded: &LoadedState, vcpus: u32) -> Result<(), Refusal> {
+    fn get<'a, T: 'static>(
+        loaded: &'a LoadedState,
+        idstr: &'static str,
+        instance: u32,
+    ) -> Result<&'a T, Refusal> {
+        loaded
+            .staged::<T>(idstr, instance)
+            .ok_or_else(|| (idstr, instance, "the section was not parsed".to_owned()))
+    }
+
+    // globalstate: cpr-save and migrate save only a VM that can be restored.
+    let GlobalStateSection(runstate) = *get(loaded, GlobalStateSection::NAME, 0)?;
+    if !SAVED_RUN_STATES.contains(&runstate) {
+        return Err((
+            GlobalStateSection::NAME,
+            0,
+            format!(
+                "run state {runstate}: a checkpoint is only ever taken of a running, paused or suspended VM"
+            ),
+        ));
+    }
+
+    // cpr-machine: the machine's own block list, copied exactly when the ram section sends
+    // the block's pages, an epoch only for RAM left in place.
+    let layout: &MachineLayout = get(loaded, MachineLayout::NAME, 0)?;
+    let refuse = |reason: String| Err((MachineLayout::NAME, 0, reason));
+    for (i, b) in layout.ram.iter().enumerate() {
+        if layout.ram[..i].iter().any(|o| o.idstr == b.idstr) {
+            return refuse(format!("RAM block {} is listed twice", b.idstr));
+        }
+        let sent = loaded.ram().map(|r| {
+            r.blocks
+                .iter()
+                .find(|s| s.idstr == b.idstr)
+                .is_some_and(|s| !s.ignored)
+        });
+        match (b.copied, sent) {
+            (true, None) => {
+                return refuse(format!(
+                    "RAM block {} is copied, but the stream has no ram section",
+                    b.idstr
+                ));
+            }
+            (true, Some(false)) => {
+                return refuse(format!(
+                    "RAM block {} is copied, but the ram section keeps it in place",
+                    b.idstr
+                ));
+            }
+            (false, Some(true)) => {
+                return refuse(format!(
+                    "RAM block {} is in place, but the ram section copies it",
+                    b.idstr
+                ));
+            }
+            _ => {}
+        }
+    }
+    if !layout.epoch.is_empty() {
+        if layout.epoch == crate::vmm::epoch::RUNNING {
+            return refuse(format!(
+                "epoch {}: that is the tag of RAM a guest runs on, not of a checkpoint",
+                layout.epoch
+            ));
+        }
+        if layout.ram.iter().all(|b| b.copied) {
+            return refuse(format!(
+                "epoch {}, but no RAM is left in place to carry it",
+                layout.epoch
+            ));
+        }
+    }
+
+    // cpu: capture_vcpu always reads KVM's MSR index list and CPUID table.
+    for i in 0..vcpus {
+        let v: &VcpuState = get(loaded, VcpuState::NAME, i)?;
+        let refuse = |reason: &str| Err((VcpuState::NAME, i, reason.to_owned()));
+        if v.msrs.is_empty() {
+            return refuse("no MSRs: cpr-save always captures KVM's MSR list");
+        }
+        if v.cpuid.is_empty() {
+            return refuse("no CPUID entries: cpr-save always captures the vCPU's CPUID table");
+        }
+        for (j, m) in v.msrs.iter().enumerate() {
+            if v.msrs[..j].iter().any(|o| o.index == m.index) {
+                return Err((
+                    VcpuState::NAME,
+                    i,
+                    format!("MSR {:#x} is listed twice", m.index),
+                ));
+            }
+        }
+    }
+
+    // i8259, ioapic: restore_vm sets each irqchip by the chip id it carries.
+    for (idstr, instance, chip_id, what) in [
+        ("i8259", 0, KVM_IRQCHIP_PIC_MASTER, "the master PIC"),
+        ("i8259", 1, KVM_IRQCHIP_PIC_SLAVE, "the slave PIC"),
+        ("ioapic", 0, KVM_IRQCHIP_IOAPIC, "the IOAPIC"),
+    ] {
+        let found = if idstr == "ioapic" {
+            get::<IoapicSection>(loaded, idstr, instance)?.0.chip_id
+        } else {
+            get::<PicSection>(loaded, idstr, instance)?.0.chip_id
+        };
+        if found != chip_id {
+            return Err((
+                idstr,
+                instance,
+                format!("chip id {found}, but instance {instance} is {what} (chip id {chip_id})"),
+            ));
+        }
+    }
+
+    // cpr-testdev: the device keeps one report per vCPU.
+    let t: &TestDevState = get(loaded, TestDevState::NAME, 0)?;
+    let n = vcpus as usize;
+    if t.vcpus.len() != n {
+        return Err((
+            TestDevState::NAME,
+            0,
+            format!("reports for {} vCPUs, the machine has {n}", t.vcpus.len()),
+        ));
+    }
+    if let Some(f) = t.fatal.filter(|f| f.vcpu >= n) {
+        return Err((
+            TestDevState::NAME,
+            0,
+            format!("a fatal report from vCPU {}, the machine has {n}", f.vcpu),
+        ));
+    }
+    Ok(())
+}
+
 /// A value slot: saves the value it holds; loading fills it.
 struct Slot<S>(Arc<Mutex<Option<S>>>);
 
@@ -360,6 +571,8 @@ impl Cells {
             .map(|_| ())
         }
         let mut r = Registry::new();
+        let vcpus = crate::machine::persist::count_u32(self.vcpus.len());
+        r.set_stream_check(move |loaded| check_saveable(loaded, vcpus));
         r.register(
             Registration::new(MachineLayout::NAME, InstanceId::Id(0), OnLoad::Required)
                 .priority(100),
@@ -437,6 +650,11 @@ impl ParsedCheckpoint {
             .map(|g| g.0)
     }
 
+    /// The machine layout the checkpoint records (its `cpr-machine` section).
+    pub fn layout(&self) -> Option<&MachineLayout> {
+        self.loaded.staged::<MachineLayout>(MachineLayout::NAME, 0)
+    }
+
     /// Hands the parsed values out as a [`MachineState`].
     pub fn into_state(self) -> Result<(RunState, MachineState), String> {
         let ParsedCheckpoint {
@@ -469,6 +687,9 @@ pub fn parse(
         cells,
     })
 }
+
+#[cfg(test)]
+mod saveable_tests;
 
 #[cfg(test)]
 mod tests {

@@ -120,6 +120,18 @@
 //! * **`--serial FILE` is created 0600** whatever the umask (an existing file keeps its
 //!   mode).
 //!
+//! * **Only what the saver can write is loaded.** V7 applies each section as it reads it
+//!   and believes every value: a `cpu` section without MSRs or CPUID leaves the vCPU with
+//!   KVM's defaults, an `i8259` section carrying the slave's chip id leaves the master PIC
+//!   unrestored, a `globalstate` of `inmigrate` makes `cont` answer `{}` while the guest
+//!   never runs. Here a checkpoint is refused, with an error naming the section, unless the
+//!   saver could have written it byte for byte: the encoding is the saver's (vmdesc
+//!   included), and [`checkpoint::check_saveable`] states in one place what the saver
+//!   guarantees about the values (run state `running`, `paused` or `suspended`; every
+//!   vCPU with its MSRs and CPUID; PIC instances 0/1 with chip ids master/slave; each RAM
+//!   block once; copied RAM only with a `ram` section that sends it; ...), before any guest
+//!   RAM is written or anything applied. A property test mutates valid checkpoints
+//!   (checksum recomputed) and checks that each is refused or re-saves identically.
 //! * **A stale checkpoint is refused.** A checkpoint describes RAM it does not contain. V7
 //!   happily loads it after the guest ran on (`cont` after `cpr-save`) or after another VM
 //!   booted over the same RAM file, and the guest corrupts itself. Here each save tags the

@@ -10,8 +10,13 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use cpr::machine::{GuestProgress, Machine, MachineConfig, MachineEvent, SerialOutput};
+use cpr::checkpoint::{self, MachineLayout, RamBlockInfo};
+use cpr::machine::{
+    GuestProgress, Machine, MachineConfig, MachineEvent, MachineState, SerialOutput,
+};
 use cpr_memory::{Backing, GuestRam, OpenMode, RamBlock, RamBlockList, pc_ram_windows};
+use cpr_migration_file::QemuFile;
+use cpr_runstate::RunState;
 use vm_memory::GuestMemoryMmap;
 
 const RAM: u64 = 128 << 20;
@@ -183,6 +188,41 @@ fn boot_two_vcpus() {
     }
 }
 
+/// Writes `state` as a checkpoint and reads it back as `cpr-load` does: a real capture is
+/// something the saver writes, so the loader must accept it (every rule of
+/// `checkpoint::check_saveable` holds for real KVM state), and re-saving what was loaded
+/// gives the same bytes.
+fn through_checkpoint(state: MachineState) -> MachineState {
+    let vcpus = u32::try_from(state.vcpus.len()).expect("few vCPUs");
+    let layout = MachineLayout {
+        vcpus,
+        ram: vec![RamBlockInfo {
+            idstr: "pc.ram".into(),
+            size: RAM,
+            shared: true,
+            backing: "/dev/shm/ram".into(),
+            copied: false,
+        }],
+        epoch: String::new(),
+    };
+    let save = |state: MachineState| {
+        let mut registry =
+            checkpoint::save_registry(layout.clone(), RunState::Paused, state).expect("registry");
+        let mut f = QemuFile::memory_writer("cpr-save");
+        cpr_savevm::save_device_state(&mut f, &mut registry).expect("save");
+        f.into_bytes().expect("bytes")
+    };
+    let bytes = save(state);
+    let open = || Ok(QemuFile::from_bytes(bytes.clone(), "cpr-load"));
+    let (runstate, loaded) = checkpoint::parse(open, layout.clone(), None)
+        .expect("a real capture loads")
+        .into_state()
+        .expect("unpacked");
+    assert_eq!(runstate, RunState::Paused);
+    assert!(save(loaded.clone()) == bytes, "re-saving changed the file");
+    loaded
+}
+
 /// Boot, run, pause, capture, drop the VM, restore a new VM over the same RAM file.
 #[test]
 fn save_restore_in_process() {
@@ -205,6 +245,7 @@ fn save_restore_in_process() {
     let t = Instant::now();
     let state = m.capture().expect("capture");
     let t_capture = t.elapsed();
+    let state = through_checkpoint(state);
     let before = m.guest_progress();
     let ram_before = m.guest_ram_progress().expect("RAM progress");
     std::thread::sleep(Duration::from_millis(50));

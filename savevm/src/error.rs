@@ -468,6 +468,15 @@ pub enum Error {
         /// Offset of the record.
         offset: u64,
     },
+    /// An end-of-section (EOS) record with offset bits set (QEMU ignores
+    /// them; no saver sets them).
+    #[error("end-of-section record 0x{word:x} carries an offset")]
+    RamEosOffset {
+        /// The record word.
+        word: u64,
+        /// Offset of the record.
+        offset: u64,
+    },
     /// CONTINUE on the first record of a section.
     #[error("Ack, bad migration stream!")]
     RamNoPreviousBlock {

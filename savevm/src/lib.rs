@@ -151,12 +151,19 @@
 //!   [`LoadedState`] without touching any handler; only
 //!   [`LoadedState::apply`] commits. Handlers split `parse` (no side
 //!   effects) from `apply` accordingly, and `post_load` runs at parse time.
+//!   Rules that span sections go in the registry's
+//!   [`stream check`](Registry::set_stream_check), run on the whole parsed
+//!   stream before guest RAM is written or anything applied.
 //! * **Checksum trailer.** A CRC-32 over the whole stream catches any
 //!   corruption the framing would not; a missing trailer, a bad CRC or
 //!   bytes after the trailer are refused.
 //! * **vmdesc after EOF**, although V7's `cpr-save` writes none, so that
 //!   `scripts/analyze-migration.py`-style tools can describe the file. It
-//!   is compact JSON with arrays recorded once (`array_len`).
+//!   is compact JSON with arrays recorded once (`array_len`). The
+//!   [`FieldReader`] records the fields it reads as the [`FieldWriter`]
+//!   records those it writes, and the loader refuses a vmdesc that is not,
+//!   byte for byte, the one the saver writes for the sections read
+//!   (QEMU skips the vmdesc on load).
 //! * **Required hooks.** Every [`VmState`] and [`SectionHandler`] hook
 //!   that touches state is a required method, and each registry entry
 //!   states whether it must be present on load ([`OnLoad`]).
@@ -216,7 +223,7 @@ pub use path::{
     save_device_state_to_path, save_state_to_path,
 };
 pub use ram::{RamBlockDesc, RamBlocks, RamSummary, load_state};
-pub use registry::{InstanceId, OnLoad, Registration, Registry, SectionInfo};
+pub use registry::{InstanceId, OnLoad, Registration, Registry, SectionInfo, StreamCheck};
 pub use stream::{
     FullHeader, LoadStats, LoadedSection, LoadedState, SaveStats, check_section_footer,
     load_device_state, read_full_header, read_stream_header, save_device_state, save_state,

@@ -47,7 +47,8 @@
 //! * **Strict coverage.** Within each block, records come in offset order,
 //!   each page exactly once, and every page of a block whose pages are sent
 //!   is covered by the END (QEMU accepts any order and leaves missing pages
-//!   as they were). CONTINUE never crosses a section boundary.
+//!   as they were). CONTINUE never crosses a section boundary. An EOS
+//!   record is the bare flag (QEMU ignores the rest of the word).
 //! * **Two-pass load.** See [`load_state`]: a corrupt
 //!   file never changes guest RAM.
 //!

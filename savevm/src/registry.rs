@@ -12,12 +12,17 @@
 //! * [`OnLoad`] says whether an entry must appear in a stream being loaded.
 //!   QEMU silently keeps the current state of a device missing from the
 //!   stream; for a VMM a missing vCPU is fatal, so each entry chooses.
+//! * [`Registry::set_stream_check`] adds a check of the whole parsed stream
+//!   (what no single section can see: one section against another, or
+//!   against the `ram` section), run before guest RAM is written or
+//!   anything applied.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::consts::{RAM_IDSTR, RAM_INSTANCE_ID, RESERVED_INSTANCE_ID};
 use crate::error::{Error, Result};
 use crate::handler::{Persist, PersistHandler, SectionHandler};
+use crate::stream::LoadedState;
 use crate::vmstate::check_name;
 
 /// Which instance id to register under.
@@ -91,6 +96,9 @@ pub(crate) struct Entry {
 
 static NEXT_REGISTRY_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A check of a whole parsed stream ([`Registry::set_stream_check`]).
+pub type StreamCheck = Box<dyn Fn(&LoadedState) -> Result<()> + Send + Sync>;
+
 /// The set of sections a machine saves and loads.
 pub struct Registry {
     id: u64,
@@ -98,6 +106,8 @@ pub struct Registry {
     next_section_id: u32,
     /// Kept in save order.
     pub(crate) entries: Vec<Entry>,
+    /// Run on every parsed stream, after the trailer.
+    pub(crate) stream_check: Option<StreamCheck>,
 }
 
 impl Default for Registry {
@@ -124,7 +134,23 @@ impl Registry {
             generation: 0,
             next_section_id: 0,
             entries: Vec::new(),
+            stream_check: None,
         }
+    }
+
+    /// Check every stream parsed against this registry as a whole with
+    /// `check`, once each section has been parsed (and passed its own
+    /// `post_load`) and the vmdesc and checksum have been verified, but
+    /// before guest RAM is written ([`load_state`](crate::load_state)'s
+    /// second pass) or anything is applied. Its error refuses the stream.
+    /// For rules that no single section can check: one section against
+    /// another, or against the `ram` section ([`LoadedState::ram`]).
+    /// Replaces any previous check.
+    pub fn set_stream_check(
+        &mut self,
+        check: impl Fn(&LoadedState) -> Result<()> + Send + Sync + 'static,
+    ) {
+        self.stream_check = Some(Box::new(check));
     }
 
     /// Register `handler`; returns the entry's resolved ids.

@@ -278,6 +278,8 @@ struct StagedSection {
     info: LoadedSection,
     entry: usize,
     staged: Staged,
+    /// The fields read, as the saver describes them in the vmdesc.
+    desc: VmsdDesc,
 }
 
 /// A fully parsed and checked stream, not yet applied.
@@ -429,13 +431,17 @@ pub(crate) fn parse_stream(
     let json_offset = f.position();
     let mut json = vec![0; len as usize];
     get(f, "vmdesc", |f| f.get_buffer(&mut json))?;
-    let names: Vec<(&str, u32)> = sections
+    let devices: Vec<DeviceDesc> = sections
         .iter()
-        .map(|s| (s.info.idstr.as_str(), s.info.instance_id))
+        .map(|s| DeviceDesc {
+            name: s.info.idstr.clone(),
+            instance_id: s.info.instance_id,
+            vmsd: s.desc.clone(),
+        })
         .collect();
     let ram = ram.and_then(|r| r.summary());
     let ram_blocks = ram.as_ref().map(|r| r.blocks.as_slice());
-    let vmdesc = vmdesc::check(&json, json_offset, &names, ram_blocks)?;
+    let vmdesc = vmdesc::check(&json, json_offset, &devices, ram_blocks)?;
 
     check_trailer(f)?;
     let loaded = LoadedState {
@@ -444,6 +450,9 @@ pub(crate) fn parse_stream(
         vmdesc,
         ram,
     };
+    if let Some(check) = &registry.stream_check {
+        check(&loaded)?;
+    }
     Ok((loaded, ram_end))
 }
 
@@ -548,12 +557,11 @@ fn load_full_section(f: &mut QemuFile, registry: &Registry, offset: u64) -> Resu
                 minimum_version_id: h.minimum_version_id(),
             });
         }
-        h.parse(
-            &mut FieldReader::new(f, h.vmsd_name(), hdr.version_id),
-            hdr.version_id,
-        )
+        let mut r = FieldReader::new(f, h.vmsd_name(), hdr.version_id);
+        let staged = h.parse(&mut r, hdr.version_id)?;
+        Ok((staged, r.into_description()))
     };
-    let staged = parse(f).map_err(|e| Error::LoadSection {
+    let (staged, desc) = parse(f).map_err(|e| Error::LoadSection {
         idstr: hdr.idstr.clone(),
         instance_id: hdr.instance_id,
         section_id: hdr.section_id,
@@ -570,6 +578,7 @@ fn load_full_section(f: &mut QemuFile, registry: &Registry, offset: u64) -> Resu
         },
         entry: index,
         staged,
+        desc,
     })
 }
 

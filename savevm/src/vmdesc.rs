@@ -154,13 +154,15 @@ impl VmDesc {
     }
 }
 
-/// Check that `json` is a vmdesc object whose `devices` list names exactly
-/// `sections` ((idstr, instance id), in stream order), and whose `ram`
-/// entry describes `ram` (absent when `None`). Returns the parsed value.
+/// Check that `json` is exactly the vmdesc the saver writes for a stream
+/// holding `sections` (in stream order, each described by the fields its
+/// handler read) and `ram` (no `ram` entry when `None`): its `devices` list
+/// names the sections, its `ram` entry describes `ram`, and, byte for byte,
+/// it is [`VmDesc::to_json`] of them. Returns the parsed value.
 pub(crate) fn check(
     json: &[u8],
     offset: u64,
-    sections: &[(&str, u32)],
+    sections: &[DeviceDesc],
     ram: Option<&[RamBlockDesc]>,
 ) -> Result<Value> {
     let value: Value =
@@ -177,7 +179,8 @@ pub(crate) fn check(
             sections.len()
         )));
     }
-    for (i, (dev, &(idstr, instance_id))) in devices.iter().zip(sections).enumerate() {
+    for (i, (dev, section)) in devices.iter().zip(sections).enumerate() {
+        let (idstr, instance_id) = (section.name.as_str(), section.instance_id);
         let name = dev.get("name").and_then(Value::as_str);
         let inst = dev.get("instance_id").and_then(Value::as_u64);
         if name != Some(idstr) || inst != Some(u64::from(instance_id)) {
@@ -187,6 +190,25 @@ pub(crate) fn check(
         }
     }
     check_ram(&value, ram)?;
+    let expected = VmDesc {
+        page_size: crate::consts::TARGET_PAGE_SIZE,
+        ram: ram.map(RamDesc::new),
+        devices: sections.to_vec(),
+    };
+    if json != expected.to_json().as_slice() {
+        let reason = match sections
+            .iter()
+            .enumerate()
+            .find(|(i, s)| serde_json::to_value(s).ok().as_ref() != devices.get(*i))
+        {
+            Some((i, s)) => format!(
+                "device {i} ('{}' instance {}) does not describe the fields its section holds",
+                s.name, s.instance_id
+            ),
+            None => "it is not the description the saver writes for this stream".into(),
+        };
+        return Err(mismatch(reason));
+    }
     Ok(value)
 }
 

@@ -339,11 +339,16 @@ pub fn decode_vmstate<T: VmState>(payload: Vec<u8>, version_id: u32) -> Result<T
 
 /// Reads a vmsd's fields from the stream, with QEMU's version gating and
 /// subsection rules. Reading has no side effects beyond consuming bytes.
+///
+/// Like the [`FieldWriter`], it records every field it reads (name, type,
+/// size, subsections): the loader compares that record with the stream's
+/// vmdesc, which must be exactly the one the saver writes for these fields.
 #[derive(Debug)]
 pub struct FieldReader<'a> {
     f: &'a mut QemuFile,
     vmsd: &'static str,
     version_id: u32,
+    desc: VmsdDesc,
 }
 
 impl<'a> FieldReader<'a> {
@@ -353,7 +358,34 @@ impl<'a> FieldReader<'a> {
             f,
             vmsd,
             version_id,
+            desc: VmsdDesc::new(vmsd, version_id),
         }
+    }
+
+    /// What has been read so far, described as the [`FieldWriter`] describes
+    /// what it writes (the saver's vmdesc entry for these fields).
+    pub fn description(&self) -> &VmsdDesc {
+        &self.desc
+    }
+
+    /// The description of everything read ([`description`](Self::description)).
+    pub(crate) fn into_description(self) -> VmsdDesc {
+        self.desc
+    }
+
+    fn record(
+        &mut self,
+        name: Cow<'static, str>,
+        array_len: Option<u32>,
+        ty: &'static str,
+        size: usize,
+    ) {
+        self.desc.fields.push(FieldDesc {
+            name,
+            array_len,
+            ty,
+            size: size as u64,
+        });
     }
 
     /// Name of the vmsd being read.
@@ -389,6 +421,13 @@ impl<'a> FieldReader<'a> {
     }
 
     fn scalar<T: Scalar>(&mut self, name: &'static str) -> Result<T> {
+        let v = self.get::<T>(name)?;
+        self.record(Cow::Borrowed(name), None, T::TYPE, T::SIZE);
+        Ok(v)
+    }
+
+    /// One element, not recorded.
+    fn get<T: Scalar>(&mut self, name: &'static str) -> Result<T> {
         T::get(self.f).map_err(self.field_err(name))
     }
 
@@ -427,7 +466,9 @@ impl<'a> FieldReader<'a> {
     /// A `bool` field; bytes other than 0 and 1 are refused (QEMU accepts
     /// any non-zero byte as true; its savers only write 0 and 1).
     pub fn bool(&mut self, name: &'static str) -> Result<bool> {
-        match self.scalar::<u8>(name)? {
+        let byte = self.get::<u8>(name)?;
+        self.record(Cow::Borrowed(name), None, "bool", 1);
+        match byte {
             0 => Ok(false),
             1 => Ok(true),
             value => Err(Error::InvalidBool {
@@ -445,20 +486,35 @@ impl<'a> FieldReader<'a> {
     }
     /// A fixed-size `buffer` field filling `buf`.
     pub fn buffer_into(&mut self, name: &'static str, buf: &mut [u8]) -> Result<()> {
-        self.f.get_buffer(buf).map_err(self.field_err(name))
+        self.f.get_buffer(buf).map_err(self.field_err(name))?;
+        self.record(Cow::Borrowed(name), None, "buffer", buf.len());
+        Ok(())
     }
     /// An array of `len` elements written by [`FieldWriter::array_fixed`].
     pub fn array_fixed<T: Scalar>(&mut self, name: &'static str, len: usize) -> Result<Vec<T>> {
         let mut v = Vec::with_capacity(len.min(4096));
         for _ in 0..len {
-            v.push(self.scalar(name)?);
+            v.push(self.get(name)?);
         }
+        let array_len = u32::try_from(len).map_err(|_| Error::ArrayTooLong {
+            vmsd: self.vmsd.to_owned(),
+            field: name,
+            len: len as u64,
+            max: u64::from(u32::MAX),
+        })?;
+        self.record(Cow::Borrowed(name), Some(array_len), T::TYPE, T::SIZE);
         Ok(v)
     }
     /// A counted array written by [`FieldWriter::array`]; a count above
     /// `max_len` is refused before anything is allocated.
     pub fn array<T: Scalar>(&mut self, name: &'static str, max_len: usize) -> Result<Vec<T>> {
-        let len = self.scalar::<u32>(name)?;
+        let len = self.get::<u32>(name)?;
+        self.record(
+            Cow::Owned(format!("{name}.count")),
+            None,
+            u32::TYPE,
+            u32::SIZE,
+        );
         match usize::try_from(len) {
             Ok(n) if n <= max_len => self.array_fixed(name, n),
             _ => Err(Error::ArrayTooLong {
@@ -490,6 +546,16 @@ impl<'a> FieldReader<'a> {
     /// follows, then [`VmState::post_load`].
     pub fn read_state<T: VmState>(&mut self) -> Result<T> {
         self.read_state_at(self.version_id)
+    }
+
+    /// Reads subsection `T` at `version_id`, described as a subsection of
+    /// the vmsd being read.
+    fn read_subsection_at<T: VmState>(&mut self, version_id: u32) -> Result<T> {
+        let parent = std::mem::replace(&mut self.desc, VmsdDesc::new(T::NAME, version_id));
+        let result = self.read_state_at::<T>(version_id);
+        let sub = std::mem::replace(&mut self.desc, parent);
+        self.desc.subsections.push(sub);
+        result
     }
 
     fn read_state_at<T: VmState>(&mut self, version_id: u32) -> Result<T> {
@@ -548,7 +614,7 @@ impl<'a> FieldReader<'a> {
             offset,
             source,
         })?;
-        self.read_state_at::<T>(version_id).map(Some)
+        self.read_subsection_at::<T>(version_id).map(Some)
     }
 
     /// QEMU's subsection peek: `Some(name)` when the next bytes are 0x05, a

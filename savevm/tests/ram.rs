@@ -417,3 +417,28 @@ fn populated_hint_skips_reading_never_populated_pages() {
     assert!(pc[7 * PAGE..].iter().all(|&b| b == 0));
     assert_eq!(dst.block("vram"), src.inner.block("vram"));
 }
+
+/// A registry's stream check sees the whole parsed stream (devices and the
+/// ram section) and refuses it before any guest RAM is written.
+#[test]
+fn stream_check_refuses_before_ram_is_written() {
+    let mut src_machine = Machine::golden();
+    let (bytes, _) = save(&mut src_machine.registry, &source_ram());
+    let mut m = Machine::new(Timer::default(), Dev::default());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let record = std::sync::Arc::clone(&seen);
+    m.registry.set_stream_check(move |loaded| {
+        let ram = loaded.ram().map(|r| r.blocks.len());
+        *record.lock().unwrap() = Some((loaded.sections().count(), ram));
+        Err(Error::InvalidState {
+            vmsd: "dev".into(),
+            reason: "refused by the stream check".into(),
+        })
+    });
+    let mut dst = MemRam::filled(&layout(), 0xee);
+    let e = load(&bytes, &m.registry, &mut dst).expect_err("refused");
+    assert_eq!(e.to_string(), "dev: refused by the stream check");
+    assert_eq!(*seen.lock().unwrap(), Some((2, Some(3))));
+    assert_eq!(dst.touched(), 0, "guest RAM was written");
+    assert_eq!(m.restores(), 0);
+}

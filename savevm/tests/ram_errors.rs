@@ -241,6 +241,14 @@ fn record_errors_have_qemus_messages() {
             Box::new(|f| page(f, 0x08, Some("pc.ram"))),
             "ramblock \"pc.ram\": pages 0x1000..0x4000 are missing from the stream",
         ),
+        (
+            // EOS with offset bits: QEMU ignores them, no saver sets them.
+            Box::new(move |f| {
+                all_pages(f);
+                f.put_u64(P | 0x10);
+            }),
+            "end-of-section record 0x1010 carries an offset",
+        ),
     ];
     for (records, msg) in cases {
         let (_, c) = refuse(&crafted(records));

@@ -412,6 +412,38 @@ fn vmdesc_must_describe_the_sections() {
     ));
 }
 
+/// The vmdesc is the saver's, byte for byte: a description of fields the
+/// sections do not hold, another page size or any other difference is
+/// refused, even when it is valid JSON listing the right sections.
+#[test]
+fn vmdesc_must_be_the_savers() {
+    let reason = |g: &[u8]| match parse_err(&fresh(), g) {
+        Error::VmdescMismatch { reason } => reason,
+        e => panic!("expected a vmdesc mismatch, got {e:?}"),
+    };
+    let mut g = golden();
+    let at = g.windows(8).position(|w| w == b"\"uint32\"").unwrap();
+    g[at + 6] = b'6'; // "uint36"
+    assert_eq!(
+        reason(&g),
+        "device 0 ('timer' instance 0) does not describe the fields its section holds"
+    );
+    let mut g = golden();
+    let at = g.windows(4).position(|w| w == b"4096").unwrap();
+    g[at + 3] = b'7';
+    assert_eq!(
+        reason(&g),
+        "it is not the description the saver writes for this stream"
+    );
+    let mut g = golden();
+    let at = g.windows(6).position(|w| w == b"\"dev/e").unwrap();
+    g[at + 5] = b'x'; // the subsection's vmsd name
+    assert_eq!(
+        reason(&g),
+        "device 1 ('dev' instance 0) does not describe the fields its section holds"
+    );
+}
+
 #[test]
 fn registry_changed_after_parse_applies_nothing() {
     let mut m = fresh();

@@ -8,7 +8,7 @@
 //! `cpr-save` and `cpr-load` (patch 6) live in `vmm/cpr_ops.rs`; see [`CprMode`].
 
 mod cpr_ops;
-mod epoch;
+pub(crate) mod epoch;
 mod mig_params;
 mod migration;
 mod ownership;

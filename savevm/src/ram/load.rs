@@ -288,6 +288,10 @@ impl<'r> RamLoader<'r> {
             let word = get(f, "ram record", QemuFile::get_u64)?;
             let (addr, flags) = (word & !RAM_SAVE_FLAG_MASK, word & RAM_SAVE_FLAG_MASK);
             if flags == RAM_SAVE_FLAG_EOS {
+                // QEMU ignores the rest of the word; the saver writes EOS alone.
+                if addr != 0 {
+                    return Err(Error::RamEosOffset { word, offset: at });
+                }
                 return Ok(());
             }
             let kind = flags & !RAM_SAVE_FLAG_CONTINUE;
