@@ -12,6 +12,7 @@ mod epoch;
 mod migration;
 mod ram_io;
 mod slot;
+mod target;
 
 use std::fs::OpenOptions;
 use std::path::PathBuf;
