@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use cpr::demo::{VmFiles, cycle};
 
+use crate::e2e_files::{killed_saves, planted_symlinks, ram_target};
 use crate::e2e_mainline::{self as mainline, GuestState};
 use crate::e2e_refusals::{disk_full, epochs, failed_saves, hostile_files};
 use cpr::harness::{HarnessError, Progress, VmProcess};
@@ -355,6 +356,18 @@ pub fn run(binary: &Path, cycles: u32, only: Option<&str>) -> (u64, u64, u64) {
         (
             "hostile state files",
             Box::new(move || hostile_files(binary)),
+        ),
+        (
+            "files: symlinks planted by another user",
+            Box::new(move || planted_symlinks(binary)),
+        ),
+        (
+            "files: killed saves and planted temporary names",
+            Box::new(move || killed_saves(binary)),
+        ),
+        (
+            "files: the VM's own RAM as the target",
+            Box::new(move || ram_target(binary)),
         ),
         ("--incoming", Box::new(move || incoming(binary))),
         ("two vCPUs", Box::new(move || two_vcpus(binary))),
