@@ -26,6 +26,15 @@ pub enum Error {
         #[source]
         source: cpr_migration_file::Error,
     },
+    /// The checkpoint target is one of this VM's RAM backings (the same file: its path, a
+    /// hard link or a symlink to it). Refused before the VM is stopped.
+    #[error("cannot save to {}: it is this VM's RAM ({block})", path.display())]
+    TargetIsRam {
+        /// The target, as given.
+        path: PathBuf,
+        /// The RAM block backed by that file.
+        block: String,
+    },
     /// V7 step 10: writing the device state failed (QEMU's `Error %d while saving VM state`).
     #[error("Error {errno} while saving VM state")]
     Save {

@@ -285,6 +285,14 @@ impl VmProcess {
         self.wait_exit(Duration::from_secs(20))
     }
 
+    /// Kills the process with SIGKILL (no chance to clean up) and reaps it.
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        let _ = self.child.kill();
+        self.child
+            .wait()
+            .map_err(|e| HarnessError::Check(format!("cannot reap cpr-vm: {e}")))
+    }
+
     /// Waits for the process to exit (killing it after `timeout`).
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
         let deadline = Instant::now() + timeout;

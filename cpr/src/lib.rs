@@ -97,9 +97,23 @@
 //! * **`cpr-save` with no machine** (`-S` and never started) is refused: there is no state.
 //! * **A checkpoint that could never be loaded is refused**: `cpr-save` in `save-vm` (a
 //!   second save), `postmigrate`, `guest-panicked`... V7 writes it, replacing a good one.
-//! * **Targets**: a `cpr-save`/`migrate` target that exists and is not a regular file (a
-//!   device, FIFO, directory) is refused; a symlink is followed. A `cpr-load` file that is
-//!   not a regular file is refused without blocking (a FIFO would hang V7's open).
+//! * **Targets** (`vmm/target.rs`): a `cpr-save`/`migrate` target that exists and is not a
+//!   regular file (a device, FIFO, directory) is refused. A `cpr-load` file that is not a
+//!   regular file is refused without blocking (a FIFO would hang V7's open).
+//! * **The symlink rule.** V7 writes wherever a symlink points, unless the host enables
+//!   `fs.protected_symlinks`. Here every checkpoint path (written, written in place at an
+//!   offset, or read) is resolved as the kernel would and a symlink that the kernel's
+//!   `fs.protected_symlinks` would refuse to follow (in a sticky, world-writable directory
+//!   like `/tmp`, owned neither by us nor by the directory's owner) is refused, naming it
+//!   and saying why, whatever the sysctl says. A link the user made is followed: the file
+//!   it leads to is replaced, the link stays. The temporary file is an unnamed
+//!   `O_TMPFILE` (or a random name), so a killed save leaves nothing behind and no one can
+//!   squat on its name ([`cpr_migration_file::AtomicFile`]).
+//! * **Never the VM's own RAM.** V7 happily renames a checkpoint over the `--mem-path`
+//!   file (the guest is lost at the next start), and mainline writes `file:<ram>,offset=N`
+//!   into live guest RAM. A target that is the same file (device and inode: its path, a
+//!   hard link or a symlink) as a RAM backing is refused before the VM is stopped:
+//!   `cannot save to /dev/shm/vm0.ram: it is this VM's RAM (pc.ram)`.
 //! * **A guest entering S3 while a command arrives** is seen as suspended first (its PM
 //!   register is the authority), so a checkpoint never says `running` for a suspended guest.
 //!

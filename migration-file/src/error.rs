@@ -193,6 +193,29 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// A symlink on the path is one the kernel's `fs.protected_symlinks` rule would not
+    /// follow: it sits in a sticky, world-writable directory (like `/tmp`) and is owned
+    /// neither by this process's effective uid nor by the directory's owner. Someone else
+    /// may have planted it to make us write where it points. Refused whatever the sysctl
+    /// says.
+    #[error(
+        "refusing to follow symlink {}: it is in {}, a sticky world-writable directory, and is owned by uid {link_uid}, neither ours (uid {euid}) nor the directory owner's (uid {dir_uid})",
+        path.display(),
+        dir.display()
+    )]
+    UnsafeSymlink {
+        /// The link (as reached by the walk).
+        path: PathBuf,
+        /// The directory it is in.
+        dir: PathBuf,
+        /// The link's owner.
+        link_uid: u32,
+        /// The directory's owner.
+        dir_uid: u32,
+        /// Our effective uid (the follower).
+        euid: u32,
+    },
+
     /// Creating the atomic-save temporary file failed.
     #[error("Unable to create temporary file {}", path.display())]
     TempCreate {

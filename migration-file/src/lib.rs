@@ -62,6 +62,24 @@
 //!   temporary file beside the target, syncs it, renames it over the target
 //!   and syncs the directory; any failure before the rename leaves the old
 //!   checkpoint byte-identical.
+//! * **Temporaries leave nothing to squat on and nothing behind.** The
+//!   temporary is an unnamed `O_TMPFILE`, linked in under a random name only
+//!   at commit and renamed over the target at once; where the file system has
+//!   no `O_TMPFILE`, a random name opened `O_EXCL | O_NOFOLLOW`. A killed save
+//!   leaves nothing (or, in the fallback, a name carrying its pid that the
+//!   next save to the same target removes).
+//! * **The symlink rule.** V7 opens the target with a plain `open(2)`, so
+//!   the kernel's `fs.protected_symlinks` applies only if the host enables
+//!   it. [`ResolvedPath`] walks the path itself, one `O_NOFOLLOW` component at
+//!   a time, and always refuses a symlink that sits in a sticky,
+//!   world-writable directory and is owned neither by us nor by the
+//!   directory's owner ([`Error::UnsafeSymlink`]), whatever the sysctl says:
+//!   a link planted in `/tmp` by another user never makes a checkpoint
+//!   replace or create the file it names. The links a user made themselves
+//!   are followed (the file they lead to is replaced, the link stays). Every
+//!   later step is relative to the directory descriptor the walk ends in.
+//!   [`AtomicFile::replaces`] tells which file (device and inode) a save
+//!   would replace, so a caller can refuse to overwrite one it must keep.
 //! * **Checkpoints are private.** V7's callers create files 0660 or 0600;
 //!   [`AtomicFile`] always uses 0600 (guest memory and device state are
 //!   sensitive). [`QemuFile::open`] honours the caller's mode.
@@ -94,7 +112,9 @@
 mod atomic;
 mod error;
 mod qemu_file;
+mod resolve;
 
 pub use atomic::AtomicFile;
 pub use error::{Error, Result};
 pub use qemu_file::{IO_BUF_SIZE, QemuFile};
+pub use resolve::{FileId, MAX_SYMLINKS, ResolvedPath};

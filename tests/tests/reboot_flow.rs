@@ -295,7 +295,10 @@ fn failed_save_keeps_previous_checkpoint_and_resumes() {
     let err = vmm.cpr_save(&missing).unwrap_err();
     assert!(matches!(err, CprError::Open(_)), "{err:?}");
     assert!(
-        chain(&err).starts_with("Unable to create temporary file "),
+        chain(&err).starts_with(&format!(
+            "Unable to open {}",
+            dir.path().join("no-such-dir").display()
+        )),
         "{}",
         chain(&err)
     );

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use cpr::demo::{VmFiles, cycle};
 
+use crate::e2e_files::{killed_saves, planted_symlinks, ram_target};
 use crate::e2e_mainline::{self as mainline, GuestState};
 use crate::e2e_ownership as ownership;
 use crate::e2e_monitor::{guest_failures, restart_on_reply, serial_mode};
@@ -357,6 +358,18 @@ pub fn run(binary: &Path, cycles: u32, only: Option<&str>) -> (u64, u64, u64) {
         (
             "hostile state files",
             Box::new(move || hostile_files(binary)),
+        ),
+        (
+            "files: symlinks planted by another user",
+            Box::new(move || planted_symlinks(binary)),
+        ),
+        (
+            "files: killed saves and planted temporary names",
+            Box::new(move || killed_saves(binary)),
+        ),
+        (
+            "files: the VM's own RAM as the target",
+            Box::new(move || ram_target(binary)),
         ),
         ("--incoming", Box::new(move || incoming(binary))),
         ("two vCPUs", Box::new(move || two_vcpus(binary))),

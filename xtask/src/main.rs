@@ -12,6 +12,7 @@
 mod bench;
 mod ci;
 mod e2e;
+mod e2e_files;
 mod e2e_mainline;
 mod e2e_ownership;
 mod e2e_monitor;

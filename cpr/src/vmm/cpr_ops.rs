@@ -19,7 +19,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::str::FromStr;
 
-use cpr_migration_file::{AtomicFile, QemuFile};
+use cpr_migration_file::QemuFile;
 use cpr_runstate::{RunState, check_transition};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use super::Vmm;
 use super::epoch;
 use super::ram_io::{GuestRamIo, stays_in_place};
+use super::target;
 use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::machine::Machine;
@@ -66,56 +67,6 @@ pub(super) enum Flavor {
 /// Bytes looked at before loading: magic, version, and the first section's header up to
 /// its idstr (type, section id, idstr length, "ram").
 const HEADER_PEEK: usize = 8 + 1 + 4 + 1 + 3;
-
-/// Opens a checkpoint for reading without blocking on a FIFO, and only if it is a regular
-/// file (a device, FIFO or socket is refused; `/dev/zero` would never end).
-fn open_regular(path: &Path) -> Result<std::fs::File> {
-    open_regular_with(path, std::fs::OpenOptions::new().read(true), "load")
-}
-
-/// Opens (creating it, 0600) a file to write a stream into at an offset, refusing anything
-/// but a regular file without blocking on a FIFO.
-pub(super) fn open_regular_for_write(path: &Path) -> Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    open_regular_with(
-        path,
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600),
-        "save to",
-    )
-}
-
-fn open_regular_with(
-    path: &Path,
-    options: &mut std::fs::OpenOptions,
-    what: &str,
-) -> Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let open_err = |source| Error::Open {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = options
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(open_err)?;
-    let meta = file.metadata().map_err(open_err)?;
-    if !meta.is_file() {
-        return Err(Error::Other(format!(
-            "cannot {what} {}: not a regular file",
-            path.display()
-        )));
-    }
-    let flags =
-        nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL).map_err(|e| open_err(e.into()))?;
-    let flags = OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK;
-    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags))
-        .map_err(|e| open_err(e.into()))?;
-    Ok(file)
-}
 
 /// A checkpoint written, not yet committed.
 pub(super) struct Written {
@@ -220,11 +171,8 @@ impl Vmm {
         // 4. global_state_store(): the run state *before* stopping.
         let global = state;
         // 5. Open the file: a temporary beside the target, 0600, channel name "cpr-save".
-        let mut file =
-            AtomicFile::create(filename, "cpr-save").map_err(|source| Error::Create {
-                path: filename.to_path_buf(),
-                source,
-            })?;
+        //    Refused here (nothing stopped yet): someone else's symlink, this VM's RAM.
+        let mut file = target::create_atomic(filename, "cpr-save", &self.ram_identities())?;
         // 6. A suspended guest's ticks are still enabled: disable them (V7).
         let suspended = state == RunState::Suspended;
         if suspended {
@@ -386,7 +334,7 @@ impl Vmm {
         // 2. Open read-only, channel name "cpr-load". The file is opened once; every pass
         //    reads a duplicate of that descriptor from `offset`, so a file renamed over
         //    the path meanwhile cannot mix two checkpoints.
-        let file = open_regular(filename)?;
+        let file = target::open_for_read(filename)?;
         let pinned = format!("/proc/self/fd/{}", file.as_raw_fd());
         let open = || -> cpr_savevm::Result<QemuFile> {
             let io = |op| move |source| cpr_savevm::Error::Io { op, source };

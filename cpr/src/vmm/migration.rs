@@ -38,6 +38,7 @@ use super::mig_params::{
     GlobalProperty, MigrationParameters, global_property, parse_bool, property_value,
 };
 use crate::config::Global;
+use super::target::RamFile;
 use crate::error::{Error, Result};
 
 /// `MigMode`.
@@ -226,18 +227,17 @@ impl OpenTarget {
     }
 }
 
-/// Opens (creates) the migration target, before anything is stopped.
-fn open_target(target: &FileTarget) -> Result<OpenTarget> {
+/// Opens (creates) the migration target, before anything is stopped; never one of `ram`.
+fn open_target(target: &FileTarget, ram: &[RamFile]) -> Result<OpenTarget> {
     let create = |source| Error::Create {
         path: target.path.clone(),
         source,
     };
     if target.offset == 0 {
-        return AtomicFile::create(&target.path, "migration-file")
-            .map(OpenTarget::Atomic)
-            .map_err(create);
+        return super::target::create_atomic(&target.path, "migration-file", ram)
+            .map(OpenTarget::Atomic);
     }
-    let file = super::cpr_ops::open_regular_for_write(&target.path)?;
+    let file = super::target::open_in_place(&target.path, ram)?;
     let mut f = QemuFile::from_fd(file.into(), true, "migration-file");
     f.seek_to(target.offset).map_err(create)?;
     Ok(OpenTarget::InPlace(f))
@@ -399,7 +399,7 @@ impl Vmm {
         }
         let target = parse_target(args)?;
         self.check_cpr_options()?;
-        let mut out = open_target(&target)?;
+        let mut out = open_target(&target, &self.ram_identities())?;
         let start = Instant::now();
         self.migration.info = MigrationInfo::default();
         self.set_migration_status(MigrationStatus::Setup);

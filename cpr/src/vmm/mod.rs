@@ -14,6 +14,7 @@ mod migration;
 mod ownership;
 mod ram_io;
 mod slot;
+mod target;
 
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, Sender, channel};

@@ -30,7 +30,6 @@
 
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use cpr_memory::{Backing, GuestRam};
@@ -83,8 +82,6 @@ struct RamFile {
     file: File,
     /// Mapped shared (the guest writes the file): exclusive lock; else a shared one.
     shared: bool,
-    /// `(st_dev, st_ino)`.
-    identity: (u64, u64),
 }
 
 /// The RAM files of one VM: their lock and their epoch tags.
@@ -110,13 +107,11 @@ impl RamOwnership {
                 source,
             };
             let file = File::from(fd.try_clone_to_owned().map_err(descriptor)?);
-            let md = file.metadata().map_err(descriptor)?;
             files.push(RamFile {
                 block: b.block().idstr().to_string(),
                 path: path.clone(),
                 file,
                 shared: b.block().shared(),
-                identity: (md.dev(), md.ino()),
             });
         }
         Ok(RamOwnership {
@@ -129,14 +124,6 @@ impl RamOwnership {
     /// The RAM files' paths.
     pub fn paths(&self) -> Vec<PathBuf> {
         self.files.iter().map(|f| f.path.clone()).collect()
-    }
-
-    /// `(st_dev, st_ino, block)` of every RAM file: what a checkpoint must never overwrite.
-    pub fn identities(&self) -> Vec<((u64, u64), &str)> {
-        self.files
-            .iter()
-            .map(|f| (f.identity, f.block.as_str()))
-            .collect()
     }
 
     /// Whether this process holds the RAM.
@@ -327,9 +314,5 @@ mod tests {
         assert!(a.tagged_running());
         assert!(b.before_run().is_err());
         assert!(!b.tagged_running(), "a refused process tags nothing");
-        assert_eq!(
-            a.identities().first().map(|(id, _)| *id),
-            std::fs::metadata(&path).ok().map(|m| (m.dev(), m.ino()))
-        );
     }
 }
