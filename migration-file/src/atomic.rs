@@ -108,13 +108,13 @@ fn stem(target: &ResolvedPath) -> &[u8] {
     name.get(..TEMP_STEM_MAX).unwrap_or(name)
 }
 
-/// Eight unpredictable bytes (`getrandom(2)`; std's randomly keyed hasher if that fails).
+/// Eight unpredictable bytes (the kernel's `/dev/urandom`; std's randomly keyed hasher if
+/// that cannot be read).
 fn random_u64() -> u64 {
+    use std::io::Read;
     let mut buf = [0u8; 8];
-    // SAFETY: `buf` is a live, writable buffer of exactly `buf.len()` bytes for the whole
-    // call, and getrandom writes at most that many.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if usize::try_from(n).ok() == Some(buf.len()) {
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
+    if read.is_ok() {
         return u64::from_ne_bytes(buf);
     }
     use std::hash::{BuildHasher, Hasher};

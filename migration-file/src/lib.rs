@@ -109,6 +109,8 @@
 //! # Ok::<(), cpr_migration_file::Error>(())
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod atomic;
 mod error;
 mod qemu_file;

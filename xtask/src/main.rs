@@ -14,8 +14,8 @@ mod ci;
 mod e2e;
 mod e2e_files;
 mod e2e_mainline;
-mod e2e_ownership;
 mod e2e_monitor;
+mod e2e_ownership;
 mod e2e_refusals;
 
 use std::process::ExitCode;

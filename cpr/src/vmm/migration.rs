@@ -37,8 +37,8 @@ use super::cpr_ops::Flavor;
 use super::mig_params::{
     GlobalProperty, MigrationParameters, global_property, parse_bool, property_value,
 };
-use crate::config::Global;
 use super::target::RamFile;
+use crate::config::Global;
 use crate::error::{Error, Result};
 
 /// `MigMode`.
