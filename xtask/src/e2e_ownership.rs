@@ -24,6 +24,19 @@ fn with_qmp(args: &[OsString], qmp: &Path) -> Vec<OsString> {
     out
 }
 
+/// Starts a second `cpr-vm` beside the first: the same arguments with its own monitor
+/// socket, plus `extra`.
+fn spawn_beside(
+    binary: &Path,
+    args: &[OsString],
+    qmp: &Path,
+    extra: &[&str],
+) -> Result<VmProcess, HarnessError> {
+    let mut argv = with_qmp(args, qmp);
+    argv.extend(extra.iter().map(OsString::from));
+    VmProcess::spawn(binary, &argv, qmp, None)
+}
+
 /// The error a refused command gives must say that the RAM is another process's.
 fn expect_in_use(desc: &str, ram: &Path, what: &str) -> Result<(), HarnessError> {
     if desc.contains("in use by another process") && desc.contains(&ram.display().to_string()) {
@@ -78,12 +91,7 @@ pub fn second_process(binary: &Path) -> Outcome {
     }
     expect_in_use(&stderr, &files.ram, "second process")?;
     // The same with -S, then `cont`: the process may wait, but not run.
-    let mut waiting = VmProcess::spawn(
-        binary,
-        &[other.clone(), vec!["-S".into()]].concat(),
-        &dir.0.join("other.sock"),
-        None,
-    )?;
+    let mut waiting = spawn_beside(binary, &args, &dir.0.join("other.sock"), &["-S"])?;
     let desc = waiting.execute_err("cont", json!({}))?;
     expect_in_use(&desc, &files.ram, "cont in a second process")?;
     expect_status(&mut waiting, "prelaunch")?;
@@ -100,22 +108,30 @@ pub fn second_process(binary: &Path) -> Outcome {
 
 /// A new process started before the save loads while the old one is still alive: the
 /// completed checkpoint hands the RAM over, and the old process can no longer run the
-/// guest (`cont`, `cpr-load`).
+/// guest (`cont`, `cpr-load`). A failed load gives the RAM back.
 pub fn hand_over(binary: &Path) -> Outcome {
     let dir = Scratch::new("own-handover")?;
     let files = VmFiles::in_dir(&dir.0);
     let args = files.args("256M", 1, &[]);
     let mut old = boot(binary, &files, &args)?;
     let new_qmp = dir.0.join("new.sock");
-    let mut new = VmProcess::spawn(
-        binary,
-        &[with_qmp(&args, &new_qmp), vec!["-S".into()]].concat(),
-        &new_qmp,
-        None,
-    )?;
+    let mut new = spawn_beside(binary, &args, &new_qmp, &["-S"])?;
     // Before the save the RAM is the old process's: the new one can neither boot nor load.
     let desc = new.execute_err("cont", json!({}))?;
     expect_in_use(&desc, &files.ram, "cont before the save")?;
+    // A load that fails before it writes RAM gives the RAM back: the old process, whose
+    // checkpoint handed it over, can take it again and run on.
+    old.execute(
+        "cpr-save",
+        json!({"filename": files.state, "mode": "reboot"}),
+    )?;
+    let garbage = dir.0.join("garbage.state");
+    std::fs::write(&garbage, b"not a checkpoint")
+        .map_err(|e| fail(format!("cannot write {}: {e}", garbage.display())))?;
+    new.execute_err("cpr-load", json!({"filename": garbage}))?;
+    old.execute("cont", json!({}))
+        .map_err(|e| fail(format!("the old process could not take its RAM back: {e}")))?;
+    expect_status(&mut old, "running")?;
     let before = old.progress()?;
     let t = Instant::now();
     old.execute(
@@ -136,33 +152,22 @@ pub fn hand_over(binary: &Path) -> Outcome {
     if !status.success() {
         return Err(fail(format!("the old process exited with {status}")));
     }
-    // And the other way round: once the new process has saved, the old one could take
-    // the RAM back (it is a valid owner again), but its checkpoint is stale by then.
     new.quit()?;
     Ok(format!(
-        "loaded while the old process was alive ({:.1} ms save+load); old cont and cpr-load refused; 0 RAM errors",
+        "a failed load gave the RAM back; loaded while the old process was alive ({:.1} ms save+load); old cont and cpr-load refused; 0 RAM errors",
         took.as_secs_f64() * 1e3
     ))
 }
 
-/// The mainline flow: an outgoing `migrate` in `cpr-reboot` mode hands the RAM over too,
-/// and a failed load gives it back.
+/// The mainline flow: an outgoing `migrate` in `cpr-reboot` mode hands the RAM over too;
+/// a `migrate-incoming` before it is refused and leaves the new process waiting.
 pub fn mainline_hand_over(binary: &Path) -> Outcome {
     let dir = Scratch::new("own-mainline")?;
     let files = VmFiles::in_dir(&dir.0);
     let args = files.args("256M", 1, &[]);
     let mut old = boot(binary, &files, &args)?;
     let new_qmp = dir.0.join("new.sock");
-    let mut new = VmProcess::spawn(
-        binary,
-        &[
-            with_qmp(&args, &new_qmp),
-            vec!["--incoming".into(), "defer".into()],
-        ]
-        .concat(),
-        &new_qmp,
-        None,
-    )?;
+    let mut new = spawn_beside(binary, &args, &new_qmp, &["--incoming", "defer"])?;
     for vm in [&mut old, &mut new] {
         vm.execute(
             "migrate-set-capabilities",
