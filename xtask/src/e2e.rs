@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use cpr::demo::{VmFiles, cycle};
 
 use crate::e2e_mainline::{self as mainline, GuestState};
-use crate::e2e_ownership as ownership;
 use crate::e2e_monitor::{guest_failures, restart_on_reply, serial_mode};
+use crate::e2e_ownership as ownership;
 use crate::e2e_refusals::{disk_full, epochs, failed_saves, hostile_files};
 use cpr::harness::{HarnessError, Progress, VmProcess};
 use serde_json::json;

@@ -13,8 +13,8 @@ mod bench;
 mod ci;
 mod e2e;
 mod e2e_mainline;
-mod e2e_ownership;
 mod e2e_monitor;
+mod e2e_ownership;
 mod e2e_refusals;
 
 use std::process::ExitCode;

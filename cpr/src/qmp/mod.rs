@@ -118,6 +118,7 @@
 //! the `info migrate` layout, and upper-case hex in `\uXXXX` escapes.
 
 pub mod client;
+pub mod command;
 pub mod error;
 pub mod hmp;
 pub mod protocol;
@@ -129,6 +130,6 @@ pub mod vmm;
 pub use client::{ClientError, Event, QmpClient};
 pub use error::{ErrorClass, QmpError};
 pub use protocol::{Timestamp, VersionInfo, VersionTriple};
-pub use schema::{ArgType, CommandDef, EnumType, Handler, Member, Schema};
+pub use schema::{ArgType, CommandDef, EnumType, Handler, Member, Schema, ServerCommand};
 pub use server::{CLAIMED_QEMU_VERSION, QmpServer, ServerConfig};
 pub use vmm::{Delivery, EventSender, QmpRequest, Queued, Reply, Responder};
