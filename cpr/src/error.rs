@@ -109,6 +109,9 @@ pub enum Error {
     /// A command is refused in the current state.
     #[error(transparent)]
     Command(#[from] CommandError),
+    /// The command line asks for a machine this VMM cannot build.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// Anything else, already worded for the user.
     #[error("{0}")]
     Other(String),
@@ -190,6 +193,37 @@ pub enum CommandError {
     /// A command that needs a running guest (`guest-suspend-ram`, `x-guest-fault`).
     #[error("{0}: the guest is not running")]
     GuestNotRunning(&'static str),
+}
+
+/// The `cpr-vm` command line asks for a machine this VMM cannot build.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `--smp` out of the built-in guest's range.
+    #[error("--smp {smp}: the built-in guest runs 1 to {max} vCPUs")]
+    Smp {
+        /// What was asked for.
+        smp: u32,
+        /// The most the guest runs.
+        max: u64,
+    },
+    /// `--mem-size` out of the built-in guest's range.
+    #[error("--mem-size {size}: the built-in guest needs 64M to {max_gib}G of RAM")]
+    MemSize {
+        /// What was asked for, as given.
+        size: String,
+        /// The most the guest maps, in GiB.
+        max_gib: u64,
+    },
+    /// `--serial FILE` cannot be opened.
+    #[error("cannot open serial output {path}")]
+    Serial {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Result alias for this crate.

@@ -25,7 +25,7 @@ use cpr_vfio_info::VfioDevices;
 
 use crate::checkpoint::{MachineLayout, RamBlockInfo};
 use crate::config::{Incoming, OnOff, VmArgs};
-use crate::error::{CommandError, Error, Result};
+use crate::error::{CommandError, ConfigError, Error, Result};
 use crate::machine::{Machine, MachineConfig, MachineEvent, SerialOutput, ShutdownCause};
 use crate::qmp::{EventSender, QmpError, QmpRequest, Responder};
 
@@ -130,18 +130,19 @@ impl Vmm {
     pub fn new(args: VmArgs, events: EventSender, msgs: Sender<Msg>) -> Result<Vmm> {
         let max_vcpus = crate::machine::layout::MAX_VCPUS;
         if args.smp == 0 || u64::from(args.smp) > max_vcpus {
-            return Err(Error::Other(format!(
-                "--smp {}: the built-in guest runs 1 to {max_vcpus} vCPUs",
-                args.smp
-            )));
+            return Err(ConfigError::Smp {
+                smp: args.smp,
+                max: max_vcpus,
+            }
+            .into());
         }
         let max_ram = crate::machine::layout::MAX_MAPPED_GIB * crate::config::GIB;
         if args.mem_size.0 < 64 * crate::config::MIB || args.mem_size.0 > max_ram {
-            return Err(Error::Other(format!(
-                "--mem-size {}: the built-in guest needs 64M to {}G of RAM",
-                args.mem_size,
-                max_ram / crate::config::GIB
-            )));
+            return Err(ConfigError::MemSize {
+                size: args.mem_size.to_string(),
+                max_gib: max_ram / crate::config::GIB,
+            }
+            .into());
         }
         let mut migration = MigrationState::default();
         migration.apply_globals(&args.globals)?;
@@ -232,8 +233,12 @@ impl Vmm {
             "stdout" => SerialOutput::Stdout,
             "none" => SerialOutput::Sink,
             path => SerialOutput::Writer(Box::new(
-                crate::machine::devices::serial::open_output_file(path.as_ref())
-                    .map_err(|e| Error::Other(format!("cannot open serial output {path}: {e}")))?,
+                crate::machine::devices::serial::open_output_file(path.as_ref()).map_err(
+                    |source| ConfigError::Serial {
+                        path: path.into(),
+                        source,
+                    },
+                )?,
             )),
         })
     }
@@ -671,6 +676,108 @@ mod tests {
             let err = vmm(&["--global", bad]).expect_err(bad);
             assert_eq!(err.chain(), want);
         }
+    }
+
+    /// The typed interface, without KVM: QEMU's refusals, in QEMU's order.
+    #[test]
+    fn commands_before_the_guest_runs() {
+        let mut vm = vmm(&[]).expect("vmm");
+        let err = |vm: &mut Vmm, c: Command| vm.command(c).expect_err("refused").chain();
+        assert_eq!(
+            vm.command(Command::QueryStatus).ok(),
+            Some(Response::Status(cpr_runstate::StatusInfo::new(
+                RunState::Prelaunch
+            )))
+        );
+        let migrate = |uri: &str, resume: bool| {
+            Command::Migrate(MigrateArgs {
+                target: FileTarget::from_uri(uri),
+                detach: None,
+                resume,
+            })
+        };
+        assert_eq!(
+            err(&mut vm, migrate("file:/x", true)),
+            "Cannot resume if there is no paused migration"
+        );
+        // A bad target is reported after the run-state checks, as QEMU does.
+        assert_eq!(
+            err(&mut vm, migrate("tcp:1.2.3.4:5", false)),
+            "migrate: the VM was never started, there is no state to migrate"
+        );
+        let incoming = |uri: &str| {
+            Command::MigrateIncoming(MigrateIncomingArgs {
+                target: FileTarget::from_uri(uri),
+                exit_on_error: None,
+            })
+        };
+        assert_eq!(
+            err(&mut vm, incoming("tcp:1.2.3.4:5")),
+            "'-incoming' was not specified on the command line"
+        );
+        assert_eq!(
+            err(
+                &mut vm,
+                Command::GuestFault(crate::machine::GuestFault::Panic)
+            ),
+            "x-guest-fault: the guest is not running"
+        );
+        assert_eq!(
+            err(&mut vm, Command::GuestSuspendRam),
+            "guest-suspend-ram: the guest is not running"
+        );
+        vm.command(Command::MigrateSetCapabilities(vec![CapabilityStatus {
+            capability: MigrationCapability::Events,
+            state: true,
+        }]))
+        .expect("set events");
+        let Ok(Response::MigrationCapabilities(caps)) =
+            vm.command(Command::QueryMigrateCapabilities)
+        else {
+            panic!("query-migrate-capabilities");
+        };
+        assert_eq!(caps.len(), MigrationCapability::ALL.len());
+        let on: Vec<_> = caps
+            .iter()
+            .filter(|c| c.state)
+            .map(|c| c.capability)
+            .collect();
+        assert_eq!(on, [MigrationCapability::Events]);
+        assert!(!vm.should_quit());
+        assert_eq!(vm.command(Command::Quit).ok(), Some(Response::Empty));
+        assert!(vm.should_quit());
+    }
+
+    /// `--incoming defer`: `migrate` is refused while waiting, and a bad target of
+    /// `migrate-incoming` is reported once the state allows it.
+    #[test]
+    fn commands_while_waiting_for_an_incoming_migration() {
+        let mut vm = vmm(&[]).expect("vmm");
+        vm.start(true, Some(&Incoming::Defer)).expect("defer");
+        assert_eq!(vm.runstate(), RunState::Inmigrate);
+        let err = |vm: &mut Vmm, c: Command| vm.command(c).expect_err("refused").chain();
+        assert_eq!(
+            err(
+                &mut vm,
+                Command::Migrate(MigrateArgs {
+                    target: FileTarget::from_uri("file:/x"),
+                    detach: Some(true),
+                    resume: false,
+                })
+            ),
+            "Guest is waiting for an incoming migration"
+        );
+        assert_eq!(
+            err(
+                &mut vm,
+                Command::MigrateIncoming(MigrateIncomingArgs {
+                    target: Err(TargetError::NeedUriOrChannels),
+                    exit_on_error: None,
+                })
+            ),
+            "need either 'uri' or 'channels' argument"
+        );
+        assert_eq!(vm.runstate(), RunState::Inmigrate, "nothing changed");
     }
 
     #[test]
