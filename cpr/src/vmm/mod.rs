@@ -5,7 +5,25 @@
 //! ([`Msg`]). After each message the run-state machine's pending requests (suspend, wakeup)
 //! are processed and its events (STOP, RESUME, SUSPEND, WAKEUP) go out over QMP.
 //!
-//! `cpr-save` and `cpr-load` (patch 6) live in `vmm/cpr_ops.rs`; see [`CprMode`].
+//! `cpr-save` and `cpr-load` (patch 6) live in `vmm/cpr_ops.rs`; see [`CprMode`]. The
+//! mainline interface (`migrate`, `migrate-incoming`, capabilities and parameters) lives in
+//! `vmm/migration.rs` and `vmm/mig_params.rs`.
+//!
+//! # The command boundary
+//!
+//! The VMM knows no JSON. It executes typed [`Command`]s ([`Vmm::command`], an exhaustive
+//! `match`) and answers typed [`Response`]s; it reports [`Event`]s through the monitor's
+//! [`EventSender::send`]. The `qmp` layer parses requests into commands (with QEMU's
+//! messages for bad arguments) and serializes what comes back; HMP builds the same
+//! commands. The list of commands is written once, in [`api`]. Arguments that QEMU checks
+//! only once the command runs are checked here, in QEMU's order: a bad `uri`/`channels`
+//! travels in the command as its [`TargetError`] and is reported after the run-state
+//! checks; merged migration parameters are range-checked with QEMU's words
+//! ([`ParamError`]). Tests drive the real `Vmm` in-process through [`Vmm::command`].
+//!
+//! Errors are typed per operation ([`MigrateError`], [`crate::error::ArgumentError`],
+//! [`crate::error::CommandError`], [`crate::error::ConfigError`]); save and load failures
+//! carry a [`nix::errno::Errno`], printed negated as QEMU prints it.
 
 pub mod api;
 mod cpr_ops;
@@ -46,7 +64,7 @@ pub const MAIN_RAM: &str = "pc.ram";
 /// What reaches the main loop.
 #[derive(Debug)]
 pub enum Msg {
-    /// A validated QMP command.
+    /// A command from the monitor (QMP or HMP), parsed and typed.
     Qmp(QmpRequest),
     /// Something the machine reports.
     Machine(MachineEvent),
