@@ -2,7 +2,7 @@
 //! interfaces" plus the few HMP commands the cpr flow needs.
 //!
 //! Pure functions: [`translate`] turns a command line into either immediate
-//! output text or a QMP request to make ([`HmpCall`]); [`render`] turns the
+//! output text or a typed VMM command to run ([`HmpCall`]); [`render`] turns the
 //! request's result into output text. The server glues them together. As in
 //! QEMU, errors are output text (`Error: <desc>`), not QMP errors, and every
 //! line ends in CRLF (QEMU's monitor turns `\n` into `\r\n`).
