@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 
 use cpr_runstate::RunState;
+use nix::errno::Errno;
+
+use crate::vmm::{GlobalError, MigrateError, ParamError, TargetError};
 
 /// Everything `cpr-save`, `cpr-load` and the VMM around them can fail with.
 ///
@@ -36,13 +39,21 @@ pub enum Error {
         block: String,
     },
     /// V7 step 10: writing the device state failed (QEMU's `Error %d while saving VM state`).
-    #[error("Error {errno} while saving VM state")]
+    #[error("Error -{} while saving VM state", *errno as i32)]
     Save {
-        /// Negative errno, as QEMU prints it (-5 = EIO when there is no better one).
-        errno: i32,
+        /// The errno (`EIO` when there is no better one); QEMU prints it negated.
+        errno: Errno,
         /// Why.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// cpr-save in a run state no load could enter (better than V7, which writes it).
+    #[error("cpr-save: a VM that is {state} cannot be restored from a checkpoint; {} is left as it was", path.display())]
+    Unrestorable {
+        /// The run state.
+        state: RunState,
+        /// The target, left as it was.
+        path: PathBuf,
     },
     /// cpr-save asked for on a machine that was never started.
     #[error("cpr-save: the VM was never started, there is no state to save")]
@@ -66,10 +77,10 @@ pub enum Error {
         path: PathBuf,
     },
     /// V7 cpr-load step 5 (QEMU's `Error %d while loading VM state`).
-    #[error("Error {errno} while loading VM state")]
+    #[error("Error -{} while loading VM state", *errno as i32)]
     Load {
-        /// Negative errno (-22 = EINVAL for a bad stream).
-        errno: i32,
+        /// The errno (`EINVAL` for a bad stream); QEMU prints it negated.
+        errno: Errno,
         /// Why.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -98,6 +109,18 @@ pub enum Error {
     /// Guest RAM could not be set up.
     #[error("guest RAM")]
     Memory(#[source] cpr_memory::Error),
+    /// A command's arguments are refused.
+    #[error(transparent)]
+    Argument(#[from] ArgumentError),
+    /// A migration command is refused.
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+    /// A command is refused in the current state.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// The command line asks for a machine this VMM cannot build.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// Anything else, already worded for the user.
     #[error("{0}")]
     Other(String),
@@ -135,6 +158,83 @@ impl From<crate::vmm::SlotError> for Error {
     }
 }
 
+/// Arguments the VMM refuses (QEMU's words). The QMP layer refuses most bad arguments
+/// before a command reaches the VMM; these are the ones QEMU checks later, or that come
+/// from elsewhere (`--global`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ArgumentError {
+    /// `uri` or `channels` names no file target.
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    /// A migration parameter is out of range.
+    #[error(transparent)]
+    Parameter(#[from] ParamError),
+    /// `--global` (QEMU's `-global`) cannot be applied.
+    #[error("can't apply global {global}")]
+    Global {
+        /// The `--global` as given.
+        global: String,
+        /// Why.
+        #[source]
+        source: GlobalError,
+    },
+    /// A value an enum argument does not have.
+    #[error("Parameter '{name}' does not accept value '{value}'")]
+    BadValue {
+        /// The argument.
+        name: &'static str,
+        /// The value given.
+        value: String,
+    },
+}
+
+/// A command refused in the VM's current state (QEMU's words where QEMU has them).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// `cont` after a shutdown or a failure (`runstate_needs_reset`).
+    #[error("Resetting the Virtual Machine is required")]
+    ResetRequired,
+    /// `cont` in `finish-migrate`.
+    #[error("Migration is not finalized yet")]
+    MigrationNotFinalized,
+    /// A command that needs a running guest (`guest-suspend-ram`, `x-guest-fault`).
+    #[error("{0}: the guest is not running")]
+    GuestNotRunning(&'static str),
+}
+
+/// The `cpr-vm` command line asks for a machine this VMM cannot build.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `--smp` out of the built-in guest's range.
+    #[error("--smp {smp}: the built-in guest runs 1 to {max} vCPUs")]
+    Smp {
+        /// What was asked for.
+        smp: u32,
+        /// The most the guest runs.
+        max: u64,
+    },
+    /// `--mem-size` out of the built-in guest's range.
+    #[error("--mem-size {size}: the built-in guest needs 64M to {max_gib}G of RAM")]
+    MemSize {
+        /// What was asked for, as given.
+        size: String,
+        /// The most the guest maps, in GiB.
+        max_gib: u64,
+    },
+    /// `--serial FILE` cannot be opened.
+    #[error("cannot open serial output {path}")]
+    Serial {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -145,7 +245,7 @@ mod tests {
     #[test]
     fn qemu_wording_and_chain() {
         let e = Error::Save {
-            errno: -28,
+            errno: Errno::ENOSPC,
             source: "Unable to write to file 'cpr-save': No space left on device".into(),
         };
         assert_eq!(e.to_string(), "Error -28 while saving VM state");

@@ -26,9 +26,11 @@
 //!   progress. Every component's state is a [`cpr_savevm::VmState`] next to it.
 //! * [`checkpoint`]: which sections a checkpoint holds, and reading one back into a
 //!   `MachineState` without touching the machine.
-//! * [`vmm`]: the main loop; `cpr-save`/`cpr-load` in V7's order (`vmm/cpr_ops.rs`).
+//! * [`vmm`]: the main loop; `cpr-save`/`cpr-load` in V7's order (`vmm/cpr_ops.rs`). It
+//!   executes typed [`vmm::Command`]s and answers typed [`vmm::Response`]s: no JSON.
 //! * [`qmp`]: QEMU's monitor protocol (server, client, HMP over `human-monitor-command`:
-//!   `cpr-save <file> <mode>`, `cpr-load <file>` as patch 7 adds them).
+//!   `cpr-save <file> <mode>`, `cpr-load <file>` as patch 7 adds them); the only place
+//!   JSON is parsed into commands and results are serialized.
 //! * [`config`], [`app`]: the `cpr-vm` command line and process; [`demo`] and [`harness`]:
 //!   the main job and the process driver shared with `cargo xtask e2e`/`bench`.
 //!

@@ -4,6 +4,9 @@
 use cpr::qmp::{
     ClientError, ErrorClass, EventSender, QmpClient, QmpError, QmpRequest, QmpServer, ServerConfig,
 };
+use cpr::vmm::{Command, CprMode, CprSaveArgs, Event, Response};
+use cpr_runstate::{RunState, StatusInfo};
+use cpr_vfio_info::{MigrationInfo, MigrationStatus};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -16,8 +19,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const T: Duration = Duration::from_secs(5);
 
-/// What the fake VMM saw: (command, arguments, via_hmp).
-type Log = Arc<Mutex<Vec<(String, Value, bool)>>>;
+/// What the fake VMM saw: (command, via_hmp).
+type Log = Arc<Mutex<Vec<(Command, bool)>>>;
 
 struct Harness {
     server: Option<QmpServer>,
@@ -64,7 +67,7 @@ impl Harness {
             .lock()
             .unwrap()
             .iter()
-            .map(|e| e.0.clone())
+            .map(|e| e.0.name().as_str().to_string())
             .collect()
     }
 }
@@ -84,45 +87,47 @@ fn fake_vmm(rx: Receiver<QmpRequest>, log: Log, events: EventSender) {
     let mut running = true;
     let mut hung = Vec::new();
     for req in rx {
-        log.lock().unwrap().push((
-            req.command.clone(),
-            Value::Object(req.arguments.clone()),
-            req.via_hmp,
-        ));
-        let result = match req.command.as_str() {
-            "query-status" => Ok(json!({
-                "status": if running { "running" } else { "paused" },
-                "running": running,
-            })),
-            "stop" => {
+        log.lock().unwrap().push((req.command.clone(), req.via_hmp));
+        let result = match &req.command {
+            Command::QueryStatus => Ok(Response::Status(StatusInfo::new(if running {
+                RunState::Running
+            } else {
+                RunState::Paused
+            }))),
+            Command::Stop => {
                 if running {
                     running = false;
-                    events.emit("STOP", None);
+                    events.send(Event::RunState(cpr_runstate::Event::Stop));
                 }
-                Ok(json!({}))
+                Ok(Response::Empty)
             }
-            "cont" => {
+            Command::Cont => {
                 running = true;
-                events.emit("RESUME", None);
-                Ok(json!({}))
+                events.send(Event::RunState(cpr_runstate::Event::Resume));
+                Ok(Response::Empty)
             }
-            "cpr-save" if req.str_arg("filename") == Some("/fail") => {
+            Command::CprSave(a) if a.filename == Path::new("/fail") => {
                 Err(QmpError::generic("Memory region pc.ram is volatile"))
             }
-            "cpr-load" => match req.str_arg("filename") {
+            Command::CprLoad(a) => match a.filename.to_str() {
                 Some("hang") => {
                     hung.push(req);
                     continue;
                 }
                 Some("slow") => {
                     thread::sleep(Duration::from_millis(300));
-                    Ok(json!({}))
+                    Ok(Response::Empty)
                 }
-                Some(f) => Err(QmpError::generic(format!("{f} is not a vmstate file"))),
-                None => Err(QmpError::generic("no filename")),
+                _ => Err(QmpError::generic(format!(
+                    "{} is not a vmstate file",
+                    a.filename.display()
+                ))),
             },
-            "query-migrate" => Ok(json!({"status": "completed", "total-time": 12})),
-            _ => Ok(json!({})),
+            Command::QueryMigrate => Ok(Response::Migration(MigrationInfo {
+                total_time: Some(12),
+                ..MigrationInfo::new(MigrationStatus::Completed)
+            })),
+            _ => Ok(Response::Empty),
         };
         req.respond(result);
     }
@@ -223,7 +228,7 @@ fn negotiation_mode_errors() {
     );
     assert_eq!(
         c.execute("query-status", Value::Null).unwrap(),
-        json!({"status": "running", "running": true})
+        json!({"status": "running", "running": true, "singlestep": false})
     );
     // Nothing reached the VMM before negotiation.
     assert_eq!(h.commands(), vec!["query-status"]);
@@ -384,12 +389,18 @@ fn argument_validation_messages_and_no_side_effects() {
         );
     }
     assert!(h.commands().is_empty(), "{:?}", h.commands());
-    // Valid arguments do reach the VMM, exactly as sent.
+    // Valid arguments do reach the VMM, typed.
     let args = json!({"filename": "/tmp/vm.state", "mode": "reboot"});
     assert_eq!(c.execute("cpr-save", args.clone()).unwrap(), json!({}));
     assert_eq!(
         h.log.lock().unwrap().clone(),
-        vec![("cpr-save".to_string(), args, false)]
+        vec![(
+            Command::CprSave(CprSaveArgs {
+                filename: "/tmp/vm.state".into(),
+                mode: CprMode::Reboot
+            }),
+            false
+        )]
     );
     // A VMM error is passed through.
     assert_eq!(
@@ -724,10 +735,19 @@ fn hmp_over_qmp() {
         "VM status: paused\r\n"
     );
     let log = h.log.lock().unwrap().clone();
-    let saves: Vec<_> = log.iter().filter(|e| e.0 == "cpr-save").collect();
+    let saves: Vec<_> = log
+        .iter()
+        .filter(|e| matches!(e.0, Command::CprSave(_)))
+        .collect();
     assert_eq!(saves.len(), 2, "the bad mode never reached the VMM");
-    assert_eq!(saves[0].1, json!({"filename": "/tmp/x", "mode": "reboot"}));
-    assert!(log.iter().all(|e| e.2), "all via HMP");
+    assert_eq!(
+        saves[0].0,
+        Command::CprSave(CprSaveArgs {
+            filename: "/tmp/x".into(),
+            mode: CprMode::Reboot
+        })
+    );
+    assert!(log.iter().all(|e| e.1), "all via HMP");
     drop(c);
     // STOP was emitted while the first client was connected.
     let mut c = h.client();
@@ -843,13 +863,13 @@ fn close_listener_frees_the_path_and_the_client_gets_reply_then_event() {
     s.write_all(b"{\"execute\": \"quit\", \"id\": \"q\"}\r\n")
         .unwrap();
     let req = rx.recv_timeout(T).expect("the quit request");
-    assert_eq!(req.command, "quit");
+    assert_eq!(req.command, Command::Quit);
     server.close_listener();
     assert!(!path.exists(), "the path is free before the reply");
     let (next, _next_rx) = QmpServer::start(ServerConfig::new(&path)).expect("a new server binds");
-    let (_, _, responder) = req.into_parts();
+    let (_, responder) = req.into_parts();
     assert!(
-        responder.respond_queued(Ok(json!({}))).wait(T),
+        responder.respond_queued(Ok(Response::Empty)).wait(T),
         "reply queued"
     );
     events.emit(

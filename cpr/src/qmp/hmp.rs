@@ -2,7 +2,7 @@
 //! interfaces" plus the few HMP commands the cpr flow needs.
 //!
 //! Pure functions: [`translate`] turns a command line into either immediate
-//! output text or a QMP request to make ([`HmpCall`]); [`render`] turns the
+//! output text or a typed VMM command to run ([`HmpCall`]); [`render`] turns the
 //! request's result into output text. The server glues them together. As in
 //! QEMU, errors are output text (`Error: <desc>`), not QMP errors, and every
 //! line ends in CRLF (QEMU's monitor turns `\n` into `\r\n`).
@@ -17,8 +17,8 @@
 //! an unknown command prints `unknown command: '<name>'`.
 
 use super::error::QmpError;
-use super::schema::CPR_MODE;
-use serde_json::{Map, Value};
+use crate::vmm::{Command, CprLoadArgs, CprMode, CprSaveArgs};
+use serde_json::Value;
 
 /// A parsed HMP command that needs the VMM.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,15 +49,13 @@ pub enum HmpCommand {
     InfoMigrate,
 }
 
-/// A QMP request an HMP command translates to.
+/// A VMM command an HMP command translates to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HmpCall {
     /// The HMP command (to [`render`] the result).
     pub command: HmpCommand,
-    /// QMP command name.
-    pub request: &'static str,
-    /// QMP arguments.
-    pub arguments: Map<String, Value>,
+    /// The command for the VMM.
+    pub request: Command,
 }
 
 /// What to do for one HMP command line.
@@ -284,39 +282,35 @@ fn translate_lf(line: &str) -> Result<HmpCall, String> {
     };
     let args = parse_arguments(line, &mut p, def).map_err(|e| e + &try_help())?;
     let arg = |key: &str| args.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone());
-    let call = |command: HmpCommand, request: &'static str, arguments: Map<String, Value>| {
-        Ok(HmpCall {
-            command,
-            request,
-            arguments,
-        })
-    };
+    let call = |command: HmpCommand, request: Command| Ok(HmpCall { command, request });
     match def.kind {
         Kind::Help => Err(help_text(arg("name").as_deref())),
         Kind::Info => Err(help_text(Some("info"))),
-        Kind::Quit => call(HmpCommand::Quit, "quit", Map::new()),
-        Kind::Stop => call(HmpCommand::Stop, "stop", Map::new()),
-        Kind::Cont => call(HmpCommand::Cont, "cont", Map::new()),
-        Kind::Wakeup => call(HmpCommand::SystemWakeup, "system_wakeup", Map::new()),
-        Kind::InfoStatus => call(HmpCommand::InfoStatus, "query-status", Map::new()),
-        Kind::InfoMigrate => call(HmpCommand::InfoMigrate, "query-migrate", Map::new()),
+        Kind::Quit => call(HmpCommand::Quit, Command::Quit),
+        Kind::Stop => call(HmpCommand::Stop, Command::Stop),
+        Kind::Cont => call(HmpCommand::Cont, Command::Cont),
+        Kind::Wakeup => call(HmpCommand::SystemWakeup, Command::SystemWakeup),
+        Kind::InfoStatus => call(HmpCommand::InfoStatus, Command::QueryStatus),
+        Kind::InfoMigrate => call(HmpCommand::InfoMigrate, Command::QueryMigrate),
         Kind::CprLoad => {
             let filename = arg("filename").unwrap_or_default();
-            let mut m = Map::new();
-            m.insert("filename".into(), Value::String(filename.clone()));
-            call(HmpCommand::CprLoad { filename }, "cpr-load", m)
+            let request = Command::CprLoad(CprLoadArgs {
+                filename: filename.clone().into(),
+            });
+            call(HmpCommand::CprLoad { filename }, request)
         }
         Kind::CprSave => {
             let filename = arg("filename").unwrap_or_default();
             let mode = arg("mode").unwrap_or_default();
             // hmp_cpr_save(): qapi_enum_parse(&CprMode_lookup, ...).
-            if !CPR_MODE.contains(&mode) {
+            let Ok(cpr_mode) = mode.parse::<CprMode>() else {
                 return Err(format!("Error: invalid parameter value: {mode}\n"));
-            }
-            let mut m = Map::new();
-            m.insert("filename".into(), Value::String(filename.clone()));
-            m.insert("mode".into(), Value::String(mode.clone()));
-            call(HmpCommand::CprSave { filename, mode }, "cpr-save", m)
+            };
+            let request = Command::CprSave(CprSaveArgs {
+                filename: filename.clone().into(),
+                mode: cpr_mode,
+            });
+            call(HmpCommand::CprSave { filename, mode }, request)
         }
     }
 }
@@ -491,17 +485,23 @@ mod tests {
 
     #[test]
     fn cpr_commands_translate() {
+        let save = |filename: &str| {
+            Command::CprSave(CprSaveArgs {
+                filename: filename.into(),
+                mode: CprMode::Reboot,
+            })
+        };
         let c = call("cpr-save /tmp/vm.state reboot");
-        assert_eq!(c.request, "cpr-save");
-        assert_eq!(
-            Value::Object(c.arguments),
-            json!({"filename": "/tmp/vm.state", "mode": "reboot"})
-        );
+        assert_eq!(c.request, save("/tmp/vm.state"));
         let c = call("  cpr-save \"/tmp/a b\\\"c\"   reboot  ");
-        assert_eq!(c.arguments["filename"], "/tmp/a b\"c");
+        assert_eq!(c.request, save("/tmp/a b\"c"));
         let c = call("cpr-load f");
-        assert_eq!(c.request, "cpr-load");
-        assert_eq!(Value::Object(c.arguments), json!({"filename": "f"}));
+        assert_eq!(
+            c.request,
+            Command::CprLoad(CprLoadArgs {
+                filename: "f".into()
+            })
+        );
         assert_eq!(
             output("cpr-save f restart"),
             "Error: invalid parameter value: restart\r\n"
@@ -559,8 +559,7 @@ mod tests {
             ("info migrate", "query-migrate"),
         ] {
             let c = call(line);
-            assert_eq!(c.request, req, "{line}");
-            assert!(c.arguments.is_empty());
+            assert_eq!(c.request.name().as_str(), req, "{line}");
         }
     }
 

@@ -40,9 +40,27 @@
 //!   [`ServerConfig::max_message`], default 1 MiB; the rest of that message is
 //!   skipped); `JSON nesting depth limit exceeded` (over 100 levels).
 //! * Arguments are validated against the [`schema`] table before anything
-//!   runs, with the QObject input visitor's messages.
+//!   runs, with the QObject input visitor's messages, then parsed once into a
+//!   typed [`Command`](crate::vmm::Command) ([`command`]).
 //! * Events: `{"timestamp": {"seconds": S, "microseconds": U}, "event": NAME,
 //!   "data": ...}`, stamped when [`EventSender::emit`] is called.
+//!
+//! # The boundary: JSON stops here
+//!
+//! This module is the only part of `cpr` that sees JSON. A VMM command is checked against
+//! the [`schema`], parsed by [`command::parse`] into a [`crate::vmm::Command`] (paths as
+//! `PathBuf`, `CprMode`, `MigMode`, `MigrationCapability`, the parameters to set as a
+//! struct of `Option`s read with QAPI's integer widths, `uri`/`channels` as a file target
+//! or its error), and sent to the VMM in a [`QmpRequest`]. The VMM answers a typed
+//! [`crate::vmm::Response`] and reports typed [`crate::vmm::Event`]s;
+//! [`command::response_value`] and [`command::event_data`] give them QEMU's JSON shape.
+//! HMP ([`hmp`]) builds the same [`crate::vmm::Command`]s from its own syntax.
+//!
+//! The commands are listed once (`vmm/api.rs`): the schema's VMM entries come from
+//! [`crate::vmm::CommandName::ALL`] ([`schema::vmm_args`] gives each its members, by an
+//! exhaustive `match`), the parser and the VMM match exhaustively, so a command without a
+//! schema entry, a parser or a handler does not build; a test checks that every schema
+//! entry parses into the command of its name.
 //!
 //! # Threading model
 //!
@@ -52,7 +70,7 @@
 //! thread draining a bounded output queue. For a command, the connection
 //! thread checks the envelope and the arguments, then either answers itself
 //! (`qmp_capabilities`, `query-version`, `query-commands`,
-//! `human-monitor-command`'s parsing) or sends a [`QmpRequest`] over an
+//! `human-monitor-command`'s parsing) or sends a typed [`QmpRequest`] over an
 //! `std::sync::mpsc` channel and waits for the VMM's
 //! [`respond`](QmpRequest::respond) (a one-shot channel); it does not read
 //! further input meanwhile (like QEMU without OOB: commands run one at a
@@ -88,7 +106,7 @@
 //! * Message size limit 1 MiB (QEMU: 64 MiB), nesting limit 100 (QEMU:
 //!   1024), same error texts. A malformed message produces one error; QEMU's
 //!   token-level recovery may produce several.
-//! * Only the commands in [`schema::BUILTIN_COMMANDS`]; `query-commands`
+//! * Only the commands in [`schema::builtin_commands`]; `query-commands`
 //!   lists them. No `query-qmp-schema`. `x-guest-fault` is ours and test
 //!   only (the built-in guest fails on request).
 //! * Schema integer types are not width-checked (`uint8` etc. are `int`);
@@ -118,6 +136,7 @@
 //! the `info migrate` layout, and upper-case hex in `\uXXXX` escapes.
 
 pub mod client;
+pub mod command;
 pub mod error;
 pub mod hmp;
 pub mod protocol;
@@ -129,6 +148,6 @@ pub mod vmm;
 pub use client::{ClientError, Event, QmpClient};
 pub use error::{ErrorClass, QmpError};
 pub use protocol::{Timestamp, VersionInfo, VersionTriple};
-pub use schema::{ArgType, CommandDef, EnumType, Handler, Member, Schema};
+pub use schema::{ArgType, CommandDef, EnumType, Handler, Member, Schema, ServerCommand};
 pub use server::{CLAIMED_QEMU_VERSION, QmpServer, ServerConfig};
 pub use vmm::{Delivery, EventSender, QmpRequest, Queued, Reply, Responder};

@@ -17,10 +17,14 @@
 //!
 //! Names are QEMU's "full names": `capabilities[0].capability`.
 //!
-//! Extending: add a `static` [`Member`] slice and a [`CommandDef`] to
-//! [`BUILTIN_COMMANDS`], or at run time with [`Schema::add`].
+//! The VMM's commands come from [`CommandName::ALL`] (the one list of commands, in
+//! `vmm/api.rs`), each with the members [`vmm_args`] gives it: an exhaustive `match`, so a
+//! command without a schema entry does not build. The server's own commands are
+//! [`ServerCommand`]s. A [`Schema`] can hide commands ([`Schema::remove`]) or change their
+//! members ([`Schema::add`]); every command it holds is one of those two kinds.
 
 use super::error::QmpError;
+use crate::vmm::{CommandName, CprMode, MigMode, MigrationCapability};
 use serde_json::{Map, Value};
 
 /// A QAPI enum: its name and allowed values.
@@ -91,15 +95,29 @@ pub const fn opt(name: &'static str, ty: ArgType) -> Member {
     }
 }
 
+/// A command the QMP server answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerCommand {
+    /// `qmp_capabilities`.
+    QmpCapabilities,
+    /// `query-version`.
+    QueryVersion,
+    /// `query-commands`.
+    QueryCommands,
+    /// `human-monitor-command` (its HMP commands go to the VMM as [`Command`]s).
+    ///
+    /// [`Command`]: crate::vmm::Command
+    HumanMonitorCommand,
+}
+
 /// Who answers a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handler {
-    /// The QMP server itself (`qmp_capabilities`, `query-version`,
-    /// `query-commands`, `human-monitor-command`). Only meaningful for those
-    /// names; any other server-handled name fails with a `GenericError`.
-    Server,
-    /// Forwarded to the VMM as a [`QmpRequest`](super::QmpRequest).
-    Vmm,
+    /// The QMP server itself.
+    Server(ServerCommand),
+    /// The VMM: parsed into a [`Command`](crate::vmm::Command) and forwarded as a
+    /// [`QmpRequest`](super::QmpRequest).
+    Vmm(CommandName),
 }
 
 /// A command: name, arguments, handler.
@@ -114,20 +132,24 @@ pub struct CommandDef {
 }
 
 impl CommandDef {
-    /// A command forwarded to the VMM.
-    pub const fn vmm(name: &'static str, args: &'static [Member]) -> CommandDef {
+    /// A VMM command with its built-in members.
+    pub const fn vmm(name: CommandName) -> CommandDef {
         CommandDef {
-            name,
-            args,
-            handler: Handler::Vmm,
+            name: name.as_str(),
+            args: vmm_args(name),
+            handler: Handler::Vmm(name),
         }
     }
 
-    const fn server(name: &'static str, args: &'static [Member]) -> CommandDef {
+    const fn server(
+        name: &'static str,
+        args: &'static [Member],
+        command: ServerCommand,
+    ) -> CommandDef {
         CommandDef {
             name,
             args,
-            handler: Handler::Server,
+            handler: Handler::Server(command),
         }
     }
 }
@@ -141,42 +163,19 @@ pub static QMP_CAPABILITY: EnumType = EnumType {
 /// `CprMode` as of V7 patch 06.
 pub static CPR_MODE: EnumType = EnumType {
     name: "CprMode",
-    values: &["reboot"],
+    values: CprMode::NAMES,
 };
 
 /// `MigMode` (mainline 8.2; later modes not included).
 pub static MIG_MODE: EnumType = EnumType {
     name: "MigMode",
-    values: &["normal", "cpr-reboot"],
+    values: MigMode::NAMES,
 };
 
 /// `MigrationCapability` (mainline, about 9.x).
 pub static MIGRATION_CAPABILITY: EnumType = EnumType {
     name: "MigrationCapability",
-    values: &[
-        "xbzrle",
-        "rdma-pin-all",
-        "auto-converge",
-        "zero-blocks",
-        "events",
-        "postcopy-ram",
-        "x-colo",
-        "release-ram",
-        "return-path",
-        "pause-before-switchover",
-        "multifd",
-        "dirty-bitmaps",
-        "postcopy-blocktime",
-        "late-block-activate",
-        "x-ignore-shared",
-        "validate-uuid",
-        "background-snapshot",
-        "zero-copy-send",
-        "postcopy-preempt",
-        "switchover-ack",
-        "dirty-limit",
-        "mapped-ram",
-    ],
+    values: MigrationCapability::NAMES,
 };
 
 /// Kinds of `x-guest-fault` (test only; not a QEMU type).
@@ -252,33 +251,57 @@ static MIGRATE_INCOMING_ARGS: [Member; 3] = [
     opt("exit-on-error", ArgType::Bool),
 ];
 
-/// The built-in command table.
-pub static BUILTIN_COMMANDS: &[CommandDef] = &[
-    CommandDef::server("qmp_capabilities", &QMP_CAPABILITIES_ARGS),
-    CommandDef::server("query-version", &NONE),
-    CommandDef::server("query-commands", &NONE),
-    CommandDef::server("human-monitor-command", &HMP_ARGS),
-    CommandDef::vmm("query-status", &NONE),
-    CommandDef::vmm("stop", &NONE),
-    CommandDef::vmm("cont", &NONE),
-    CommandDef::vmm("system_wakeup", &NONE),
-    CommandDef::vmm("quit", &NONE),
-    CommandDef::vmm("cpr-save", &CPR_SAVE_ARGS),
-    CommandDef::vmm("cpr-load", &CPR_LOAD_ARGS),
-    CommandDef::vmm("query-migrate", &NONE),
-    CommandDef::vmm("guest-suspend-ram", &NONE),
-    CommandDef::vmm("query-guest-progress", &NONE),
-    CommandDef::vmm("query-ram-persistence", &NONE),
-    // Test only, as QEMU's `x-` prefix says: the built-in guest fails on request
-    // (`triple-fault`: an empty IDT and an exception; `panic`: a fatal kernel exception).
-    CommandDef::vmm("x-guest-fault", &GUEST_FAULT_ARGS),
-    CommandDef::vmm("migrate-set-capabilities", &SET_CAPS_ARGS),
-    CommandDef::vmm("migrate-set-parameters", &SET_PARAMS_ARGS),
-    CommandDef::vmm("query-migrate-capabilities", &NONE),
-    CommandDef::vmm("query-migrate-parameters", &NONE),
-    CommandDef::vmm("migrate", &MIGRATE_ARGS),
-    CommandDef::vmm("migrate-incoming", &MIGRATE_INCOMING_ARGS),
+/// The server's own commands, first in `query-commands`.
+static SERVER_COMMANDS: [CommandDef; 4] = [
+    CommandDef::server(
+        "qmp_capabilities",
+        &QMP_CAPABILITIES_ARGS,
+        ServerCommand::QmpCapabilities,
+    ),
+    CommandDef::server("query-version", &NONE, ServerCommand::QueryVersion),
+    CommandDef::server("query-commands", &NONE, ServerCommand::QueryCommands),
+    CommandDef::server(
+        "human-monitor-command",
+        &HMP_ARGS,
+        ServerCommand::HumanMonitorCommand,
+    ),
 ];
+
+/// The members of a VMM command.
+pub const fn vmm_args(name: CommandName) -> &'static [Member] {
+    match name {
+        CommandName::QueryStatus
+        | CommandName::Stop
+        | CommandName::Cont
+        | CommandName::SystemWakeup
+        | CommandName::Quit
+        | CommandName::QueryMigrate
+        | CommandName::GuestSuspendRam
+        | CommandName::QueryGuestProgress
+        | CommandName::QueryRamPersistence
+        | CommandName::QueryMigrateCapabilities
+        | CommandName::QueryMigrateParameters => &NONE,
+        CommandName::CprSave => &CPR_SAVE_ARGS,
+        CommandName::CprLoad => &CPR_LOAD_ARGS,
+        // Test only, as QEMU's `x-` prefix says: the built-in guest fails on request
+        // (`triple-fault`: an empty IDT and an exception; `panic`: a fatal kernel exception).
+        CommandName::GuestFault => &GUEST_FAULT_ARGS,
+        CommandName::MigrateSetCapabilities => &SET_CAPS_ARGS,
+        CommandName::MigrateSetParameters => &SET_PARAMS_ARGS,
+        CommandName::Migrate => &MIGRATE_ARGS,
+        CommandName::MigrateIncoming => &MIGRATE_INCOMING_ARGS,
+    }
+}
+
+/// The built-in command table: the server's commands, then every VMM command
+/// ([`CommandName::ALL`]).
+pub fn builtin_commands() -> Vec<CommandDef> {
+    SERVER_COMMANDS
+        .iter()
+        .copied()
+        .chain(CommandName::ALL.iter().map(|&n| CommandDef::vmm(n)))
+        .collect()
+}
 
 /// A command table.
 #[derive(Debug, Clone)]
@@ -293,10 +316,10 @@ impl Default for Schema {
 }
 
 impl Schema {
-    /// The built-in table ([`BUILTIN_COMMANDS`]).
+    /// The built-in table ([`builtin_commands`]).
     pub fn builtin() -> Schema {
         Schema {
-            commands: BUILTIN_COMMANDS.to_vec(),
+            commands: builtin_commands(),
         }
     }
 
@@ -544,20 +567,24 @@ mod tests {
     }
 
     #[test]
-    fn schema_is_extensible() {
+    fn schema_can_hide_and_change_commands() {
         static ARGS: [Member; 1] = [req("name", ArgType::Str)];
         let mut s = Schema::builtin();
-        assert!(s.get("x-frob").is_none());
-        s.add(CommandDef::vmm("x-frob", &ARGS));
-        let def = s.get("x-frob").unwrap();
-        assert_eq!(def.handler, Handler::Vmm);
+        assert!(s.remove("x-guest-fault"));
+        assert!(!s.remove("x-guest-fault"));
+        assert!(s.get("x-guest-fault").is_none());
+        s.add(CommandDef {
+            args: &ARGS,
+            ..CommandDef::vmm(CommandName::Stop)
+        });
+        let def = s.get("stop").unwrap();
+        assert_eq!(def.handler, Handler::Vmm(CommandName::Stop));
         assert!(validate(def, &Map::new()).is_err());
-        assert!(s.remove("x-frob"));
-        assert!(!s.remove("x-frob"));
         // Names are unique.
-        let mut names: Vec<_> = BUILTIN_COMMANDS.iter().map(|c| c.name).collect();
+        let all = builtin_commands();
+        let mut names: Vec<_> = all.iter().map(|c| c.name).collect();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), BUILTIN_COMMANDS.len());
+        assert_eq!(names.len(), all.len());
     }
 }

@@ -1,12 +1,14 @@
 //! The QMP server: Unix socket, one client at a time, negotiation and
 //! command mode, dispatch to the VMM over a channel.
 
+use super::command;
 use super::error::{ErrorClass, QmpError};
 use super::hmp::{self, HmpPlan};
 use super::protocol::{VersionInfo, VersionTriple, check_envelope, greeting_line, reply_line};
-use super::schema::{Handler, Schema, validate};
+use super::schema::{Handler, Schema, ServerCommand, validate};
 use super::stream::{DEFAULT_MAX_MESSAGE, Frame, JsonStreamer};
 use super::vmm::{EventSender, QmpRequest, Queued};
+use crate::vmm::Command;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::socket::{MsgFlags, send};
@@ -667,13 +669,17 @@ impl Session<'_> {
         if let Err(e) = validate(def, &args) {
             return (Err(e), false);
         }
-        if def.handler == Handler::Vmm {
-            return (self.call_vmm(name, args, false), false);
-        }
-        match name {
-            "qmp_capabilities" => self.capabilities(&args),
-            "query-version" => (Ok(json!(self.ctx.config.version_info())), false),
-            "query-commands" => {
+        let command = match def.handler {
+            Handler::Vmm(name) => {
+                let result = command::parse(name, &args).and_then(|c| self.call_vmm(c, false));
+                return (result, false);
+            }
+            Handler::Server(command) => command,
+        };
+        match command {
+            ServerCommand::QmpCapabilities => self.capabilities(&args),
+            ServerCommand::QueryVersion => (Ok(json!(self.ctx.config.version_info())), false),
+            ServerCommand::QueryCommands => {
                 let names: Vec<Value> = self
                     .ctx
                     .config
@@ -684,13 +690,7 @@ impl Session<'_> {
                     .collect();
                 (Ok(Value::Array(names)), false)
             }
-            "human-monitor-command" => (self.human_monitor_command(&args), false),
-            _ => (
-                Err(QmpError::generic(format!(
-                    "The command {name} has no server-side implementation"
-                ))),
-                false,
-            ),
+            ServerCommand::HumanMonitorCommand => (self.human_monitor_command(&args), false),
         }
     }
 
@@ -731,21 +731,17 @@ impl Session<'_> {
         let text = match hmp::translate(line) {
             HmpPlan::Output(text) => text,
             HmpPlan::Call(call) => {
-                let result = self.call_vmm(call.request, call.arguments, true);
+                let result = self.call_vmm(call.request, true);
                 hmp::render(&call.command, result)
             }
         };
         Ok(Value::String(text))
     }
 
-    /// Sends a request to the VMM and waits for its answer.
-    fn call_vmm(
-        &mut self,
-        name: &str,
-        args: Map<String, Value>,
-        via_hmp: bool,
-    ) -> Result<Value, QmpError> {
-        let (req, rx) = QmpRequest::new(name, args, via_hmp);
+    /// Sends a command to the VMM, waits for its answer, and serializes it.
+    fn call_vmm(&mut self, command: Command, via_hmp: bool) -> Result<Value, QmpError> {
+        let name = command.name().as_str();
+        let (req, rx) = QmpRequest::new(command, via_hmp);
         if self.ctx.requests.send(req).is_err() {
             return Err(QmpError::generic("The VMM is not accepting commands"));
         }
@@ -758,7 +754,7 @@ impl Session<'_> {
                     let (result, queued) = reply.into_parts();
                     // Fired once `handle` has queued the reply line.
                     self.queued = Some(queued);
-                    return result;
+                    return result.and_then(|r| command::response_value(&r));
                 }
                 Err(RecvTimeoutError::Timeout) if self.stopping() => {
                     return Err(QmpError::generic("The QMP server is shutting down"));

@@ -1,25 +1,25 @@
-//! The VMM side of the server: requests to answer and events to emit.
+//! The VMM side of the server: requests to answer and events to emit, typed: the VMM
+//! sees a [`Command`] and answers a [`Response`]; JSON stays in this module's parent.
 
+use super::command::event_data;
 use super::error::QmpError;
 use super::protocol::{Timestamp, event_line};
 use super::server::Shared;
-use serde_json::{Map, Value};
+use crate::vmm::{Command, Event, Response};
+use serde_json::Value;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::Duration;
 
-/// A validated command for the VMM to execute.
+/// A command for the VMM to execute, parsed from a QMP (or HMP) request.
 ///
-/// Arguments were checked against the schema before this was sent, so the
-/// VMM may rely on their presence and types. Answer with
-/// [`respond`](QmpRequest::respond); dropping the request unanswered makes
-/// the client get a `GenericError`.
+/// Arguments were checked against the schema and typed before this was sent. Answer with
+/// [`respond`](QmpRequest::respond); dropping the request unanswered makes the client get
+/// a `GenericError`.
 #[derive(Debug)]
 pub struct QmpRequest {
-    /// Command name, e.g. `cpr-save`.
-    pub command: String,
-    /// Validated arguments (empty object if none were given).
-    pub arguments: Map<String, Value>,
+    /// The command and its arguments.
+    pub command: Command,
     /// True if the request comes from `human-monitor-command`.
     pub via_hmp: bool,
     responder: Responder,
@@ -28,36 +28,26 @@ pub struct QmpRequest {
 impl QmpRequest {
     /// A request and the receiving end of its reply (for the server, and for
     /// tests driving a VMM without a socket).
-    pub fn new(
-        command: impl Into<String>,
-        arguments: Map<String, Value>,
-        via_hmp: bool,
-    ) -> (QmpRequest, Receiver<Reply>) {
+    pub fn new(command: Command, via_hmp: bool) -> (QmpRequest, Receiver<Reply>) {
         let (tx, rx) = sync_channel(1);
         let req = QmpRequest {
-            command: command.into(),
-            arguments,
+            command,
             via_hmp,
             responder: Responder { tx },
         };
         (req, rx)
     }
 
-    /// Answers the request: `Ok(value)` becomes `{"return": value}` (use
-    /// `json!({})` for commands without data), `Err` becomes `{"error": ...}`.
-    /// Never blocks; an answer for a client that went away is dropped.
-    pub fn respond(self, result: Result<Value, QmpError>) {
+    /// Answers the request: `Ok(response)` becomes `{"return": ...}` (the server
+    /// serializes it), `Err` becomes `{"error": ...}`. Never blocks; an answer for a client
+    /// that went away is dropped.
+    pub fn respond(self, result: Result<Response, QmpError>) {
         self.responder.respond(result);
     }
 
     /// Splits off the responder, to answer later from elsewhere.
-    pub fn into_parts(self) -> (String, Map<String, Value>, Responder) {
-        (self.command, self.arguments, self.responder)
-    }
-
-    /// A string argument, if present and a string.
-    pub fn str_arg(&self, name: &str) -> Option<&str> {
-        self.arguments.get(name).and_then(Value::as_str)
+    pub fn into_parts(self) -> (Command, Responder) {
+        (self.command, self.responder)
     }
 }
 
@@ -65,7 +55,7 @@ impl QmpRequest {
 #[derive(Debug)]
 pub struct Reply {
     /// The command's result.
-    pub result: Result<Value, QmpError>,
+    pub result: Result<Response, QmpError>,
     /// Set by [`Responder::respond_queued`]: the requester signals it once the reply is
     /// queued for the client (dropping it unsignalled means it never will be).
     queued: Option<SyncSender<()>>,
@@ -74,7 +64,7 @@ pub struct Reply {
 impl Reply {
     /// Splits the reply into its result and the "queued" signal, which the server fires
     /// (with [`Queued::done`]) right after putting the reply in the client's output queue.
-    pub fn into_parts(self) -> (Result<Value, QmpError>, Queued) {
+    pub fn into_parts(self) -> (Result<Response, QmpError>, Queued) {
         (self.result, Queued(self.queued))
     }
 }
@@ -102,7 +92,7 @@ pub struct Responder {
 
 impl Responder {
     /// Sends the reply (never blocks; dropped if nobody waits any more).
-    pub fn respond(self, result: Result<Value, QmpError>) {
+    pub fn respond(self, result: Result<Response, QmpError>) {
         // Capacity 1 and a single send: try_send cannot be Full.
         let _ = self.tx.try_send(Reply {
             result,
@@ -113,7 +103,7 @@ impl Responder {
     /// Sends the reply and returns a handle that tells when it has been queued for the
     /// client, so that an event emitted after [`Delivery::wait`] follows the reply on the
     /// wire (QEMU's order for `quit`: the reply, then `SHUTDOWN`).
-    pub fn respond_queued(self, result: Result<Value, QmpError>) -> Delivery {
+    pub fn respond_queued(self, result: Result<Response, QmpError>) -> Delivery {
         let (tx, rx) = sync_channel(1);
         let _ = self.tx.try_send(Reply {
             result,
@@ -160,6 +150,12 @@ impl EventSender {
     /// An `EventSender` connected to nothing (events are discarded).
     pub fn noop() -> EventSender {
         EventSender { shared: None }
+    }
+
+    /// Emits a VMM event; returns whether it was queued for a client.
+    pub fn send(&self, event: Event) -> bool {
+        let (name, data) = event_data(event);
+        self.emit(name, data)
     }
 
     /// Emits event `name` with optional `data`; returns whether it was

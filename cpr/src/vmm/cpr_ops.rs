@@ -21,16 +21,17 @@ use std::str::FromStr;
 
 use cpr_migration_file::QemuFile;
 use cpr_runstate::{RunState, check_transition};
+use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
-use serde_json::{Value, json};
 
 use super::Vmm;
+use super::api::{MigrationCapability, Response};
 use super::epoch;
 use super::ram_io::{GuestRamIo, stays_in_place};
 use super::target;
 use crate::checkpoint;
-use crate::error::{Error, Result};
+use crate::error::{ArgumentError, Error, Result};
 use crate::machine::Machine;
 
 /// QAPI `CprMode` (patch 6: only `reboot`; `restart` arrives with patch 14).
@@ -40,15 +41,28 @@ pub enum CprMode {
     Reboot,
 }
 
-impl FromStr for CprMode {
-    type Err = Error;
+impl CprMode {
+    /// Every mode, in QAPI order.
+    pub const NAMES: &'static [&'static str] = &["reboot"];
 
-    fn from_str(s: &str) -> Result<Self> {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CprMode::Reboot => "reboot",
+        }
+    }
+}
+
+impl FromStr for CprMode {
+    type Err = ArgumentError;
+
+    fn from_str(s: &str) -> std::result::Result<Self, ArgumentError> {
         match s {
             "reboot" => Ok(CprMode::Reboot),
-            other => Err(Error::Other(format!(
-                "Parameter 'mode' does not accept value '{other}'"
-            ))),
+            other => Err(ArgumentError::BadValue {
+                name: "mode",
+                value: other.to_string(),
+            }),
         }
     }
 }
@@ -88,11 +102,9 @@ impl Written {
         commit: impl FnOnce() -> std::result::Result<(), cpr_migration_file::Error>,
     ) -> std::result::Result<(Vec<String>, cpr_savevm::SaveStats), SaveFailure> {
         if let Some(plan) = &self.epoch {
-            plan.apply().map_err(|f| {
-                (
-                    -95,
-                    format!("cannot tag {} with the checkpoint's epoch", f.display()).into(),
-                )
+            plan.apply().map_err(|f| SaveFailure {
+                errno: Errno::EOPNOTSUPP,
+                source: format!("cannot tag {} with the checkpoint's epoch", f.display()).into(),
             })?;
         }
         match commit() {
@@ -104,49 +116,64 @@ impl Written {
                 if let Some(plan) = &self.epoch {
                     plan.undo();
                 }
-                return Err((errno_of(&e, -5), Box::new(e)));
+                return Err(SaveFailure {
+                    errno: e.errno().unwrap_or(Errno::EIO),
+                    source: Box::new(e),
+                });
             }
         }
         Ok((self.warnings, self.stats))
     }
 }
 
-/// Why writing a checkpoint failed: QEMU's negative errno and the cause.
-pub(super) type SaveFailure = (i32, Box<dyn std::error::Error + Send + Sync>);
+/// Why writing a checkpoint failed: the errno QEMU reports (negated) and the cause.
+pub(super) struct SaveFailure {
+    /// The errno of the failed write, else `EIO` (or `EINVAL` for a state that cannot be
+    /// encoded, `EOPNOTSUPP` for RAM files that cannot be tagged).
+    pub errno: Errno,
+    /// Why.
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl SaveFailure {
+    /// A failure with no errno of its own: `EIO`, as QEMU reports it.
+    fn eio(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> SaveFailure {
+        SaveFailure {
+            errno: Errno::EIO,
+            source: source.into(),
+        }
+    }
+}
 
 /// QEMU's `QEMU_VM_FILE_MAGIC` and `QEMU_VM_FILE_VERSION`.
 const MAGIC: u32 = 0x5145_564d;
 const VERSION: u32 = 3;
 
-fn errno_of(e: &cpr_migration_file::Error, default: i32) -> i32 {
-    e.errno().map_or(default, |n| -(n as i32))
-}
-
 /// The errno of the first file error in `e`'s chain (QEMU reports `-errno` of the failed
-/// write), else `default`.
-fn errno_in(e: &(dyn std::error::Error + 'static), default: i32) -> i32 {
+/// write), else `EIO`.
+fn errno_in(e: &(dyn std::error::Error + 'static)) -> Errno {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if let Some(n) = err
             .downcast_ref::<cpr_migration_file::Error>()
             .and_then(cpr_migration_file::Error::errno)
         {
-            return -(n as i32);
+            return n;
         }
         cur = err.source();
     }
-    default
+    Errno::EIO
 }
 
 impl Vmm {
     /// `cpr-save filename mode` (V7 `qmp_cpr_save`).
-    pub(super) fn cpr_save(&mut self, filename: &Path, mode: CprMode) -> Result<Value> {
+    pub(super) fn cpr_save(&mut self, filename: &Path, mode: CprMode) -> Result<Response> {
         // 0. Was the VM running?
         let saved_vm_running = self.rs.is_running();
         // 1. Volatile RAM (checked for every mode).
         cpr_memory::check_ram_volatile(&self.blocks).map_err(Error::Volatile)?;
         // 2. x-colo: V7 refuses a VM with the capability on.
-        if self.migration.cap("x-colo") {
+        if self.migration.cap(MigrationCapability::XColo) {
             return Err(Error::Colo);
         }
         // 3. Record/replay: not implemented in this VMM, never active.
@@ -163,10 +190,10 @@ impl Vmm {
             state,
             RunState::Running | RunState::Paused | RunState::Suspended
         ) {
-            return Err(Error::Other(format!(
-                "cpr-save: a VM that is {state} cannot be restored from a checkpoint; {} is left as it was",
-                filename.display()
-            )));
+            return Err(Error::Unrestorable {
+                state,
+                path: filename.to_path_buf(),
+            });
         }
         // 4. global_state_store(): the run state *before* stopping.
         let global = state;
@@ -180,7 +207,7 @@ impl Vmm {
         }
         // 7. vm_stop(SAVE_VM): STOP only if it was running.
         if let Err(e) = self.rs.vm_stop(RunState::SaveVm) {
-            return Err(self.save_failed(saved_vm_running, suspended, -5, Box::new(e)));
+            return Err(self.save_failed(saved_vm_running, suspended, SaveFailure::eio(e)));
         }
         // 8. cpr_set_mode(mode): a no-op in patch 6 (it becomes real with restart mode, patch
         //    13), and nothing here reads a mode: `reboot` is the only one.
@@ -191,15 +218,15 @@ impl Vmm {
         self.rs.machine_mut().ram.checkpoint_tagged();
         let written = match written {
             Ok(w) => w,
-            Err((errno, cause)) => {
+            Err(failure) => {
                 drop(file); // removes the temporary; the old checkpoint is untouched
-                return Err(self.save_failed(saved_vm_running, suspended, errno, cause));
+                return Err(self.save_failed(saved_vm_running, suspended, failure));
             }
         };
         let warnings = match written.commit(|| file.commit()) {
             Ok((w, _)) => w,
-            Err((errno, cause)) => {
-                return Err(self.save_failed(saved_vm_running, suspended, errno, cause));
+            Err(failure) => {
+                return Err(self.save_failed(saved_vm_running, suspended, failure));
             }
         };
         // 11. Success: the VM stays stopped and the mode stays set; the caller quits.
@@ -207,14 +234,10 @@ impl Vmm {
         // process may load it while this one still exits; this one must take the RAM back
         // before it runs the guest again.
         self.rs.machine_mut().ram.release();
-        if warnings.is_empty() {
-            Ok(json!({}))
-        } else {
-            for w in &warnings {
-                eprintln!("cpr-vm: warning: {w}");
-            }
-            Ok(json!({ "warnings": warnings }))
+        for w in &warnings {
+            eprintln!("cpr-vm: warning: {w}");
         }
+        Ok(Response::Saved { warnings })
     }
 
     /// Captures the machine, makes RAM durable where it can be, writes the stream.
@@ -228,11 +251,10 @@ impl Vmm {
         global: RunState,
         ignore_shared: Option<bool>,
     ) -> std::result::Result<Written, SaveFailure> {
-        let machine = self.machine().ok_or((
-            -5,
-            Box::<dyn std::error::Error + Send + Sync>::from("no machine"),
-        ))?;
-        let state = machine.capture().map_err(|e| (-5, e.into()))?;
+        let machine = self
+            .machine()
+            .ok_or_else(|| SaveFailure::eio("no machine"))?;
+        let state = machine.capture().map_err(SaveFailure::eio)?;
         // RAM first: the checkpoint must not become visible before the RAM it describes
         // is durable. Only blocks on a disk (or DAX) need it; tmpfs cannot be made to
         // survive a reboot, so say so instead.
@@ -243,7 +265,7 @@ impl Vmm {
             if ignore_shared.is_some_and(|i| !stays_in_place(b, i)) {
                 continue;
             }
-            let report = cpr_memory::persistence(b.block()).map_err(|e| (-5, e.into()))?;
+            let report = cpr_memory::persistence(b.block()).map_err(SaveFailure::eio)?;
             if report.persistence.survives_host_reboot() {
                 durable += 1;
             } else {
@@ -251,7 +273,7 @@ impl Vmm {
             }
         }
         if durable > 0 {
-            self.ram.sync().map_err(|e| (-5, e.into()))?;
+            self.ram.sync().map_err(SaveFailure::eio)?;
         }
         // The RAM left in place gets a fresh epoch, recorded in the checkpoint; the caller
         // puts it on the RAM files when it commits the checkpoint.
@@ -267,11 +289,16 @@ impl Vmm {
             None => {}
         }
         let mut registry =
-            checkpoint::save_registry(layout, global, state).map_err(|e| (-22, e.into()))?;
+            checkpoint::save_registry(layout, global, state).map_err(|e| SaveFailure {
+                errno: Errno::EINVAL,
+                source: e.into(),
+            })?;
         let io = ignore_shared.map(|ignore| GuestRamIo::new(&self.ram, ignore, false));
         let ram = io.as_ref().map(|io| io as &dyn cpr_savevm::RamBlocks);
-        let stats = cpr_savevm::save_state(file, &mut registry, ram)
-            .map_err(|e| (errno_in(&e, -5), e.into()))?;
+        let stats = cpr_savevm::save_state(file, &mut registry, ram).map_err(|e| SaveFailure {
+            errno: errno_in(&e),
+            source: e.into(),
+        })?;
         Ok(Written {
             warnings,
             stats,
@@ -284,8 +311,7 @@ impl Vmm {
         &mut self,
         saved_vm_running: bool,
         suspended: bool,
-        errno: i32,
-        source: Box<dyn std::error::Error + Send + Sync>,
+        failure: SaveFailure,
     ) -> Error {
         if saved_vm_running {
             if let Err(e) = self.rs.vm_start() {
@@ -295,7 +321,10 @@ impl Vmm {
             // Better than V7: the ticks disabled in step 6 come back.
             let _ = cpr_runstate::Machine::enable_ticks(self.rs.machine_mut());
         }
-        Error::Save { errno, source }
+        Error::Save {
+            errno: failure.errno,
+            source: failure.source,
+        }
     }
 
     /// `cpr-load filename` (V7 `qmp_cpr_load`).
@@ -392,8 +421,8 @@ impl Vmm {
             self.ram_pristine = false;
         }
         let files = self.ram_files(|_| true);
-        let mut io = GuestRamIo::new(&self.ram, self.migration.cap("x-ignore-shared"), pristine)
-            .retag_on_write(files);
+        let ignore_shared = self.migration.cap(MigrationCapability::XIgnoreShared);
+        let mut io = GuestRamIo::new(&self.ram, ignore_shared, pristine).retag_on_write(files);
         let ram: Option<&mut dyn cpr_savevm::RamBlocks> = match flavor {
             Flavor::Mainline if has_ram => Some(&mut io),
             // V7's cpr-load takes cpr-save files only; a `ram` section is then refused.
@@ -412,11 +441,11 @@ impl Vmm {
             self.rs.machine_mut().ram.retagged_running();
         }
         let parsed = parsed.map_err(|e| Error::Load {
-            errno: -22,
+            errno: Errno::EINVAL,
             source: Box::new(e),
         })?;
         let saved = parsed.runstate().ok_or_else(|| Error::Load {
-            errno: -22,
+            errno: Errno::EINVAL,
             source: "the checkpoint has no globalstate section".into(),
         })?;
         // 6 (checked first): can the saved run state be entered from ours? V7 would
@@ -431,7 +460,7 @@ impl Vmm {
             return Err(Error::RunStateTransition { saved, current });
         }
         let (saved, state) = parsed.into_state().map_err(|e| Error::Load {
-            errno: -22,
+            errno: Errno::EINVAL,
             source: e.into(),
         })?;
         // The guest's own word wins: a checkpoint taken while it was entering S3 may say
@@ -448,7 +477,7 @@ impl Vmm {
         // new one exists, so a failure here leaves the process as it was.
         let machine =
             Machine::restore(self.machine_config()?, &state).map_err(|e| Error::Load {
-                errno: -5,
+                errno: Errno::EIO,
                 source: Box::new(e),
             })?;
         self.install_machine(machine);

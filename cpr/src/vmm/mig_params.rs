@@ -11,8 +11,7 @@
 //! QEMU's property names (`x-downtime-limit`, `mode`, `x-ignore-shared`...) map onto the
 //! same parameters and capabilities, through the same checks.
 
-use serde_json::{Map, Value, json};
-
+use super::api::MigrationCapability;
 use super::migration::MigMode;
 
 /// QEMU's `MAX_MIGRATE_DOWNTIME` as its message prints it (`stringify` of the macro).
@@ -22,36 +21,57 @@ const TARGET_PAGE_SIZE: u64 = 4096;
 
 /// A refused parameter, worded as QEMU words it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ParamError(pub String);
-
-fn expects(name: &str, what: &str) -> ParamError {
-    ParamError(format!("Parameter '{name}' expects {what}"))
+pub enum ParamError {
+    /// Out of its type's range (`Parameter 'cpu-throttle-initial' expects uint8`, QMP
+    /// name) or of QEMU's check (`Parameter 'downtime_limit' expects ...`, C name).
+    #[error("Parameter '{name}' expects {what}")]
+    Expects {
+        /// The parameter, as the message names it.
+        name: &'static str,
+        /// What it expects.
+        what: &'static str,
+    },
+    /// A value the parameter's enum does not have.
+    #[error("Parameter '{name}' does not accept value '{value}'")]
+    BadValue {
+        /// The parameter.
+        name: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// Not a parameter (the QMP schema refuses it first).
+    #[error("Parameter '{0}' is unexpected")]
+    Unexpected(String),
 }
 
-/// The migration parameters, with QEMU's defaults.
+fn expects(name: &'static str, what: &'static str) -> ParamError {
+    ParamError::Expects { name, what }
+}
+
+/// The migration parameters, with QEMU's defaults (`query-migrate-parameters`).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)] // QEMU's `MigrationParameters` members, named as in QAPI.
 pub struct MigrationParameters {
-    announce_initial: u64,
-    announce_max: u64,
-    announce_rounds: u64,
-    announce_step: u64,
-    throttle_trigger_threshold: u8,
-    cpu_throttle_initial: u8,
-    cpu_throttle_increment: u8,
-    cpu_throttle_tailslow: bool,
-    max_bandwidth: u64,
-    avail_switchover_bandwidth: u64,
-    downtime_limit: u64,
-    x_checkpoint_delay: u32,
-    multifd_channels: u8,
-    xbzrle_cache_size: u64,
-    max_postcopy_bandwidth: u64,
-    max_cpu_throttle: u8,
+    pub announce_initial: u64,
+    pub announce_max: u64,
+    pub announce_rounds: u64,
+    pub announce_step: u64,
+    pub throttle_trigger_threshold: u8,
+    pub cpu_throttle_initial: u8,
+    pub cpu_throttle_increment: u8,
+    pub cpu_throttle_tailslow: bool,
+    pub max_bandwidth: u64,
+    pub avail_switchover_bandwidth: u64,
+    pub downtime_limit: u64,
+    pub x_checkpoint_delay: u32,
+    pub multifd_channels: u8,
+    pub xbzrle_cache_size: u64,
+    pub max_postcopy_bandwidth: u64,
+    pub max_cpu_throttle: u8,
     /// The migration mode.
     pub mode: MigMode,
-    direct_io: bool,
-    x_vcpu_dirty_limit_period: u64,
+    pub direct_io: bool,
+    pub x_vcpu_dirty_limit_period: u64,
 }
 
 impl Default for MigrationParameters {
@@ -80,91 +100,156 @@ impl Default for MigrationParameters {
     }
 }
 
-/// A JSON number as QEMU's input visitor reads a `uint64`/`size`: negative values are
-/// taken modulo 2^64.
-fn uint64(name: &str, v: &Value, ty: &str) -> Result<u64, ParamError> {
-    if let Some(n) = v.as_u64() {
-        return Ok(n);
-    }
-    if let Some(n) = v.as_i64() {
-        return Ok(n.cast_unsigned());
-    }
-    Err(ParamError(format!(
-        "Invalid parameter type for '{name}', expected: {ty}"
-    )))
+/// `migrate-set-parameters`' arguments (`MigrateSetParameters`, the subset we know): the
+/// parameters to change, each already read with its QAPI type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[allow(missing_docs)] // As in `MigrationParameters`.
+pub struct SetParameters {
+    pub announce_initial: Option<u64>,
+    pub announce_max: Option<u64>,
+    pub announce_rounds: Option<u64>,
+    pub announce_step: Option<u64>,
+    pub throttle_trigger_threshold: Option<u8>,
+    pub cpu_throttle_initial: Option<u8>,
+    pub cpu_throttle_increment: Option<u8>,
+    pub cpu_throttle_tailslow: Option<bool>,
+    pub max_bandwidth: Option<u64>,
+    pub avail_switchover_bandwidth: Option<u64>,
+    pub downtime_limit: Option<u64>,
+    pub x_checkpoint_delay: Option<u32>,
+    pub multifd_channels: Option<u8>,
+    pub xbzrle_cache_size: Option<u64>,
+    pub max_postcopy_bandwidth: Option<u64>,
+    pub max_cpu_throttle: Option<u8>,
+    pub mode: Option<MigMode>,
+    pub direct_io: Option<bool>,
+    pub x_vcpu_dirty_limit_period: Option<u64>,
 }
 
-fn uint_n<T: TryFrom<u64>>(name: &str, v: &Value, ty: &str) -> Result<T, ParamError> {
-    let n = uint64(name, v, ty)?;
+/// `n` as a narrower QAPI integer type, or QEMU's visitor error.
+fn narrow<T: TryFrom<u64>>(name: &'static str, n: u64, ty: &'static str) -> Result<T, ParamError> {
     T::try_from(n).map_err(|_| expects(name, ty))
 }
 
-fn boolean(name: &str, v: &Value) -> Result<bool, ParamError> {
-    v.as_bool().ok_or_else(|| {
-        ParamError(format!(
-            "Invalid parameter type for '{name}', expected: boolean"
-        ))
-    })
-}
-
-impl MigrationParameters {
-    /// `migrate-set-parameters`: applies `args` to a copy, checks the result as QEMU does,
-    /// and only then keeps it. Unknown names are refused (the QMP schema refuses them
-    /// first).
-    pub fn apply(&mut self, args: &Map<String, Value>) -> Result<(), ParamError> {
-        let mut next = self.clone();
-        for (name, v) in args {
-            next.set(name, v)?;
+impl SetParameters {
+    /// Sets the integer parameter `name` (its QMP name) as QEMU's input visitor reads it:
+    /// a `uint8`/`uint32` out of range is `Parameter '<name>' expects uint8` (`uint32`).
+    /// (A negative `uint64`/`size` is the caller's to take modulo 2^64, as QEMU does.)
+    pub fn set_uint(&mut self, name: &str, n: u64) -> Result<(), ParamError> {
+        match name {
+            "announce-initial" => self.announce_initial = Some(n),
+            "announce-max" => self.announce_max = Some(n),
+            "announce-rounds" => self.announce_rounds = Some(n),
+            "announce-step" => self.announce_step = Some(n),
+            "throttle-trigger-threshold" => {
+                self.throttle_trigger_threshold =
+                    Some(narrow("throttle-trigger-threshold", n, "uint8")?);
+            }
+            "cpu-throttle-initial" => {
+                self.cpu_throttle_initial = Some(narrow("cpu-throttle-initial", n, "uint8")?);
+            }
+            "cpu-throttle-increment" => {
+                self.cpu_throttle_increment = Some(narrow("cpu-throttle-increment", n, "uint8")?);
+            }
+            "max-bandwidth" => self.max_bandwidth = Some(n),
+            "avail-switchover-bandwidth" => self.avail_switchover_bandwidth = Some(n),
+            "downtime-limit" => self.downtime_limit = Some(n),
+            "x-checkpoint-delay" => {
+                self.x_checkpoint_delay = Some(narrow("x-checkpoint-delay", n, "uint32")?);
+            }
+            "multifd-channels" => {
+                self.multifd_channels = Some(narrow("multifd-channels", n, "uint8")?);
+            }
+            "xbzrle-cache-size" => self.xbzrle_cache_size = Some(n),
+            "max-postcopy-bandwidth" => self.max_postcopy_bandwidth = Some(n),
+            "max-cpu-throttle" => {
+                self.max_cpu_throttle = Some(narrow("max-cpu-throttle", n, "uint8")?);
+            }
+            "x-vcpu-dirty-limit-period" => self.x_vcpu_dirty_limit_period = Some(n),
+            other => return Err(ParamError::Unexpected(other.to_string())),
         }
-        next.check()?;
-        *self = next;
         Ok(())
     }
 
-    fn set(&mut self, name: &str, v: &Value) -> Result<(), ParamError> {
+    /// Sets the boolean parameter `name` (its QMP name).
+    pub fn set_bool(&mut self, name: &str, on: bool) -> Result<(), ParamError> {
         match name {
-            "announce-initial" => self.announce_initial = uint64(name, v, "size")?,
-            "announce-max" => self.announce_max = uint64(name, v, "size")?,
-            "announce-rounds" => self.announce_rounds = uint64(name, v, "size")?,
-            "announce-step" => self.announce_step = uint64(name, v, "size")?,
-            "throttle-trigger-threshold" => {
-                self.throttle_trigger_threshold = uint_n(name, v, "uint8")?;
-            }
-            "cpu-throttle-initial" => self.cpu_throttle_initial = uint_n(name, v, "uint8")?,
-            "cpu-throttle-increment" => self.cpu_throttle_increment = uint_n(name, v, "uint8")?,
-            "cpu-throttle-tailslow" => self.cpu_throttle_tailslow = boolean(name, v)?,
-            "max-bandwidth" => self.max_bandwidth = uint64(name, v, "size")?,
-            "avail-switchover-bandwidth" => {
-                self.avail_switchover_bandwidth = uint64(name, v, "size")?;
-            }
-            "downtime-limit" => self.downtime_limit = uint64(name, v, "uint64")?,
-            "x-checkpoint-delay" => self.x_checkpoint_delay = uint_n(name, v, "uint32")?,
-            "multifd-channels" => self.multifd_channels = uint_n(name, v, "uint8")?,
-            "xbzrle-cache-size" => self.xbzrle_cache_size = uint64(name, v, "size")?,
-            "max-postcopy-bandwidth" => self.max_postcopy_bandwidth = uint64(name, v, "size")?,
-            "max-cpu-throttle" => self.max_cpu_throttle = uint_n(name, v, "uint8")?,
-            "x-vcpu-dirty-limit-period" => {
-                self.x_vcpu_dirty_limit_period = uint64(name, v, "uint64")?;
-            }
-            "direct-io" => self.direct_io = boolean(name, v)?,
-            "mode" => {
-                self.mode = match v.as_str() {
-                    Some("normal") => MigMode::Normal,
-                    Some("cpr-reboot") => MigMode::CprReboot,
-                    Some(other) => {
-                        return Err(ParamError(format!(
-                            "Parameter 'mode' does not accept value '{other}'"
-                        )));
-                    }
-                    None => {
-                        return Err(ParamError(
-                            "Invalid parameter type for 'mode', expected: string".into(),
-                        ));
-                    }
-                };
-            }
-            other => return Err(ParamError(format!("Parameter '{other}' is unexpected"))),
+            "cpu-throttle-tailslow" => self.cpu_throttle_tailslow = Some(on),
+            "direct-io" => self.direct_io = Some(on),
+            other => return Err(ParamError::Unexpected(other.to_string())),
         }
+        Ok(())
+    }
+
+    /// Sets `mode` from its wire name.
+    pub fn set_mode(&mut self, value: &str) -> Result<(), ParamError> {
+        self.mode = Some(
+            MigMode::from_wire(value).ok_or_else(|| ParamError::BadValue {
+                name: "mode",
+                value: value.to_string(),
+            })?,
+        );
+        Ok(())
+    }
+
+    /// Sets the parameter `name` from a `-global` value: `ty` says how the text is read.
+    pub fn set_text(
+        &mut self,
+        name: &str,
+        ty: PropertyType,
+        text: &str,
+    ) -> Result<(), GlobalError> {
+        match ty {
+            PropertyType::Bool => self.set_bool(name, parse_bool(text)?)?,
+            PropertyType::Str => self.set_mode(text)?,
+            PropertyType::Uint => {
+                let n = match text.strip_prefix("0x") {
+                    Some(hex) => u64::from_str_radix(hex, 16),
+                    None => text.parse(),
+                };
+                let n = n.map_err(|_| GlobalError::NotUnsigned(text.to_string()))?;
+                self.set_uint(name, n)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl MigrationParameters {
+    /// `migrate-set-parameters`: applies `set` to a copy, checks the result as QEMU does,
+    /// and only then keeps it.
+    pub fn apply(&mut self, set: &SetParameters) -> Result<(), ParamError> {
+        let mut next = self.clone();
+        macro_rules! merge {
+            ($($field:ident),*) => {
+                $(if let Some(v) = set.$field {
+                    next.$field = v;
+                })*
+            };
+        }
+        merge!(
+            announce_initial,
+            announce_max,
+            announce_rounds,
+            announce_step,
+            throttle_trigger_threshold,
+            cpu_throttle_initial,
+            cpu_throttle_increment,
+            cpu_throttle_tailslow,
+            max_bandwidth,
+            avail_switchover_bandwidth,
+            downtime_limit,
+            x_checkpoint_delay,
+            multifd_channels,
+            xbzrle_cache_size,
+            max_postcopy_bandwidth,
+            max_cpu_throttle,
+            mode,
+            direct_io,
+            x_vcpu_dirty_limit_period
+        );
+        next.check()?;
+        *self = next;
         Ok(())
     }
 
@@ -230,31 +315,6 @@ impl MigrationParameters {
         }
         Ok(())
     }
-
-    /// `query-migrate-parameters`.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "announce-initial": self.announce_initial,
-            "announce-max": self.announce_max,
-            "announce-rounds": self.announce_rounds,
-            "announce-step": self.announce_step,
-            "throttle-trigger-threshold": self.throttle_trigger_threshold,
-            "cpu-throttle-initial": self.cpu_throttle_initial,
-            "cpu-throttle-increment": self.cpu_throttle_increment,
-            "cpu-throttle-tailslow": self.cpu_throttle_tailslow,
-            "max-bandwidth": self.max_bandwidth,
-            "avail-switchover-bandwidth": self.avail_switchover_bandwidth,
-            "downtime-limit": self.downtime_limit,
-            "x-checkpoint-delay": self.x_checkpoint_delay,
-            "multifd-channels": self.multifd_channels,
-            "xbzrle-cache-size": self.xbzrle_cache_size,
-            "max-postcopy-bandwidth": self.max_postcopy_bandwidth,
-            "max-cpu-throttle": self.max_cpu_throttle,
-            "mode": self.mode.as_str(),
-            "direct-io": self.direct_io,
-            "x-vcpu-dirty-limit-period": self.x_vcpu_dirty_limit_period,
-        })
-    }
 }
 
 /// What a `-global migration.<property>` names.
@@ -263,7 +323,7 @@ pub enum GlobalProperty {
     /// A parameter, by its `migrate-set-parameters` name, and the JSON type it takes.
     Parameter(&'static str, PropertyType),
     /// A capability, by its `migrate-set-capabilities` name.
-    Capability(&'static str),
+    Capability(MigrationCapability),
 }
 
 /// How a `-global` value is read.
@@ -339,43 +399,49 @@ pub fn global_property(name: &str) -> Option<GlobalProperty> {
     if let Some((_, param, ty)) = PARAMETER_PROPERTIES.iter().find(|(p, _, _)| *p == name) {
         return Some(GlobalProperty::Parameter(param, *ty));
     }
-    crate::qmp::schema::MIGRATION_CAPABILITY
-        .values
+    MigrationCapability::ALL
         .iter()
+        .copied()
         .find(|cap| {
-            if cap.starts_with("x-") || **cap == "mapped-ram" {
-                **cap == name
+            let cap_name = cap.as_str();
+            if cap_name.starts_with("x-") || *cap == MigrationCapability::MappedRam {
+                cap_name == name
             } else {
-                name.strip_prefix("x-") == Some(**cap)
+                name.strip_prefix("x-") == Some(cap_name)
             }
         })
-        .map(|cap| GlobalProperty::Capability(cap))
+        .map(GlobalProperty::Capability)
 }
 
-/// A `-global` value as JSON for `ty`, or why not.
-pub fn property_value(ty: PropertyType, text: &str) -> Result<Value, String> {
-    match ty {
-        PropertyType::Bool => parse_bool(text).map(Value::Bool),
-        PropertyType::Str => Ok(Value::String(text.to_string())),
-        PropertyType::Uint => {
-            let n = match text.strip_prefix("0x") {
-                Some(hex) => u64::from_str_radix(hex, 16),
-                None => text.parse(),
-            };
-            n.map(Value::from)
-                .map_err(|_| format!("'{text}' is not an unsigned integer"))
-        }
-    }
+/// Why a `-global migration.<property>=<value>` cannot be applied (after QEMU's `can't
+/// apply global %s: `).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GlobalError {
+    /// No such property.
+    #[error("Property '{driver}.{property}' not found")]
+    NotFound {
+        /// The object (`migration`).
+        driver: String,
+        /// The property.
+        property: String,
+    },
+    /// A boolean property with another value.
+    #[error("'{0}' is not a boolean (use 'on' or 'off', 'yes' or 'no', 'true' or 'false')")]
+    NotBoolean(String),
+    /// An integer property with another value.
+    #[error("'{0}' is not an unsigned integer")]
+    NotUnsigned(String),
+    /// The value is refused as `migrate-set-parameters` refuses it.
+    #[error(transparent)]
+    Parameter(#[from] ParamError),
 }
 
 /// QEMU's `qapi_bool_parse`.
-pub fn parse_bool(text: &str) -> Result<bool, String> {
+pub fn parse_bool(text: &str) -> Result<bool, GlobalError> {
     match text {
         "on" | "yes" | "true" | "y" => Ok(true),
         "off" | "no" | "false" | "n" => Ok(false),
-        _ => Err(format!(
-            "'{text}' is not a boolean (use 'on' or 'off', 'yes' or 'no', 'true' or 'false')"
-        )),
+        _ => Err(GlobalError::NotBoolean(text.to_string())),
     }
 }
 
@@ -383,103 +449,131 @@ pub fn parse_bool(text: &str) -> Result<bool, String> {
 mod tests {
     use super::*;
 
-    fn set(p: &mut MigrationParameters, v: Value) -> Result<(), String> {
-        p.apply(v.as_object().expect("object")).map_err(|e| e.0)
+    type Case<'a> = (&'a [(&'a str, u64)], Option<&'a str>, &'a str);
+
+    /// `migrate-set-parameters` as the QMP layer feeds it: uints first, then the rest.
+    fn set(
+        p: &mut MigrationParameters,
+        uints: &[(&str, u64)],
+        mode: Option<&str>,
+    ) -> Result<(), String> {
+        let mut s = SetParameters::default();
+        for (name, n) in uints {
+            s.set_uint(name, *n).map_err(|e| e.to_string())?;
+        }
+        if let Some(m) = mode {
+            s.set_mode(m).map_err(|e| e.to_string())?;
+        }
+        p.apply(&s).map_err(|e| e.to_string())
     }
 
     #[test]
     fn out_of_range_values_are_refused_with_qemu_words_and_change_nothing() {
         let mut p = MigrationParameters::default();
-        let cases = [
+        let cases: [Case; 11] = [
             (
-                json!({"downtime-limit": -1}),
+                &[("downtime-limit", u64::MAX)],
+                None,
                 "Parameter 'downtime_limit' expects an integer in the range of 0 to (2000 * 1000) ms",
             ),
             (
-                json!({"announce-max": -1}),
+                &[("announce-max", u64::MAX)],
+                None,
                 "Parameter 'announce_max' expects a value between 0 and 100000",
             ),
             (
-                json!({"announce-step": 0}),
+                &[("announce-step", 0)],
+                None,
                 "Parameter 'announce_step' expects a value between 0 and 10000",
             ),
             (
-                json!({"cpu-throttle-initial": 300}),
+                &[("cpu-throttle-initial", 300)],
+                None,
                 "Parameter 'cpu-throttle-initial' expects uint8",
             ),
             (
-                json!({"cpu-throttle-initial": 0}),
+                &[("cpu-throttle-initial", 0)],
+                None,
                 "Parameter 'cpu_throttle_initial' expects an integer in the range of 1 to 99",
             ),
             (
-                json!({"multifd-channels": 0}),
+                &[("multifd-channels", 0)],
+                None,
                 "Parameter 'multifd_channels' expects a value between 1 and 255",
             ),
             (
-                json!({"xbzrle-cache-size": 5000}),
+                &[("xbzrle-cache-size", 5000)],
+                None,
                 "Parameter 'xbzrle_cache_size' expects a power of two no less than the target page size",
             ),
             (
-                json!({"max-cpu-throttle": 10}),
+                &[("max-cpu-throttle", 10)],
+                None,
                 "Parameter 'max_cpu_throttle' expects an integer in the range of cpu_throttle_initial to 99",
             ),
             (
-                json!({"x-checkpoint-delay": -1}),
+                &[("x-checkpoint-delay", u64::MAX)],
+                None,
                 "Parameter 'x-checkpoint-delay' expects uint32",
             ),
             (
-                json!({"x-vcpu-dirty-limit-period": 0}),
+                &[("x-vcpu-dirty-limit-period", 0)],
+                None,
                 "Parameter 'x-vcpu-dirty-limit-period' expects a value between 1 and 1000",
             ),
             // One bad value refuses the whole call: the good one is not kept either.
             (
-                json!({"mode": "cpr-reboot", "downtime-limit": 2_000_001}),
+                &[("downtime-limit", 2_000_001)],
+                Some("cpr-reboot"),
                 "Parameter 'downtime_limit' expects an integer in the range of 0 to (2000 * 1000) ms",
             ),
         ];
-        for (args, want) in cases {
-            assert_eq!(set(&mut p, args.clone()), Err(want.to_string()), "{args}");
+        for (uints, mode, want) in cases {
+            assert_eq!(set(&mut p, uints, mode), Err(want.to_string()), "{uints:?}");
             assert_eq!(
                 p,
                 MigrationParameters::default(),
-                "{args} changed something"
+                "{uints:?} changed something"
             );
         }
-        let q = p.to_json();
-        assert_eq!(q["downtime-limit"], 300);
-        assert_eq!(q["announce-max"], 550);
+        assert_eq!(p.downtime_limit, 300);
+        assert_eq!(p.announce_max, 550);
     }
 
     #[test]
-    fn in_range_values_are_kept_and_reported() {
+    fn in_range_values_are_kept() {
         let mut p = MigrationParameters::default();
         set(
             &mut p,
-            json!({"downtime-limit": 2_000_000, "announce-max": 100_000, "mode": "cpr-reboot",
-                   "max-bandwidth": -1}),
+            &[
+                ("downtime-limit", 2_000_000),
+                ("announce-max", 100_000),
+                ("max-bandwidth", u64::MAX),
+            ],
+            Some("cpr-reboot"),
         )
         .expect("in range");
-        let q = p.to_json();
-        assert_eq!(q["downtime-limit"], 2_000_000);
-        assert_eq!(q["announce-max"], 100_000);
-        assert_eq!(q["mode"], "cpr-reboot");
-        // QEMU takes a negative size modulo 2^64, and SIZE_MAX allows it.
-        assert_eq!(q["max-bandwidth"], u64::MAX);
+        assert_eq!(p.downtime_limit, 2_000_000);
+        assert_eq!(p.announce_max, 100_000);
+        assert_eq!(p.mode, MigMode::CprReboot);
+        assert_eq!(p.max_bandwidth, u64::MAX);
     }
 
     #[test]
     fn global_properties_use_qemus_names() {
         assert_eq!(
             global_property("x-ignore-shared"),
-            Some(GlobalProperty::Capability("x-ignore-shared"))
+            Some(GlobalProperty::Capability(
+                MigrationCapability::XIgnoreShared
+            ))
         );
         assert_eq!(
             global_property("x-events"),
-            Some(GlobalProperty::Capability("events"))
+            Some(GlobalProperty::Capability(MigrationCapability::Events))
         );
         assert_eq!(
             global_property("mapped-ram"),
-            Some(GlobalProperty::Capability("mapped-ram"))
+            Some(GlobalProperty::Capability(MigrationCapability::MappedRam))
         );
         assert_eq!(global_property("events"), None);
         assert_eq!(
@@ -497,10 +591,11 @@ mod tests {
         assert_eq!(parse_bool("on"), Ok(true));
         assert_eq!(parse_bool("false"), Ok(false));
         parse_bool("maybe").expect_err("not a boolean");
-        assert_eq!(
-            property_value(PropertyType::Uint, "0x10"),
-            Ok(Value::from(16u64))
-        );
-        property_value(PropertyType::Uint, "-1").expect_err("not unsigned");
+        let mut s = SetParameters::default();
+        s.set_text("downtime-limit", PropertyType::Uint, "0x10")
+            .expect("hex");
+        assert_eq!(s.downtime_limit, Some(16));
+        s.set_text("downtime-limit", PropertyType::Uint, "-1")
+            .expect_err("not unsigned");
     }
 }

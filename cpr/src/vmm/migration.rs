@@ -28,18 +28,21 @@ use std::time::Instant;
 
 use cpr_runstate::RunState;
 use cpr_vfio_info::{MigrationInfo, MigrationStats, MigrationStatus};
-use serde_json::{Map, Value, json};
 
 use cpr_migration_file::{AtomicFile, QemuFile};
 
 use super::Vmm;
+use super::api::{
+    CapabilityStatus, Event, MigrateArgs, MigrateIncomingArgs, MigrationCapability, Response,
+    TargetError,
+};
 use super::cpr_ops::Flavor;
 use super::mig_params::{
-    GlobalProperty, MigrationParameters, global_property, parse_bool, property_value,
+    GlobalError, GlobalProperty, MigrationParameters, SetParameters, global_property, parse_bool,
 };
 use super::target::RamFile;
 use crate::config::Global;
-use crate::error::{Error, Result};
+use crate::error::{ArgumentError, Error, Result};
 
 /// `MigMode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -52,12 +55,54 @@ pub enum MigMode {
 }
 
 impl MigMode {
-    pub(super) fn as_str(self) -> &'static str {
+    /// Every mode, in QAPI order.
+    pub const NAMES: &'static [&'static str] = &["normal", "cpr-reboot"];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
         match self {
             MigMode::Normal => "normal",
             MigMode::CprReboot => "cpr-reboot",
         }
     }
+
+    /// The mode named `name` on the wire.
+    pub fn from_wire(name: &str) -> Option<MigMode> {
+        match name {
+            "normal" => Some(MigMode::Normal),
+            "cpr-reboot" => Some(MigMode::CprReboot),
+            _ => None,
+        }
+    }
+}
+
+/// Why a migration command is refused (QEMU's words where QEMU has them).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MigrateError {
+    /// A migration is in `setup` or `active`.
+    #[error("There's a migration process in progress")]
+    InProgress,
+    /// `migrate {resume: true}`: there is never a paused migration here.
+    #[error("Cannot resume if there is no paused migration")]
+    NoPausedMigration,
+    /// `migrate` in `inmigrate`.
+    #[error("Guest is waiting for an incoming migration")]
+    IncomingPending,
+    /// `migrate` before the VM ever ran.
+    #[error("migrate: the VM was never started, there is no state to migrate")]
+    NeverStarted,
+    /// `migrate` in a run state a load could never enter.
+    #[error("cannot migrate a VM that is {0}: its state could never be loaded")]
+    Unloadable(RunState),
+    /// A capability CPR modes refuse (`migrate_mode_is_cpr` checks).
+    #[error("Cannot use {0} with CPR")]
+    NotWithCpr(&'static str),
+    /// `migrate-incoming` without `--incoming`.
+    #[error("'-incoming' was not specified on the command line")]
+    NoIncoming,
+    /// `migrate-incoming` a second time.
+    #[error("The incoming migration has already been started")]
+    IncomingStarted,
 }
 
 /// Where a migration stream goes or comes from.
@@ -69,10 +114,33 @@ pub struct FileTarget {
     pub offset: u64,
 }
 
+impl FileTarget {
+    /// Parses a `uri` argument: QEMU's `file:PATH[,offset=N]` (`N` decimal or `0x` hex).
+    pub fn from_uri(uri: &str) -> std::result::Result<FileTarget, TargetError> {
+        let Some(spec) = uri.strip_prefix("file:") else {
+            return Err(TargetError::UnknownProtocol(uri.to_string()));
+        };
+        let (path, offset) = match spec.split_once(",offset=") {
+            Some((p, o)) => (
+                p,
+                parse_offset(o).ok_or_else(|| TargetError::BadOffset(o.to_string()))?,
+            ),
+            None => (spec, 0),
+        };
+        if path.is_empty() {
+            return Err(TargetError::UnknownProtocol(uri.to_string()));
+        }
+        Ok(FileTarget {
+            path: PathBuf::from(path),
+            offset,
+        })
+    }
+}
+
 /// Migration settings and the last migration's outcome.
 #[derive(Debug, Clone, Default)]
 pub struct MigrationState {
-    caps: BTreeMap<String, bool>,
+    caps: BTreeMap<MigrationCapability, bool>,
     /// The parameters, checked as QEMU checks them.
     params: MigrationParameters,
     /// What `query-migrate` reports.
@@ -84,9 +152,9 @@ pub struct MigrationState {
 }
 
 impl MigrationState {
-    /// Whether capability `name` is on.
-    pub fn cap(&self, name: &str) -> bool {
-        self.caps.get(name).copied().unwrap_or(false)
+    /// Whether capability `cap` is on.
+    pub fn cap(&self, cap: MigrationCapability) -> bool {
+        self.caps.get(&cap).copied().unwrap_or(false)
     }
 
     /// The migration mode.
@@ -98,30 +166,35 @@ impl MigrationState {
     /// checks as `migrate-set-capabilities` and `migrate-set-parameters`.
     pub fn apply_globals(&mut self, globals: &[Global]) -> Result<()> {
         for g in globals {
-            let fail = |why: String| Error::Other(format!("can't apply global {g}: {why}"));
-            let property = match g.driver.as_str() {
-                "migration" => global_property(&g.property),
-                _ => None,
-            };
-            match property {
-                None => {
-                    return Err(fail(format!(
-                        "Property '{}.{}' not found",
-                        g.driver, g.property
-                    )));
-                }
-                Some(GlobalProperty::Capability(cap)) => {
-                    let on = parse_bool(&g.value).map_err(fail)?;
-                    self.caps.insert(cap.to_string(), on);
-                }
-                Some(GlobalProperty::Parameter(name, ty)) => {
-                    let value = property_value(ty, &g.value).map_err(fail)?;
-                    let args = Map::from_iter([(name.to_string(), value)]);
-                    self.params.apply(&args).map_err(|e| fail(e.0))?;
-                }
-            }
+            self.apply_global(g)
+                .map_err(|source| ArgumentError::Global {
+                    global: g.to_string(),
+                    source,
+                })?;
         }
         Ok(())
+    }
+
+    fn apply_global(&mut self, g: &Global) -> std::result::Result<(), GlobalError> {
+        let property = match g.driver.as_str() {
+            "migration" => global_property(&g.property),
+            _ => None,
+        };
+        match property {
+            None => Err(GlobalError::NotFound {
+                driver: g.driver.clone(),
+                property: g.property.clone(),
+            }),
+            Some(GlobalProperty::Capability(cap)) => {
+                self.caps.insert(cap, parse_bool(&g.value)?);
+                Ok(())
+            }
+            Some(GlobalProperty::Parameter(name, ty)) => {
+                let mut set = SetParameters::default();
+                set.set_text(name, ty, &g.value)?;
+                Ok(self.params.apply(&set)?)
+            }
+        }
     }
 
     fn in_progress(&self) -> bool {
@@ -129,77 +202,6 @@ impl MigrationState {
             self.info.status,
             Some(MigrationStatus::Setup | MigrationStatus::Active)
         )
-    }
-}
-
-/// Parses a `uri` or `channels` argument into a file target (QEMU's `file:` transport).
-pub fn parse_target(args: &Map<String, Value>) -> Result<FileTarget> {
-    match (args.get("uri"), args.get("channels")) {
-        (Some(_), Some(_)) => Err(Error::Other(
-            "need either 'uri' or 'channels' argument".into(),
-        )),
-        (None, None) => Err(Error::Other(
-            "need either 'uri' or 'channels' argument".into(),
-        )),
-        (Some(uri), None) => {
-            let uri = uri.as_str().unwrap_or_default();
-            let Some(spec) = uri.strip_prefix("file:") else {
-                return Err(Error::Other(format!("unknown migration protocol: {uri}")));
-            };
-            let (path, offset) = match spec.split_once(",offset=") {
-                Some((p, o)) => (
-                    p,
-                    parse_offset(o)
-                        .ok_or_else(|| Error::Other(format!("file URI has bad offset {o}")))?,
-                ),
-                None => (spec, 0),
-            };
-            if path.is_empty() {
-                return Err(Error::Other(format!("unknown migration protocol: {uri}")));
-            }
-            Ok(FileTarget {
-                path: PathBuf::from(path),
-                offset,
-            })
-        }
-        (None, Some(channels)) => {
-            let list = channels.as_array().cloned().unwrap_or_default();
-            if list.len() != 1 {
-                return Err(Error::Other(
-                    "Channel list must have exactly one entry, of type 'main'".into(),
-                ));
-            }
-            let ch = &list[0];
-            if ch.get("channel-type").and_then(Value::as_str) != Some("main") {
-                return Err(Error::Other(
-                    "Channel list must have exactly one entry, of type 'main'".into(),
-                ));
-            }
-            let addr = ch.get("addr").cloned().unwrap_or(Value::Null);
-            match addr.get("transport").and_then(Value::as_str) {
-                Some("file") => {}
-                Some(other) => {
-                    return Err(Error::Other(format!(
-                        "unknown migration protocol: {other} (only 'file' channels are supported)"
-                    )));
-                }
-                None => return Err(Error::Other("Parameter 'transport' is missing".into())),
-            }
-            let path = addr
-                .get("filename")
-                .and_then(Value::as_str)
-                .ok_or_else(|| Error::Other("Parameter 'filename' is missing".into()))?;
-            let offset = match addr.get("offset") {
-                None => 0,
-                Some(v) => v.as_u64().ok_or_else(|| {
-                    Error::Other("Invalid parameter type for 'offset', expected: integer".into())
-                })?,
-            };
-            Ok(FileTarget {
-                path: PathBuf::from(path),
-                offset,
-            })
-        }
     }
 }
 
@@ -268,80 +270,50 @@ impl Vmm {
     /// Emits a MIGRATION event (when the `events` capability is on) and records the status.
     pub(super) fn set_migration_status(&mut self, status: MigrationStatus) {
         self.migration.info.status = Some(status);
-        if self.migration.cap("events") {
-            self.events
-                .emit("MIGRATION", Some(json!({"status": status.as_str()})));
+        if self.migration.cap(MigrationCapability::Events) {
+            self.events.send(Event::Migration(status));
         }
     }
 
-    /// Dispatches the mainline migration commands; `None` if `command` is not one.
-    pub(super) fn migration_command(
-        &mut self,
-        command: &str,
-        args: &Map<String, Value>,
-    ) -> Option<Result<Value>> {
-        Some(match command {
-            "migrate-set-capabilities" => self.set_capabilities(args),
-            "query-migrate-capabilities" => Ok(self.query_capabilities()),
-            "migrate-set-parameters" => self.set_parameters(args),
-            "query-migrate-parameters" => Ok(self.query_parameters()),
-            "migrate" => self.migrate(args).map(|()| json!({})),
-            "migrate-incoming" => self.migrate_incoming(args).map(|()| json!({})),
-            _ => return None,
-        })
-    }
-
-    fn set_capabilities(&mut self, args: &Map<String, Value>) -> Result<Value> {
+    /// `migrate-set-capabilities`.
+    pub(super) fn set_capabilities(&mut self, caps: &[CapabilityStatus]) -> Result<()> {
         if self.migration.in_progress() {
-            return Err(Error::Other(
-                "There's a migration process in progress".into(),
-            ));
+            return Err(MigrateError::InProgress.into());
         }
-        let list = args
-            .get("capabilities")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        // Validate everything before changing anything.
-        let mut updates = Vec::with_capacity(list.len());
-        for c in &list {
-            let name = c
-                .get("capability")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let state = c.get("state").and_then(Value::as_bool).unwrap_or(false);
-            updates.push((name.to_string(), state));
+        for c in caps {
+            self.migration.caps.insert(c.capability, c.state);
         }
-        for (name, state) in updates {
-            self.migration.caps.insert(name, state);
-        }
-        Ok(json!({}))
+        Ok(())
     }
 
-    fn query_capabilities(&self) -> Value {
-        let all = crate::qmp::schema::MIGRATION_CAPABILITY.values;
-        Value::Array(
-            all.iter()
-                .map(|c| json!({"capability": c, "state": self.migration.cap(c)}))
+    /// `query-migrate-capabilities`: every capability, in QAPI order.
+    pub(super) fn query_capabilities(&self) -> Response {
+        Response::MigrationCapabilities(
+            MigrationCapability::ALL
+                .iter()
+                .map(|&capability| CapabilityStatus {
+                    capability,
+                    state: self.migration.cap(capability),
+                })
                 .collect(),
         )
     }
 
-    fn set_parameters(&mut self, args: &Map<String, Value>) -> Result<Value> {
+    /// `migrate-set-parameters`.
+    pub(super) fn set_parameters(&mut self, set: &SetParameters) -> Result<()> {
         if self.migration.in_progress() {
-            return Err(Error::Other(
-                "There's a migration process in progress".into(),
-            ));
+            return Err(MigrateError::InProgress.into());
         }
         self.migration
             .params
-            .apply(args)
-            .map_err(|e| Error::Other(e.0))?;
-        Ok(json!({}))
+            .apply(set)
+            .map_err(ArgumentError::Parameter)?;
+        Ok(())
     }
 
-    fn query_parameters(&self) -> Value {
-        self.migration.params.to_json()
+    /// `query-migrate-parameters`.
+    pub(super) fn query_parameters(&self) -> Response {
+        Response::MigrationParameters(self.migration.params.clone())
     }
 
     /// Mainline's refusals for CPR modes (`migrate_mode_is_cpr` checks).
@@ -350,12 +322,15 @@ impl Vmm {
             return Ok(());
         }
         for (cap, what) in [
-            ("postcopy-ram", "postcopy"),
-            ("background-snapshot", "background snapshot"),
-            ("x-colo", "COLO"),
+            (MigrationCapability::PostcopyRam, "postcopy"),
+            (
+                MigrationCapability::BackgroundSnapshot,
+                "background snapshot",
+            ),
+            (MigrationCapability::XColo, "COLO"),
         ] {
             if self.migration.cap(cap) {
-                return Err(Error::Other(format!("Cannot use {what} with CPR")));
+                return Err(MigrateError::NotWithCpr(what).into());
             }
         }
         let state = self.rs.state();
@@ -367,37 +342,27 @@ impl Vmm {
     /// state, end in `postmigrate`. Anything that fails before the VM is stopped is the
     /// command's error (QEMU opens a `file:` target synchronously too); a failure after it
     /// is status `failed` with the VM back in the state it was in.
-    fn migrate(&mut self, args: &Map<String, Value>) -> Result<()> {
-        if args.get("resume").and_then(Value::as_bool) == Some(true) {
-            return Err(Error::Other(
-                "Cannot resume if there is no paused migration".into(),
-            ));
+    pub(super) fn migrate(&mut self, args: &MigrateArgs) -> Result<()> {
+        if args.resume {
+            return Err(MigrateError::NoPausedMigration.into());
         }
         if self.migration.in_progress() {
-            return Err(Error::Other(
-                "There's a migration process in progress".into(),
-            ));
+            return Err(MigrateError::InProgress.into());
         }
         let old = self.rs.state();
         if old == RunState::Inmigrate {
-            return Err(Error::Other(
-                "Guest is waiting for an incoming migration".into(),
-            ));
+            return Err(MigrateError::IncomingPending.into());
         }
         if self.machine().is_none() {
-            return Err(Error::Other(
-                "migrate: the VM was never started, there is no state to migrate".into(),
-            ));
+            return Err(MigrateError::NeverStarted.into());
         }
         if !matches!(
             old,
             RunState::Running | RunState::Paused | RunState::Suspended
         ) {
-            return Err(Error::Other(format!(
-                "cannot migrate a VM that is {old}: its state could never be loaded"
-            )));
+            return Err(MigrateError::Unloadable(old).into());
         }
-        let target = parse_target(args)?;
+        let target = args.target.clone().map_err(ArgumentError::Target)?;
         self.check_cpr_options()?;
         let mut out = open_target(&target, &self.ram_identities())?;
         let start = Instant::now();
@@ -417,12 +382,15 @@ impl Vmm {
         }
         self.set_migration_status(MigrationStatus::Active);
         let setup_ms = stop.duration_since(start).as_millis();
-        let ignore = self.migration.cap("x-ignore-shared");
+        let ignore = self.migration.cap(MigrationCapability::XIgnoreShared);
         let written = self.write_checkpoint(out.file(), old, Some(ignore));
         self.rs.machine_mut().ram.checkpoint_tagged();
         let written = written
             .and_then(|w| w.commit(|| out.finish()))
-            .map_err(|(errno, source)| Error::Save { errno, source })
+            .map_err(|f| Error::Save {
+                errno: f.errno,
+                source: f.source,
+            })
             .map(|(warnings, stats)| {
                 for w in warnings {
                     eprintln!("cpr-vm: warning: {w}");
@@ -476,18 +444,14 @@ impl Vmm {
     }
 
     /// `migrate-incoming`: only after `--incoming defer`, once.
-    fn migrate_incoming(&mut self, args: &Map<String, Value>) -> Result<()> {
+    pub(super) fn migrate_incoming(&mut self, args: &MigrateIncomingArgs) -> Result<()> {
         if !self.migration.incoming_enabled {
-            return Err(Error::Other(
-                "'-incoming' was not specified on the command line".into(),
-            ));
+            return Err(MigrateError::NoIncoming.into());
         }
         if !self.migration.incoming_deferred || self.rs.state() != RunState::Inmigrate {
-            return Err(Error::Other(
-                "The incoming migration has already been started".into(),
-            ));
+            return Err(MigrateError::IncomingStarted.into());
         }
-        let target = parse_target(args)?;
+        let target = args.target.clone().map_err(ArgumentError::Target)?;
         self.incoming(&target)
     }
 
@@ -520,47 +484,25 @@ impl Vmm {
 mod tests {
     use super::*;
 
-    fn args(v: Value) -> Map<String, Value> {
-        v.as_object().cloned().unwrap_or_default()
-    }
-
     #[test]
-    fn file_targets() {
+    fn file_uris() {
         assert_eq!(
-            parse_target(&args(json!({"uri": "file:/tmp/vm.state"}))).ok(),
-            Some(FileTarget {
+            FileTarget::from_uri("file:/tmp/vm.state"),
+            Ok(FileTarget {
                 path: "/tmp/vm.state".into(),
                 offset: 0
             })
         );
         assert_eq!(
-            parse_target(&args(json!({"uri": "file:/tmp/x,offset=0x1000"})))
-                .ok()
-                .map(|t| t.offset),
-            Some(4096)
+            FileTarget::from_uri("file:/tmp/x,offset=0x1000").map(|t| t.offset),
+            Ok(4096)
         );
-        let ch = json!({"channels": [{"channel-type": "main",
-            "addr": {"transport": "file", "filename": "/tmp/y", "offset": 512}}]});
+        let err = |uri| FileTarget::from_uri(uri).expect_err("refused").to_string();
         assert_eq!(
-            parse_target(&args(ch)).ok(),
-            Some(FileTarget {
-                path: "/tmp/y".into(),
-                offset: 512
-            })
-        );
-        let err = |v| parse_target(&args(v)).expect_err("refused").to_string();
-        assert_eq!(
-            err(json!({"uri": "tcp:1.2.3.4:5"})),
+            err("tcp:1.2.3.4:5"),
             "unknown migration protocol: tcp:1.2.3.4:5"
         );
-        assert_eq!(err(json!({})), "need either 'uri' or 'channels' argument");
-        assert_eq!(
-            err(json!({"uri": "file:/a", "channels": []})),
-            "need either 'uri' or 'channels' argument"
-        );
-        assert!(
-            err(json!({"channels": [{"channel-type": "main", "addr": {"transport": "socket"}}]}))
-                .starts_with("unknown migration protocol: socket")
-        );
+        assert_eq!(err("file:"), "unknown migration protocol: file:");
+        assert_eq!(err("file:/a,offset=zz"), "file URI has bad offset zz");
     }
 }

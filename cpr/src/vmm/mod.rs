@@ -5,8 +5,27 @@
 //! ([`Msg`]). After each message the run-state machine's pending requests (suspend, wakeup)
 //! are processed and its events (STOP, RESUME, SUSPEND, WAKEUP) go out over QMP.
 //!
-//! `cpr-save` and `cpr-load` (patch 6) live in `vmm/cpr_ops.rs`; see [`CprMode`].
+//! `cpr-save` and `cpr-load` (patch 6) live in `vmm/cpr_ops.rs`; see [`CprMode`]. The
+//! mainline interface (`migrate`, `migrate-incoming`, capabilities and parameters) lives in
+//! `vmm/migration.rs` and `vmm/mig_params.rs`.
+//!
+//! # The command boundary
+//!
+//! The VMM knows no JSON. It executes typed [`Command`]s ([`Vmm::command`], an exhaustive
+//! `match`) and answers typed [`Response`]s; it reports [`Event`]s through the monitor's
+//! [`EventSender::send`]. The `qmp` layer parses requests into commands (with QEMU's
+//! messages for bad arguments) and serializes what comes back; HMP builds the same
+//! commands. The list of commands is written once, in [`api`]. Arguments that QEMU checks
+//! only once the command runs are checked here, in QEMU's order: a bad `uri`/`channels`
+//! travels in the command as its [`TargetError`] and is reported after the run-state
+//! checks; merged migration parameters are range-checked with QEMU's words
+//! ([`ParamError`]). Tests drive the real `Vmm` in-process through [`Vmm::command`].
+//!
+//! Errors are typed per operation ([`MigrateError`], [`crate::error::ArgumentError`],
+//! [`crate::error::CommandError`], [`crate::error::ConfigError`]); save and load failures
+//! carry a [`nix::errno::Errno`], printed negated as QEMU prints it.
 
+pub mod api;
 mod cpr_ops;
 pub(crate) mod epoch;
 mod mig_params;
@@ -22,18 +41,21 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use cpr_memory::{Backing, GuestRam, OpenMode, RamBlock, RamBlockList, RamKind, pc_ram_windows};
 use cpr_runstate::{RunState, VmRunState};
 use cpr_vfio_info::VfioDevices;
-use serde_json::{Value, json};
 
 use crate::checkpoint::{MachineLayout, RamBlockInfo};
 use crate::config::{Incoming, OnOff, VmArgs};
-use crate::error::{Error, Result};
-use crate::machine::{
-    GuestFault, Machine, MachineConfig, MachineEvent, SerialOutput, ShutdownCause,
-};
+use crate::error::{CommandError, ConfigError, Error, Result};
+use crate::machine::{Machine, MachineConfig, MachineEvent, SerialOutput, ShutdownCause};
 use crate::qmp::{EventSender, QmpError, QmpRequest, Responder};
 
+pub use api::{
+    CapabilityStatus, Command, CommandName, CprLoadArgs, CprSaveArgs, Event, MigrateArgs,
+    MigrateIncomingArgs, MigrationCapability, MigrationTarget, RamPersistenceInfo, Response,
+    TargetError,
+};
 pub use cpr_ops::CprMode;
-pub use migration::{FileTarget, MigMode, MigrationState, parse_target};
+pub use mig_params::{GlobalError, MigrationParameters, ParamError, SetParameters};
+pub use migration::{FileTarget, MigMode, MigrateError, MigrationState};
 pub use ownership::{OwnershipError, RamOwnership, is_locked_elsewhere};
 pub use slot::{MachineSlot, SlotError};
 
@@ -43,7 +65,7 @@ pub const MAIN_RAM: &str = "pc.ram";
 /// What reaches the main loop.
 #[derive(Debug)]
 pub enum Msg {
-    /// A validated QMP command.
+    /// A command from the monitor (QMP or HMP), parsed and typed.
     Qmp(QmpRequest),
     /// Something the machine reports.
     Machine(MachineEvent),
@@ -127,18 +149,19 @@ impl Vmm {
     pub fn new(args: VmArgs, events: EventSender, msgs: Sender<Msg>) -> Result<Vmm> {
         let max_vcpus = crate::machine::layout::MAX_VCPUS;
         if args.smp == 0 || u64::from(args.smp) > max_vcpus {
-            return Err(Error::Other(format!(
-                "--smp {}: the built-in guest runs 1 to {max_vcpus} vCPUs",
-                args.smp
-            )));
+            return Err(ConfigError::Smp {
+                smp: args.smp,
+                max: max_vcpus,
+            }
+            .into());
         }
         let max_ram = crate::machine::layout::MAX_MAPPED_GIB * crate::config::GIB;
         if args.mem_size.0 < 64 * crate::config::MIB || args.mem_size.0 > max_ram {
-            return Err(Error::Other(format!(
-                "--mem-size {}: the built-in guest needs 64M to {}G of RAM",
-                args.mem_size,
-                max_ram / crate::config::GIB
-            )));
+            return Err(ConfigError::MemSize {
+                size: args.mem_size.to_string(),
+                max_gib: max_ram / crate::config::GIB,
+            }
+            .into());
         }
         let mut migration = MigrationState::default();
         migration.apply_globals(&args.globals)?;
@@ -198,12 +221,12 @@ impl Vmm {
     pub fn finish_quit(&mut self) {
         if let Some(reply) = self.quit_reply.take() {
             reply
-                .respond_queued(Ok(json!({})))
+                .respond_queued(Ok(Response::Empty))
                 .wait(std::time::Duration::from_secs(2));
-            self.events.emit(
-                "SHUTDOWN",
-                Some(json!({"guest": false, "reason": "host-qmp-quit"})),
-            );
+            self.events.send(Event::Shutdown {
+                guest: false,
+                reason: "host-qmp-quit",
+            });
         }
     }
 
@@ -229,8 +252,12 @@ impl Vmm {
             "stdout" => SerialOutput::Stdout,
             "none" => SerialOutput::Sink,
             path => SerialOutput::Writer(Box::new(
-                crate::machine::devices::serial::open_output_file(path.as_ref())
-                    .map_err(|e| Error::Other(format!("cannot open serial output {path}: {e}")))?,
+                crate::machine::devices::serial::open_output_file(path.as_ref()).map_err(
+                    |source| ConfigError::Serial {
+                        path: path.into(),
+                        source,
+                    },
+                )?,
             )),
         })
     }
@@ -315,7 +342,7 @@ impl Vmm {
     fn flush_events(&mut self) {
         let pending: Vec<_> = self.rs.drain_events().collect();
         for e in pending {
-            self.events.emit(e.event.name(), None);
+            self.events.send(Event::RunState(e.event));
         }
     }
 
@@ -323,9 +350,10 @@ impl Vmm {
     pub fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Qmp(req) => {
-                let (command, args, responder) = req.into_parts();
-                let result = self.command(&command, &args);
-                if command == "quit" && result.is_ok() {
+                let (command, responder) = req.into_parts();
+                let quit = matches!(command, Command::Quit);
+                let result = self.command(command);
+                if quit && result.is_ok() {
                     // Answered by `finish_quit`, once the monitor's socket is gone.
                     self.quit_reply = Some(responder);
                 } else {
@@ -366,10 +394,10 @@ impl Vmm {
                 eprintln!("cpr-vm: guest shutdown (vCPU {vcpu}): {reason}");
                 // No reboot: a reset request ends the VM, as QEMU's -no-reboot does.
                 self.guest_reset |= cause == ShutdownCause::GuestReset;
-                self.events.emit(
-                    "SHUTDOWN",
-                    Some(json!({"guest": true, "reason": cause.as_str()})),
-                );
+                self.events.send(Event::Shutdown {
+                    guest: true,
+                    reason: cause.as_str(),
+                });
                 self.quit = true;
             }
             MachineEvent::GuestPanicked { fatal } => {
@@ -377,11 +405,11 @@ impl Vmm {
                 if let Err(e) = self.rs.vm_stop(RunState::GuestPanicked) {
                     eprintln!("cpr-vm: {}", Error::from(e).chain());
                 }
-                self.events.emit(
-                    "GUEST_PANICKED",
-                    Some(json!({"action": "pause", "info": {"type": "cpr-testdev",
-                        "vcpu": fatal.vcpu, "vector": fatal.vector, "rip": fatal.rip}})),
-                );
+                self.events.send(Event::GuestPanicked {
+                    vcpu: fatal.vcpu,
+                    vector: fatal.vector,
+                    rip: fatal.rip,
+                });
             }
             MachineEvent::InternalError { vcpu, reason } => {
                 eprintln!("cpr-vm: KVM internal error on vCPU {vcpu}: {reason}");
@@ -392,107 +420,86 @@ impl Vmm {
         }
     }
 
-    /// Executes one QMP command.
-    fn command(&mut self, command: &str, args: &serde_json::Map<String, Value>) -> Result<Value> {
+    /// Executes one command (a QMP or HMP request, or a test's).
+    ///
+    /// `quit` only marks the VMM as quitting: the main loop answers it with
+    /// [`finish_quit`](Vmm::finish_quit) once the monitor's socket is gone.
+    pub fn command(&mut self, command: Command) -> Result<Response> {
         self.sync_suspend();
-        let str_arg = |name: &str| -> Result<String> {
-            args.get(name)
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .ok_or_else(|| Error::Other(format!("Parameter '{name}' is missing")))
-        };
-        if let Some(result) = self.migration_command(command, args) {
-            return result;
-        }
+        let empty = |r: Result<()>| r.map(|()| Response::Empty);
         match command {
-            "query-status" => {
-                let s = self.rs.query_status();
-                Ok(json!({"status": s.status.as_str(), "running": s.running, "singlestep": false}))
-            }
-            "stop" => {
+            Command::QueryStatus => Ok(Response::Status(self.rs.query_status())),
+            Command::Stop => {
                 if self.rs.state() == RunState::Inmigrate {
                     self.autostart = false;
                 } else {
                     self.rs.vm_stop(RunState::Paused)?;
                 }
-                Ok(json!({}))
+                Ok(Response::Empty)
             }
-            "cont" => self.cont().map(|()| json!({})),
-            "system_wakeup" => {
+            Command::Cont => empty(self.cont()),
+            Command::SystemWakeup => {
                 if self.rs.state() == RunState::Suspended {
                     // The guest is about to run: the RAM must be ours (`ownership.rs`).
                     self.rs.machine_mut().ram.acquire()?;
                 }
                 self.rs.system_wakeup()?;
-                Ok(json!({}))
+                Ok(Response::Empty)
             }
-            "quit" => {
+            Command::Quit => {
                 // The reply, then SHUTDOWN: `finish_quit`.
                 self.quit = true;
-                Ok(json!({}))
+                Ok(Response::Empty)
             }
-            "cpr-save" => {
-                let mode: CprMode = str_arg("mode")?.parse()?;
-                self.cpr_save(&PathBuf::from(str_arg("filename")?), mode)
-            }
-            "cpr-load" => {
-                self.cpr_load(&PathBuf::from(str_arg("filename")?))?;
-                Ok(json!({}))
-            }
-            "query-migrate" => {
+            Command::CprSave(args) => self.cpr_save(&args.filename, args.mode),
+            Command::CprLoad(args) => empty(self.cpr_load(&args.filename)),
+            Command::QueryMigrate => {
                 let mut info = self.migration.info.clone();
                 self.vfio.populate_vfio_info(&mut info);
-                serde_json::to_value(info).map_err(|e| Error::Other(e.to_string()))
+                Ok(Response::Migration(info))
             }
-            "guest-suspend-ram" => {
-                let m = self
-                    .machine()
-                    .filter(|_| self.rs.state() == RunState::Running)
-                    .ok_or_else(|| {
-                        Error::Other("guest-suspend-ram: the guest is not running".into())
-                    })?;
-                m.request_guest_suspend()?;
-                Ok(json!({}))
+            Command::GuestSuspendRam => {
+                self.running_machine("guest-suspend-ram")?
+                    .request_guest_suspend()?;
+                Ok(Response::Empty)
             }
-            "x-guest-fault" => {
-                let fault = match str_arg("kind")?.as_str() {
-                    "triple-fault" => GuestFault::TripleFault,
-                    "panic" => GuestFault::Panic,
-                    other => {
-                        return Err(Error::Other(format!(
-                            "Parameter 'kind' does not accept value '{other}'"
-                        )));
-                    }
-                };
-                let m = self
-                    .machine()
-                    .filter(|_| self.rs.state() == RunState::Running)
-                    .ok_or_else(|| {
-                        Error::Other("x-guest-fault: the guest is not running".into())
-                    })?;
-                m.request_guest_fault(fault)?;
-                Ok(json!({}))
+            Command::GuestFault(fault) => {
+                self.running_machine("x-guest-fault")?
+                    .request_guest_fault(fault)?;
+                Ok(Response::Empty)
             }
-            "query-guest-progress" => Ok(self.progress_json()),
-            "query-ram-persistence" => self.ram_persistence_json(),
-            other => Err(Error::Other(format!(
-                "The command {other} is not supported by this VM yet"
-            ))),
+            Command::QueryGuestProgress => Ok(Response::GuestProgress(
+                self.machine()
+                    .map(Machine::guest_progress)
+                    .unwrap_or_default(),
+            )),
+            Command::QueryRamPersistence => self.ram_persistence(),
+            Command::MigrateSetCapabilities(caps) => empty(self.set_capabilities(&caps)),
+            Command::MigrateSetParameters(set) => empty(self.set_parameters(&set)),
+            Command::QueryMigrateCapabilities => Ok(self.query_capabilities()),
+            Command::QueryMigrateParameters => Ok(self.query_parameters()),
+            Command::Migrate(args) => empty(self.migrate(&args)),
+            Command::MigrateIncoming(args) => empty(self.migrate_incoming(&args)),
         }
+    }
+
+    /// The machine, if the guest is running (`command` names the refused command).
+    fn running_machine(&self, command: &'static str) -> Result<&Machine> {
+        self.machine()
+            .filter(|_| self.rs.state() == RunState::Running)
+            .ok_or_else(|| CommandError::GuestNotRunning(command).into())
     }
 
     /// QEMU's `qmp_cont`.
     fn cont(&mut self) -> Result<()> {
         let state = self.rs.state();
         if state.needs_reset() {
-            return Err(Error::Other(
-                "Resetting the Virtual Machine is required".into(),
-            ));
+            return Err(CommandError::ResetRequired.into());
         }
         match state {
             RunState::Suspended => return Ok(()),
             RunState::FinishMigrate => {
-                return Err(Error::Other("Migration is not finalized yet".into()));
+                return Err(CommandError::MigrationNotFinalized.into());
             }
             RunState::Inmigrate => {
                 self.autostart = true;
@@ -510,42 +517,21 @@ impl Vmm {
         Ok(())
     }
 
-    fn progress_json(&self) -> Value {
-        let Some(m) = self.machine() else {
-            return json!({"progress": 0, "ticks": 0, "errors": 0, "reports": 0, "vcpus": []});
-        };
-        let p = m.guest_progress();
-        let vcpus: Vec<Value> = p
-            .per_vcpu
-            .iter()
-            .map(|v| {
-                json!({"progress": v.progress, "ticks": v.ticks, "errors": v.errors,
-                       "generation": v.generation, "reports": v.reports})
-            })
-            .collect();
-        let mut out = json!({"progress": p.progress, "ticks": p.ticks, "errors": p.errors,
-                             "reports": p.reports, "vcpus": vcpus});
-        if let Some(f) = p.fatal {
-            out["fatal"] = json!({"vcpu": f.vcpu, "vector": f.vector, "rip": f.rip});
-        }
-        out
-    }
-
-    fn ram_persistence_json(&self) -> Result<Value> {
+    fn ram_persistence(&self) -> Result<Response> {
         let mut out = Vec::new();
         for b in self.blocks.iter() {
             let r = cpr_memory::persistence(b).map_err(Error::Memory)?;
-            out.push(json!({
-                "block": b.idstr(),
-                "backing": b.backing().to_string(),
-                "shared": b.shared(),
-                "persistence": format!("{:?}", r.persistence),
-                "survives-process-restart": r.persistence.survives_process_restart(),
-                "survives-host-reboot": r.persistence.survives_host_reboot(),
-                "description": r.to_string(),
-            }));
+            out.push(RamPersistenceInfo {
+                block: b.idstr().to_string(),
+                backing: b.backing().to_string(),
+                shared: b.shared(),
+                persistence: format!("{:?}", r.persistence),
+                survives_process_restart: r.persistence.survives_process_restart(),
+                survives_host_reboot: r.persistence.survives_host_reboot(),
+                description: r.to_string(),
+            });
         }
-        Ok(Value::Array(out))
+        Ok(Response::RamPersistence(out))
     }
 }
 
@@ -594,7 +580,6 @@ pub fn channel_pair() -> (Sender<Msg>, Receiver<Msg>) {
 #[cfg(test)]
 mod tests {
     use clap::Parser;
-    use serde_json::Map;
 
     use super::*;
     use crate::config::Cli;
@@ -608,8 +593,19 @@ mod tests {
         Vmm::new(cli.vm, EventSender::noop(), tx)
     }
 
-    fn args(v: Value) -> Map<String, Value> {
-        v.as_object().cloned().unwrap_or_default()
+    fn parameters(vm: &mut Vmm) -> MigrationParameters {
+        match vm.command(Command::QueryMigrateParameters) {
+            Ok(Response::MigrationParameters(p)) => p,
+            other => panic!("query-migrate-parameters: {other:?}"),
+        }
+    }
+
+    fn set_x_colo(vm: &mut Vmm) {
+        vm.command(Command::MigrateSetCapabilities(vec![CapabilityStatus {
+            capability: MigrationCapability::XColo,
+            state: true,
+        }]))
+        .expect("set x-colo");
     }
 
     /// `cpr`'s own `vfio` feature must reach `cpr-vfio-info` (V7 patch 2): `cpr-vm
@@ -619,13 +615,14 @@ mod tests {
     fn query_migrate_carries_vfio_exactly_with_cprs_feature() {
         assert_eq!(cpr_vfio_info::VFIO_COMPILED_IN, cfg!(feature = "vfio"));
         let mut vm = vmm(&["--x-vfio-test-device", "0000:01:00.0"]).expect("vmm");
-        let info = vm
-            .command("query-migrate", &Map::new())
-            .expect("query-migrate");
+        let Response::Migration(info) = vm.command(Command::QueryMigrate).expect("query-migrate")
+        else {
+            panic!("query-migrate answers MigrationInfo");
+        };
         assert_eq!(
-            info.get("vfio").is_some(),
+            info.vfio.is_some(),
             cfg!(feature = "vfio"),
-            "query-migrate: {info}"
+            "query-migrate: {info:?}"
         );
     }
 
@@ -634,26 +631,29 @@ mod tests {
         let mut vm = vmm(&[]).expect("vmm");
         for (bad, want) in [
             (
-                json!({"downtime-limit": -1}),
+                SetParameters {
+                    downtime_limit: Some(u64::MAX),
+                    ..SetParameters::default()
+                },
                 "Parameter 'downtime_limit' expects an integer in the range of 0 to (2000 * 1000) ms",
             ),
             (
-                json!({"announce-max": -1}),
+                SetParameters {
+                    announce_max: Some(u64::MAX),
+                    mode: Some(MigMode::CprReboot),
+                    ..SetParameters::default()
+                },
                 "Parameter 'announce_max' expects a value between 0 and 100000",
             ),
         ] {
             let err = vm
-                .command("migrate-set-parameters", &args(bad))
+                .command(Command::MigrateSetParameters(Box::new(bad)))
                 .expect_err("out of range");
             assert_eq!(err.chain(), want);
         }
-        let q = vm
-            .command("query-migrate-parameters", &Map::new())
-            .expect("query");
-        assert_eq!(
-            (q["downtime-limit"].clone(), q["announce-max"].clone()),
-            (json!(300), json!(550))
-        );
+        let q = parameters(&mut vm);
+        assert_eq!((q.downtime_limit, q.announce_max), (300, 550));
+        assert_eq!(q.mode, MigMode::Normal, "a refused call changes nothing");
     }
 
     #[test]
@@ -667,12 +667,9 @@ mod tests {
             "migration.x-downtime-limit=1000",
         ])
         .expect("vmm");
-        assert!(vm.migration.cap("x-ignore-shared"));
+        assert!(vm.migration.cap(MigrationCapability::XIgnoreShared));
         assert_eq!(vm.migration.mode(), MigMode::CprReboot);
-        let q = vm
-            .command("query-migrate-parameters", &Map::new())
-            .expect("query");
-        assert_eq!(q["downtime-limit"], 1000);
+        assert_eq!(parameters(&mut vm).downtime_limit, 1000);
         for (bad, want) in [
             (
                 "migration.x-frob=1",
@@ -700,39 +697,129 @@ mod tests {
         }
     }
 
+    /// The typed interface, without KVM: QEMU's refusals, in QEMU's order.
+    #[test]
+    fn commands_before_the_guest_runs() {
+        let mut vm = vmm(&[]).expect("vmm");
+        let err = |vm: &mut Vmm, c: Command| vm.command(c).expect_err("refused").chain();
+        assert_eq!(
+            vm.command(Command::QueryStatus).ok(),
+            Some(Response::Status(cpr_runstate::StatusInfo::new(
+                RunState::Prelaunch
+            )))
+        );
+        let migrate = |uri: &str, resume: bool| {
+            Command::Migrate(MigrateArgs {
+                target: FileTarget::from_uri(uri),
+                detach: None,
+                resume,
+            })
+        };
+        assert_eq!(
+            err(&mut vm, migrate("file:/x", true)),
+            "Cannot resume if there is no paused migration"
+        );
+        // A bad target is reported after the run-state checks, as QEMU does.
+        assert_eq!(
+            err(&mut vm, migrate("tcp:1.2.3.4:5", false)),
+            "migrate: the VM was never started, there is no state to migrate"
+        );
+        let incoming = |uri: &str| {
+            Command::MigrateIncoming(MigrateIncomingArgs {
+                target: FileTarget::from_uri(uri),
+                exit_on_error: None,
+            })
+        };
+        assert_eq!(
+            err(&mut vm, incoming("tcp:1.2.3.4:5")),
+            "'-incoming' was not specified on the command line"
+        );
+        assert_eq!(
+            err(
+                &mut vm,
+                Command::GuestFault(crate::machine::GuestFault::Panic)
+            ),
+            "x-guest-fault: the guest is not running"
+        );
+        assert_eq!(
+            err(&mut vm, Command::GuestSuspendRam),
+            "guest-suspend-ram: the guest is not running"
+        );
+        vm.command(Command::MigrateSetCapabilities(vec![CapabilityStatus {
+            capability: MigrationCapability::Events,
+            state: true,
+        }]))
+        .expect("set events");
+        let Ok(Response::MigrationCapabilities(caps)) =
+            vm.command(Command::QueryMigrateCapabilities)
+        else {
+            panic!("query-migrate-capabilities");
+        };
+        assert_eq!(caps.len(), MigrationCapability::ALL.len());
+        let on: Vec<_> = caps
+            .iter()
+            .filter(|c| c.state)
+            .map(|c| c.capability)
+            .collect();
+        assert_eq!(on, [MigrationCapability::Events]);
+        assert!(!vm.should_quit());
+        assert_eq!(vm.command(Command::Quit).ok(), Some(Response::Empty));
+        assert!(vm.should_quit());
+    }
+
+    /// `--incoming defer`: `migrate` is refused while waiting, and a bad target of
+    /// `migrate-incoming` is reported once the state allows it.
+    #[test]
+    fn commands_while_waiting_for_an_incoming_migration() {
+        let mut vm = vmm(&[]).expect("vmm");
+        vm.start(true, Some(&Incoming::Defer)).expect("defer");
+        assert_eq!(vm.runstate(), RunState::Inmigrate);
+        let err = |vm: &mut Vmm, c: Command| vm.command(c).expect_err("refused").chain();
+        assert_eq!(
+            err(
+                &mut vm,
+                Command::Migrate(MigrateArgs {
+                    target: FileTarget::from_uri("file:/x"),
+                    detach: Some(true),
+                    resume: false,
+                })
+            ),
+            "Guest is waiting for an incoming migration"
+        );
+        assert_eq!(
+            err(
+                &mut vm,
+                Command::MigrateIncoming(MigrateIncomingArgs {
+                    target: Err(TargetError::NeedUriOrChannels),
+                    exit_on_error: None,
+                })
+            ),
+            "need either 'uri' or 'channels' argument"
+        );
+        assert_eq!(vm.runstate(), RunState::Inmigrate, "nothing changed");
+    }
+
     #[test]
     fn cpr_save_refuses_x_colo_first() {
         let mut vm = vmm(&[]).expect("vmm");
-        vm.command(
-            "migrate-set-capabilities",
-            &args(json!({"capabilities": [{"capability": "x-colo", "state": true}]})),
-        )
-        .expect("set x-colo");
+        set_x_colo(&mut vm);
         // Anonymous RAM is volatile (step 1): file-backed RAM reaches step 2.
         let dir = tempfile::tempdir().expect("tempdir");
         let ram = dir.path().join("guest.ram");
         let ram = ram.to_str().expect("utf-8");
         let mut vm2 = vmm(&["--mem-path", ram]).expect("vmm");
-        vm2.command(
-            "migrate-set-capabilities",
-            &args(json!({"capabilities": [{"capability": "x-colo", "state": true}]})),
-        )
-        .expect("set x-colo");
+        set_x_colo(&mut vm2);
         let state = dir.path().join("vm.state");
-        let err = vm2
-            .command(
-                "cpr-save",
-                &args(json!({"filename": state, "mode": "reboot"})),
-            )
-            .expect_err("x-colo");
+        let save = || {
+            Command::CprSave(CprSaveArgs {
+                filename: state.clone(),
+                mode: CprMode::Reboot,
+            })
+        };
+        let err = vm2.command(save()).expect_err("x-colo");
         assert_eq!(err.chain(), "cpr-save does not support x-colo");
         assert!(!state.exists(), "nothing was written");
-        let err = vm
-            .command(
-                "cpr-save",
-                &args(json!({"filename": state, "mode": "reboot"})),
-            )
-            .expect_err("volatile first");
+        let err = vm.command(save()).expect_err("volatile first");
         assert_eq!(err.chain(), "Memory region pc.ram is volatile");
     }
 }
