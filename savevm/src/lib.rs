@@ -66,6 +66,11 @@
 //!
 //! There is no configuration section: V7's `cpr-save` writes none.
 //!
+//! [`probe`] tells a caller which of the two kinds a file holds (device
+//! state only, or a `ram` section first: [`StreamKind`]) from its first
+//! bytes, without consuming them, and refuses a file that is not a vmstate
+//! stream as the loader does; a VMM needs no byte offsets of its own.
+//!
 //! # VMState in Rust
 //!
 //! A state type implements [`VmState`]: `NAME`, `VERSION_ID`,
@@ -209,6 +214,7 @@ pub mod consts;
 mod error;
 mod handler;
 mod path;
+mod probe;
 pub mod ram;
 mod registry;
 mod stream;
@@ -222,6 +228,7 @@ pub use path::{
     load_device_state_from_path, read_device_state_from_path, read_state_from_path,
     save_device_state_to_path, save_state_to_path,
 };
+pub use probe::{StreamKind, probe};
 pub use ram::{RamBlockDesc, RamBlocks, RamSummary, load_state};
 pub use registry::{InstanceId, OnLoad, Registration, Registry, SectionInfo, StreamCheck};
 pub use stream::{
