@@ -63,10 +63,6 @@ pub(super) enum Flavor {
     Mainline,
 }
 
-/// Bytes looked at before loading: magic, version, and the first section's header up to
-/// its idstr (type, section id, idstr length, "ram").
-const HEADER_PEEK: usize = 8 + 1 + 4 + 1 + 3;
-
 /// Opens a checkpoint for reading without blocking on a FIFO, and only if it is a regular
 /// file (a device, FIFO or socket is refused; `/dev/zero` would never end).
 fn open_regular(path: &Path) -> Result<std::fs::File> {
@@ -162,10 +158,6 @@ impl Written {
 
 /// Why writing a checkpoint failed: QEMU's negative errno and the cause.
 pub(super) type SaveFailure = (i32, Box<dyn std::error::Error + Send + Sync>);
-
-/// QEMU's `QEMU_VM_FILE_MAGIC` and `QEMU_VM_FILE_VERSION`.
-const MAGIC: u32 = 0x5145_564d;
-const VERSION: u32 = 3;
 
 fn errno_of(e: &cpr_migration_file::Error, default: i32) -> i32 {
     e.errno().map_or(default, |n| -(n as i32))
@@ -396,26 +388,15 @@ impl Vmm {
             Ok(f)
         };
         // 3. Magic and version (a short or empty file reads as "not a vmstate file").
-        let header = open()
-            .ok()
-            .and_then(|mut f| f.peek(HEADER_PEEK).ok().map(<[u8]>::to_vec))
-            .unwrap_or_default();
-        let word = |i: usize| {
-            header
-                .get(i..i + 4)
-                .and_then(|b| b.try_into().ok())
-                .map(u32::from_be_bytes)
-        };
-        if word(0) != Some(MAGIC) || word(4) != Some(VERSION) {
-            return Err(Error::NotVmstate {
+        //    A stream whose first section is QEMU's `ram` START section carries RAM (a
+        //    mainline stream); otherwise it is a V7 device-state stream (RAM in place).
+        let kind = open()
+            .and_then(|mut f| cpr_savevm::probe(&mut f))
+            .map_err(|_| Error::NotVmstate {
                 path: filename.to_path_buf(),
-            });
-        }
+            })?;
         // 4. cpr_set_mode(reboot): a no-op in patch 6, as at step 8 of cpr-save.
-        // A stream whose first section is QEMU's `ram` START section carries RAM (a
-        // mainline stream); otherwise it is a V7 device-state stream (RAM in place).
-        let has_ram = header.get(8) == Some(&0x01)
-            && header.get(13..HEADER_PEEK) == Some(b"\x03ram".as_slice());
+        let has_ram = kind.has_ram();
         // 7. cpr_set_mode(none): a no-op too.
         self.load_stream(open, flavor, has_ram)
     }
