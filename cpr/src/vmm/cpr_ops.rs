@@ -448,10 +448,7 @@ impl Vmm {
             errno: -22,
             source: Box::new(e),
         })?;
-        let saved = parsed.runstate().ok_or_else(|| Error::Load {
-            errno: -22,
-            source: "the checkpoint has no globalstate section".into(),
-        })?;
+        let saved = parsed.runstate;
         // 6 (checked first): can the saved run state be entered from ours? V7 would
         // abort in runstate_set; we refuse before touching anything.
         let current = self.rs.state();
@@ -463,10 +460,7 @@ impl Vmm {
         if check_transition(current, target).is_err() {
             return Err(Error::RunStateTransition { saved, current });
         }
-        let (saved, state) = parsed.into_state().map_err(|e| Error::Load {
-            errno: -22,
-            source: e.into(),
-        })?;
+        let state = parsed.state;
         // The guest's own word wins: a checkpoint taken while it was entering S3 may say
         // `running` while its PM register says suspended.
         let (saved, target) = if state.pm.suspended && saved == RunState::Running {
