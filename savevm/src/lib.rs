@@ -248,6 +248,9 @@
 //! QEMU-written device-state files (no vmdesc, no trailer) are refused by
 //! this loader, as is anything it cannot fully verify.
 
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
+
 pub mod consts;
 mod error;
 mod handler;
