@@ -22,6 +22,11 @@
 //! with one clear sentence ("the checkpoint has 2 vCPUs, this VM has 1") before any other
 //! section is looked at. Every section is required on load.
 //!
+//! Apart from `cpr-machine` (whose handler also checks the machine's shape), each section
+//! is a plain value ([`cpr_savevm::ValueSection`]): [`save_registry`] saves the captured
+//! values, and [`parse`] takes the parsed ones out of the loaded stream
+//! ([`LoadedState::take`]) into a [`ParsedCheckpoint`], applying nothing.
+//!
 //! # The loader accepts exactly what the saver can write
 //!
 //! A checkpoint is hostile input: a file with a valid checksum can still hold values that
@@ -59,13 +64,11 @@
 //! `cpu` section without MSRs leaves KVM's defaults, and a `globalstate` of `inmigrate`
 //! makes `cont` answer `{}` without the guest ever running.
 
-use std::sync::{Arc, Mutex};
-
 use cpr_runstate::RunState;
 use cpr_runstate::global_state::{GlobalState, RUNSTATE_BUF_LEN};
 use cpr_savevm::{
-    BoxError, FieldReader, FieldWriter, InstanceId, LoadedState, OnLoad, Persist, Registration,
-    Registry, Saved, SectionHandler, Staged, VmState,
+    FieldReader, FieldWriter, InstanceId, LoadedState, OnLoad, Registration, Registry, Saved,
+    SectionHandler, Staged, ValueSection, VmState,
 };
 use kvm_bindings::{KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE};
 
@@ -472,158 +475,91 @@ fn saveable(loaded: &LoadedState, vcpus: u32) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// A value slot: saves the value it holds; loading fills it.
-struct Slot<S>(Arc<Mutex<Option<S>>>);
-
-impl<S: VmState + Clone + Send + 'static> Persist for Slot<S> {
-    type State = S;
-
-    fn save_state(&mut self) -> Result<S, BoxError> {
-        let guard = self.0.lock().map_err(|_| BoxError::from("slot poisoned"))?;
-        guard
-            .clone()
-            .ok_or_else(|| BoxError::from(format!("no {} state captured", S::NAME)))
+/// A checkpoint's registry, in the order of the table above (`cpr-machine` first). With
+/// `values` (the run state and a captured machine) it saves them; without, it parses a
+/// checkpoint for a machine of shape `layout`: every section required, each parsed into a
+/// value that [`parse`] takes out, and [`check_saveable`] run on the whole stream.
+fn registry(
+    layout: MachineLayout,
+    values: Option<(RunState, MachineState)>,
+) -> cpr_savevm::Result<Registry> {
+    fn required(idstr: &str, instance: u32) -> Registration {
+        Registration::new(idstr, InstanceId::Id(instance), OnLoad::Required)
+    }
+    /// Registers a section that saves `value`, or (`None`) that is parsed into a value.
+    fn add<S: VmState + Send + 'static>(
+        r: &mut Registry,
+        reg: Registration,
+        value: Option<S>,
+    ) -> cpr_savevm::Result<()> {
+        let section = value.map_or_else(ValueSection::empty, ValueSection::new);
+        r.register(reg, Box::new(section)).map(drop)
     }
 
-    fn restore_state(&mut self, state: S) -> Result<(), BoxError> {
-        *self.0.lock().map_err(|_| BoxError::from("slot poisoned"))? = Some(state);
-        Ok(())
-    }
-}
-
-type Cell<S> = Arc<Mutex<Option<S>>>;
-
-fn cell<S>(value: Option<S>) -> Cell<S> {
-    Arc::new(Mutex::new(value))
-}
-
-fn take<S>(c: &Cell<S>, what: &str) -> Result<S, String> {
-    c.lock()
-        .map_err(|_| format!("{what}: slot poisoned"))?
-        .take()
-        .ok_or_else(|| format!("{what}: section was not loaded"))
-}
-
-/// The cells a checkpoint's sections are saved from or loaded into.
-struct Cells {
-    global: Cell<GlobalStateSection>,
-    vcpus: Vec<Cell<VcpuState>>,
-    pic_master: Cell<PicSection>,
-    pic_slave: Cell<PicSection>,
-    ioapic: Cell<IoapicSection>,
-    pit: Cell<PitSection>,
-    clock: Cell<KvmClockSection>,
-    serial: Cell<SerialSection>,
-    pm: Cell<PmState>,
-    testdev: Cell<TestDevState>,
-}
-
-impl Cells {
-    fn empty(vcpus: usize) -> Self {
-        Cells {
-            global: cell(None),
-            vcpus: (0..vcpus).map(|_| cell(None)).collect(),
-            pic_master: cell(None),
-            pic_slave: cell(None),
-            ioapic: cell(None),
-            pit: cell(None),
-            clock: cell(None),
-            serial: cell(None),
-            pm: cell(None),
-            testdev: cell(None),
-        }
-    }
-
-    fn filled(runstate: RunState, state: MachineState) -> Self {
-        let MachineState {
+    let (runstate, state) = values.unzip();
+    let vcpus = state.as_ref().map_or(layout.vcpus, |s| {
+        crate::machine::persist::count_u32(s.vcpus.len())
+    });
+    let (vcpu_states, vm, serial, pm, testdev) = match state {
+        Some(MachineState {
             vcpus,
             vm,
             serial,
             pm,
             testdev,
-        } = state;
-        Cells {
-            global: cell(Some(GlobalStateSection(runstate))),
-            vcpus: vcpus.into_iter().map(|v| cell(Some(v))).collect(),
-            pic_master: cell(Some(PicSection(vm.pic_master))),
-            pic_slave: cell(Some(PicSection(vm.pic_slave))),
-            ioapic: cell(Some(IoapicSection(vm.ioapic))),
-            pit: cell(Some(PitSection(vm.pit))),
-            clock: cell(Some(KvmClockSection(vm.clock))),
-            serial: cell(Some(SerialSection(serial))),
-            pm: cell(Some(pm)),
-            testdev: cell(Some(testdev)),
-        }
-    }
+        }) => (vcpus, Some(vm), Some(serial), Some(pm), Some(testdev)),
+        None => (Vec::new(), None, None, None, None),
+    };
+    let mut vcpu_states = vcpu_states.into_iter();
+    let vm = vm.as_ref();
 
-    /// A registry over these cells, `cpr-machine` first.
-    fn registry(&self, layout: MachineLayout) -> cpr_savevm::Result<Registry> {
-        fn reg<S: VmState + Clone + Send + 'static>(
-            r: &mut Registry,
-            idstr: &str,
-            instance: u32,
-            c: &Cell<S>,
-        ) -> cpr_savevm::Result<()> {
-            r.register_persist(
-                Registration::new(idstr, InstanceId::Id(instance), OnLoad::Required),
-                Slot(Arc::clone(c)),
-            )
-            .map(|_| ())
-        }
-        let mut r = Registry::new();
-        let vcpus = crate::machine::persist::count_u32(self.vcpus.len());
-        r.set_stream_check(move |loaded| check_saveable(loaded, vcpus));
-        r.register(
-            Registration::new(MachineLayout::NAME, InstanceId::Id(0), OnLoad::Required)
-                .priority(100),
-            Box::new(LayoutHandler { local: layout }),
-        )?;
-        r.register_persist(
-            Registration::new(
-                GlobalStateSection::NAME,
-                InstanceId::Id(0),
-                OnLoad::Required,
-            )
-            .priority(90),
-            Slot(Arc::clone(&self.global)),
-        )?;
-        for (i, v) in self.vcpus.iter().enumerate() {
-            reg(&mut r, "cpu", crate::machine::persist::count_u32(i), v)?;
-        }
-        reg(&mut r, "i8259", 0, &self.pic_master)?;
-        reg(&mut r, "i8259", 1, &self.pic_slave)?;
-        reg(&mut r, "ioapic", 0, &self.ioapic)?;
-        reg(&mut r, "i8254", 0, &self.pit)?;
-        reg(&mut r, "kvmclock", 0, &self.clock)?;
-        reg(&mut r, "serial", 0, &self.serial)?;
-        reg(&mut r, "cpr-pm", 0, &self.pm)?;
-        reg(&mut r, "cpr-testdev", 0, &self.testdev)?;
-        Ok(r)
+    let mut r = Registry::new();
+    r.set_stream_check(move |loaded| check_saveable(loaded, vcpus));
+    r.register(
+        required(MachineLayout::NAME, 0).priority(100),
+        Box::new(LayoutHandler { local: layout }),
+    )?;
+    add(
+        &mut r,
+        required(GlobalStateSection::NAME, 0).priority(90),
+        runstate.map(GlobalStateSection),
+    )?;
+    for i in 0..vcpus {
+        add(&mut r, required(VcpuState::NAME, i), vcpu_states.next())?;
     }
-
-    fn into_state(self) -> Result<(RunState, MachineState), String> {
-        let vcpus = self
-            .vcpus
-            .iter()
-            .enumerate()
-            .map(|(i, c)| take(c, &format!("cpu {i}")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let vm = KvmVmState {
-            pic_master: take(&self.pic_master, "i8259 0")?.0,
-            pic_slave: take(&self.pic_slave, "i8259 1")?.0,
-            ioapic: take(&self.ioapic, "ioapic")?.0,
-            pit: take(&self.pit, "i8254")?.0,
-            clock: take(&self.clock, "kvmclock")?.0,
-        };
-        let state = MachineState {
-            vcpus,
-            vm,
-            serial: take(&self.serial, "serial")?.0,
-            pm: take(&self.pm, "cpr-pm")?,
-            testdev: take(&self.testdev, "cpr-testdev")?,
-        };
-        Ok((take(&self.global, "globalstate")?.0, state))
-    }
+    add(
+        &mut r,
+        required(PicSection::NAME, 0),
+        vm.map(|vm| PicSection(vm.pic_master)),
+    )?;
+    add(
+        &mut r,
+        required(PicSection::NAME, 1),
+        vm.map(|vm| PicSection(vm.pic_slave)),
+    )?;
+    add(
+        &mut r,
+        required(IoapicSection::NAME, 0),
+        vm.map(|vm| IoapicSection(vm.ioapic)),
+    )?;
+    add(
+        &mut r,
+        required(PitSection::NAME, 0),
+        vm.map(|vm| PitSection(vm.pit)),
+    )?;
+    add(
+        &mut r,
+        required(KvmClockSection::NAME, 0),
+        vm.map(|vm| KvmClockSection(vm.clock)),
+    )?;
+    add(
+        &mut r,
+        required(SerialSection::NAME, 0),
+        serial.map(SerialSection),
+    )?;
+    add(&mut r, required(PmState::NAME, 0), pm)?;
+    add(&mut r, required(TestDevState::NAME, 0), testdev)?;
+    Ok(r)
 }
 
 /// The registry a `cpr-save` writes: `layout`, the run state, and a captured machine.
@@ -632,41 +568,19 @@ pub fn save_registry(
     runstate: RunState,
     state: MachineState,
 ) -> cpr_savevm::Result<Registry> {
-    Cells::filled(runstate, state).registry(layout)
+    registry(layout, Some((runstate, state)))
 }
 
-/// A checkpoint read and checked completely, not yet applied to anything.
+/// A checkpoint read and checked completely: what `cpr-load` builds the machine from.
+/// Nothing has been applied to anything.
+#[derive(Debug, Clone)]
 pub struct ParsedCheckpoint {
-    loaded: LoadedState,
-    registry: Registry,
-    cells: Cells,
-}
-
-impl ParsedCheckpoint {
-    /// The run state the checkpoint was taken in (available before anything is applied).
-    pub fn runstate(&self) -> Option<RunState> {
-        self.loaded
-            .staged::<GlobalStateSection>(GlobalStateSection::NAME, 0)
-            .map(|g| g.0)
-    }
-
     /// The machine layout the checkpoint records (its `cpr-machine` section).
-    pub fn layout(&self) -> Option<&MachineLayout> {
-        self.loaded.staged::<MachineLayout>(MachineLayout::NAME, 0)
-    }
-
-    /// Hands the parsed values out as a [`MachineState`].
-    pub fn into_state(self) -> Result<(RunState, MachineState), String> {
-        let ParsedCheckpoint {
-            loaded,
-            mut registry,
-            cells,
-        } = self;
-        loaded
-            .apply(&mut registry)
-            .map_err(|e| format!("unpacking the checkpoint: {e}"))?;
-        cells.into_state()
-    }
+    pub layout: MachineLayout,
+    /// The run state the checkpoint was taken in (its `globalstate` section).
+    pub runstate: RunState,
+    /// The machine's state (every other section).
+    pub state: MachineState,
 }
 
 /// Reads and checks the whole checkpoint for a machine of shape `layout`. `open` gives the
@@ -678,13 +592,32 @@ pub fn parse(
     layout: MachineLayout,
     ram: Option<&mut dyn cpr_savevm::RamBlocks>,
 ) -> cpr_savevm::Result<ParsedCheckpoint> {
-    let cells = Cells::empty(layout.vcpus as usize);
-    let registry = cells.registry(layout)?;
-    let loaded = cpr_savevm::load_state(open, &registry, ram)?;
+    let vcpus = layout.vcpus;
+    let registry = registry(layout, None)?;
+    let mut loaded = cpr_savevm::load_state(open, &registry, ram)?;
+    let vcpus = (0..vcpus)
+        .map(|i| loaded.take::<VcpuState>(VcpuState::NAME, i))
+        .collect::<cpr_savevm::Result<Vec<_>>>()?;
+    let vm = KvmVmState {
+        pic_master: loaded.take::<PicSection>(PicSection::NAME, 0)?.0,
+        pic_slave: loaded.take::<PicSection>(PicSection::NAME, 1)?.0,
+        ioapic: loaded.take::<IoapicSection>(IoapicSection::NAME, 0)?.0,
+        pit: loaded.take::<PitSection>(PitSection::NAME, 0)?.0,
+        clock: loaded.take::<KvmClockSection>(KvmClockSection::NAME, 0)?.0,
+    };
+    let state = MachineState {
+        vcpus,
+        vm,
+        serial: loaded.take::<SerialSection>(SerialSection::NAME, 0)?.0,
+        pm: loaded.take(PmState::NAME, 0)?,
+        testdev: loaded.take(TestDevState::NAME, 0)?,
+    };
     Ok(ParsedCheckpoint {
-        loaded,
-        registry,
-        cells,
+        layout: loaded.take(MachineLayout::NAME, 0)?,
+        runstate: loaded
+            .take::<GlobalStateSection>(GlobalStateSection::NAME, 0)?
+            .0,
+        state,
     })
 }
 

@@ -214,11 +214,10 @@ fn through_checkpoint(state: MachineState) -> MachineState {
     };
     let bytes = save(state);
     let open = || Ok(QemuFile::from_bytes(bytes.clone(), "cpr-load"));
-    let (runstate, loaded) = checkpoint::parse(open, layout.clone(), None)
-        .expect("a real capture loads")
-        .into_state()
-        .expect("unpacked");
-    assert_eq!(runstate, RunState::Paused);
+    let parsed = checkpoint::parse(open, layout.clone(), None).expect("a real capture loads");
+    let loaded = parsed.state;
+    assert_eq!(parsed.runstate, RunState::Paused);
+    assert_eq!(parsed.layout, layout);
     assert!(save(loaded.clone()) == bytes, "re-saving changed the file");
     loaded
 }

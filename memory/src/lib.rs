@@ -130,6 +130,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+#![warn(unreachable_pub)]
+
 mod backing;
 mod block;
 mod error;

@@ -95,6 +95,9 @@
 //! * **`globalstate` decoding is strict** about `size` and the NUL
 //!   terminator (see [`global_state`]).
 
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
+
 mod error;
 mod event;
 pub mod global_state;

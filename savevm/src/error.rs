@@ -574,11 +574,21 @@ pub enum Error {
         /// (registry id, generation) at apply time.
         applied: (u64, u64),
     },
-    /// The staged value handed to `apply` has the wrong type.
+    /// The staged value handed to `apply` (or asked of
+    /// [`LoadedState::take`](crate::LoadedState::take)) has the wrong type.
     #[error("{vmsd}: staged state has the wrong type")]
     StagedType {
-        /// The handler's vmsd name.
+        /// The handler's vmsd name (for `take`, the type asked for).
         vmsd: &'static str,
+    },
+    /// [`LoadedState::take`](crate::LoadedState::take): the stream has no
+    /// such section, or its value was already taken.
+    #[error("no parsed state for instance 0x{instance_id:x} of device '{idstr}'")]
+    NotLoaded {
+        /// The section's idstr.
+        idstr: String,
+        /// Its instance id.
+        instance_id: u32,
     },
     /// Applying parsed state to a handler failed.
     #[error("failed to apply state for instance 0x{instance_id:x} of device '{idstr}'")]

@@ -165,3 +165,69 @@ impl<S: VmState + Clone + Send + 'static> Persist for SharedState<S> {
         Ok(())
     }
 }
+
+/// A section whose state is a plain value rather than a live component: a
+/// state captured elsewhere, to be saved, or (empty) one to be parsed and
+/// handed out with [`LoadedState::take`](crate::LoadedState::take).
+///
+/// Saving writes the value held (`needed`, `pre_save`, fields); saving an
+/// empty one is [`Error::Component`]. Parsing stages a new `S`, as a
+/// [`Persist`] component's state is; applying it replaces the value held.
+pub struct ValueSection<S> {
+    value: Option<S>,
+}
+
+impl<S> ValueSection<S> {
+    /// A section that saves `value`.
+    pub fn new(value: S) -> Self {
+        ValueSection { value: Some(value) }
+    }
+
+    /// A section with nothing to save yet: for a registry that loads.
+    pub fn empty() -> Self {
+        ValueSection { value: None }
+    }
+}
+
+impl<S> Default for ValueSection<S> {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl<S: VmState + Send + 'static> SectionHandler for ValueSection<S> {
+    fn vmsd_name(&self) -> &'static str {
+        S::NAME
+    }
+    fn version_id(&self) -> u32 {
+        S::VERSION_ID
+    }
+    fn minimum_version_id(&self) -> u32 {
+        S::MINIMUM_VERSION_ID
+    }
+    fn save(&mut self, w: &mut FieldWriter<'_>) -> Result<Saved> {
+        let Some(state) = self.value.as_mut() else {
+            return Err(Error::Component {
+                vmsd: S::NAME,
+                hook: "save",
+                source: "no value to save".into(),
+            });
+        };
+        if !state.needed() {
+            return Ok(Saved::NotNeeded);
+        }
+        encode_into(state, w)?;
+        Ok(Saved::Written)
+    }
+    fn parse(&self, r: &mut FieldReader<'_>, version_id: u32) -> Result<Staged> {
+        debug_assert_eq!(r.version_id(), version_id);
+        Ok(Box::new(r.read_state::<S>()?))
+    }
+    fn apply(&mut self, staged: Staged) -> Result<()> {
+        let state = staged
+            .downcast::<S>()
+            .map_err(|_| Error::StagedType { vmsd: S::NAME })?;
+        self.value = Some(*state);
+        Ok(())
+    }
+}

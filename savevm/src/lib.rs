@@ -66,6 +66,11 @@
 //!
 //! There is no configuration section: V7's `cpr-save` writes none.
 //!
+//! [`probe`] tells a caller which of the two kinds a file holds (device
+//! state only, or a `ram` section first: [`StreamKind`]) from its first
+//! bytes, without consuming them, and refuses a file that is not a vmstate
+//! stream as the loader does; a VMM needs no byte offsets of its own.
+//!
 //! # VMState in Rust
 //!
 //! A state type implements [`VmState`]: `NAME`, `VERSION_ID`,
@@ -141,6 +146,44 @@
 //! # Ok::<(), cpr_savevm::Error>(())
 //! ```
 //!
+//! A state that is a plain value rather than a live component (a machine
+//! captured for a checkpoint, or one a loader builds from a checkpoint)
+//! registers as a [`ValueSection`]: it saves the value it holds, and
+//! [`LoadedState::take`] hands the parsed values out, typed, instead of
+//! applying them:
+//!
+//! ```
+//! # use cpr_savevm::*;
+//! # #[derive(Debug, Clone, Default, PartialEq)]
+//! # struct SerialState { scratch: u8 }
+//! # impl VmState for SerialState {
+//! #     const NAME: &'static str = "serial";
+//! #     const VERSION_ID: u32 = 1;
+//! #     const MINIMUM_VERSION_ID: u32 = 1;
+//! #     fn needed(&self) -> bool { true }
+//! #     fn pre_save(&mut self) -> Result<()> { Ok(()) }
+//! #     fn save(&mut self, w: &mut FieldWriter<'_>) -> Result<()> { w.u8("scr", self.scratch); Ok(()) }
+//! #     fn load(r: &mut FieldReader<'_>, _v: u32) -> Result<Self> { Ok(SerialState { scratch: r.u8("scr")? }) }
+//! #     fn post_load(&mut self, _v: u32) -> Result<()> { Ok(()) }
+//! # }
+//! let serial = |value: Option<SerialState>| -> Result<Registry> {
+//!     let mut r = Registry::new();
+//!     r.register(
+//!         Registration::new("serial", InstanceId::Id(0), OnLoad::Required),
+//!         Box::new(value.map_or_else(ValueSection::empty, ValueSection::new)),
+//!     )?;
+//!     Ok(r)
+//! };
+//! let mut f = cpr_migration_file::QemuFile::memory_writer("cpr-save");
+//! save_device_state(&mut f, &mut serial(Some(SerialState { scratch: 9 }))?)?;
+//! let bytes = f.into_bytes().expect("memory file");
+//!
+//! let mut f = cpr_migration_file::QemuFile::from_bytes(bytes, "cpr-load");
+//! let mut loaded = load_device_state(&mut f, &serial(None)?)?;
+//! assert_eq!(loaded.take::<SerialState>("serial", 0)?.scratch, 9);
+//! # Ok::<(), cpr_savevm::Error>(())
+//! ```
+//!
 //! # Where this crate deliberately does better than QEMU
 //!
 //! * **Parse everything, then apply.** QEMU loads each section into the
@@ -205,10 +248,14 @@
 //! QEMU-written device-state files (no vmdesc, no trailer) are refused by
 //! this loader, as is anything it cannot fully verify.
 
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
+
 pub mod consts;
 mod error;
 mod handler;
 mod path;
+mod probe;
 pub mod ram;
 mod registry;
 mod stream;
@@ -216,12 +263,15 @@ pub mod vmdesc;
 mod vmstate;
 
 pub use error::{BoxError, Error, Result};
-pub use handler::{Persist, PersistHandler, Saved, SectionHandler, SharedState, Staged};
+pub use handler::{
+    Persist, PersistHandler, Saved, SectionHandler, SharedState, Staged, ValueSection,
+};
 pub use path::{
     CHANNEL_CPR_LOAD, CHANNEL_CPR_SAVE, CHANNEL_XEN_LOAD, CHANNEL_XEN_SAVE,
     load_device_state_from_path, read_device_state_from_path, read_state_from_path,
     save_device_state_to_path, save_state_to_path,
 };
+pub use probe::{StreamKind, probe};
 pub use ram::{RamBlockDesc, RamBlocks, RamSummary, load_state};
 pub use registry::{InstanceId, OnLoad, Registration, Registry, SectionInfo, StreamCheck};
 pub use stream::{

@@ -13,7 +13,7 @@ use crate::handler::{Saved, Staged};
 use crate::ram::{RamBlocks, RamLoader, RamSummary, save_ram_section};
 use crate::registry::{OnLoad, Registry};
 use crate::vmdesc::{self, DeviceDesc, RamDesc, VmDesc, VmsdDesc};
-use crate::vmstate::{FieldReader, FieldWriter};
+use crate::vmstate::{FieldReader, FieldWriter, VmState};
 
 /// What [`save_state`] (or [`save_device_state`]) wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,7 +277,8 @@ pub struct LoadedSection {
 struct StagedSection {
     info: LoadedSection,
     entry: usize,
-    staged: Staged,
+    /// `None` once [`LoadedState::take`] handed it out.
+    staged: Option<Staged>,
     /// The fields read, as the saver describes them in the vmdesc.
     desc: VmsdDesc,
 }
@@ -302,7 +303,7 @@ impl std::fmt::Debug for LoadedState {
 /// What [`LoadedState::apply`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadStats {
-    /// Sections applied, in stream order.
+    /// Sections applied, in stream order (not those [taken](LoadedState::take)).
     pub sections: Vec<LoadedSection>,
 }
 
@@ -330,12 +331,44 @@ impl LoadedState {
         self.sections
             .iter()
             .find(|s| s.info.instance_id == instance_id && s.info.idstr == idstr)
-            .and_then(|s| s.staged.downcast_ref())
+            .and_then(|s| s.staged.as_ref()?.downcast_ref())
+    }
+
+    /// Hands out the parsed state of a section, which [`apply`](Self::apply)
+    /// then leaves out: for a caller that builds its own state from the
+    /// stream's values (sections registered as
+    /// [`ValueSection`](crate::ValueSection)s) instead of applying them to
+    /// components. `T` is the handler's staged type (the
+    /// [`VmState`](crate::VmState) of a [`ValueSection`](crate::ValueSection)
+    /// or [`Persist`](crate::Persist) component).
+    ///
+    /// A section that is not in the stream, or was already taken, is
+    /// [`Error::NotLoaded`]; one staged as another type is
+    /// [`Error::StagedType`] and stays where it is.
+    pub fn take<T: VmState + 'static>(&mut self, idstr: &str, instance_id: u32) -> Result<T> {
+        let not_loaded = || Error::NotLoaded {
+            idstr: idstr.to_owned(),
+            instance_id,
+        };
+        let slot = self
+            .sections
+            .iter_mut()
+            .find(|s| s.info.instance_id == instance_id && s.info.idstr == idstr)
+            .map(|s| &mut s.staged)
+            .ok_or_else(not_loaded)?;
+        let staged = slot.take().ok_or_else(not_loaded)?;
+        match staged.downcast::<T>() {
+            Ok(value) => Ok(*value),
+            Err(staged) => {
+                *slot = Some(staged);
+                Err(Error::StagedType { vmsd: T::NAME })
+            }
+        }
     }
 
     /// Apply every section, in stream order, to the registry it was parsed
     /// against (unchanged since: else [`Error::RegistryMismatch`] and
-    /// nothing is applied). Stops at the first handler error
+    /// nothing is applied), except those [taken](Self::take). Stops at the first handler error
     /// ([`Error::ApplySection`]); all validation happened at parse time, so
     /// only the component itself (e.g. a KVM ioctl) can fail here.
     pub fn apply(self, registry: &mut Registry) -> Result<LoadStats> {
@@ -347,6 +380,9 @@ impl LoadedState {
         }
         let mut applied = Vec::with_capacity(self.sections.len());
         for s in self.sections {
+            let Some(staged) = s.staged else {
+                continue;
+            };
             let Some(entry) = registry.entries.get_mut(s.entry) else {
                 return Err(Error::RegistryMismatch {
                     parsed: self.stamp,
@@ -355,7 +391,7 @@ impl LoadedState {
             };
             entry
                 .handler
-                .apply(s.staged)
+                .apply(staged)
                 .map_err(|e| Error::ApplySection {
                     idstr: s.info.idstr.clone(),
                     instance_id: s.info.instance_id,
@@ -577,7 +613,7 @@ fn load_full_section(f: &mut QemuFile, registry: &Registry, offset: u64) -> Resu
             offset,
         },
         entry: index,
-        staged,
+        staged: Some(staged),
         desc,
     })
 }

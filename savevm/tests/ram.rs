@@ -156,6 +156,19 @@ fn copied_blocks_take_two_passes() {
 }
 
 #[test]
+fn probe_tells_what_the_saver_wrote() {
+    let mut m = Machine::golden();
+    let probe_bytes = |bytes: Vec<u8>| probe(&mut QemuFile::from_bytes(bytes, "t"));
+    assert_eq!(probe_bytes(m.save()).expect("v7"), StreamKind::DeviceState);
+    let (with_ram, _) = save(&mut m.registry, &source_ram());
+    assert_eq!(probe_bytes(with_ram).expect("ram"), StreamKind::WithRam);
+    // Only in-place blocks: still a ram section (the block list), still WithRam.
+    let shared = MemRam::filled(&[RamBlockDesc::ignored("shared", 8 * PAGE as u64)], 1);
+    let (in_place, _) = save(&mut m.registry, &shared);
+    assert_eq!(probe_bytes(in_place).expect("ram"), StreamKind::WithRam);
+}
+
+#[test]
 fn without_ram_the_bytes_are_the_device_state_streams() {
     let mut m = Machine::golden();
     let v7 = m.save();

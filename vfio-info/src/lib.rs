@@ -88,6 +88,9 @@
 //! yet**. The machines this project runs on have no `/dev/vfio`. Devices are
 //! whatever implements [`VfioDevice`], and the tests use a test double.
 
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
+
 mod device;
 mod qapi;
 

@@ -13,7 +13,7 @@ use crate::machine::SerialDeviceState;
 use crate::machine::devices::testdev::{GuestFatal, VcpuProgress};
 use crate::machine::vcpu_state::{MSR_IA32_TSC, MSR_IA32_TSC_DEADLINE, XSAVE_WORDS};
 use cpr_migration_file::QemuFile;
-use cpr_savevm::{RamBlockDesc, RamBlocks};
+use cpr_savevm::{BoxError, RamBlockDesc, RamBlocks};
 
 const PAGE: u64 = 4096;
 const RAM_PAGES: u64 = 16;
@@ -206,12 +206,7 @@ fn load(
 ) -> cpr_savevm::Result<Loaded> {
     let open = || Ok(QemuFile::from_bytes(bytes.to_vec(), "cpr-load"));
     let parsed = parse(open, local, ram.map(|r| r as &mut dyn RamBlocks))?;
-    let layout = parsed
-        .layout()
-        .cloned()
-        .expect("a parsed cpr-machine section");
-    let (runstate, state) = parsed.into_state().expect("unpacked");
-    Ok((runstate, state, layout))
+    Ok((parsed.runstate, parsed.state, parsed.layout))
 }
 
 /// `err` and its sources, joined with ": ".

@@ -78,10 +78,6 @@ pub(super) enum Flavor {
     Mainline,
 }
 
-/// Bytes looked at before loading: magic, version, and the first section's header up to
-/// its idstr (type, section id, idstr length, "ram").
-const HEADER_PEEK: usize = 8 + 1 + 4 + 1 + 3;
-
 /// A checkpoint written, not yet committed.
 pub(super) struct Written {
     /// What the user should be told.
@@ -144,10 +140,6 @@ impl SaveFailure {
         }
     }
 }
-
-/// QEMU's `QEMU_VM_FILE_MAGIC` and `QEMU_VM_FILE_VERSION`.
-const MAGIC: u32 = 0x5145_564d;
-const VERSION: u32 = 3;
 
 /// The errno of the first file error in `e`'s chain (QEMU reports `-errno` of the failed
 /// write), else `EIO`.
@@ -373,26 +365,15 @@ impl Vmm {
             Ok(f)
         };
         // 3. Magic and version (a short or empty file reads as "not a vmstate file").
-        let header = open()
-            .ok()
-            .and_then(|mut f| f.peek(HEADER_PEEK).ok().map(<[u8]>::to_vec))
-            .unwrap_or_default();
-        let word = |i: usize| {
-            header
-                .get(i..i + 4)
-                .and_then(|b| b.try_into().ok())
-                .map(u32::from_be_bytes)
-        };
-        if word(0) != Some(MAGIC) || word(4) != Some(VERSION) {
-            return Err(Error::NotVmstate {
+        //    A stream whose first section is QEMU's `ram` START section carries RAM (a
+        //    mainline stream); otherwise it is a V7 device-state stream (RAM in place).
+        let kind = open()
+            .and_then(|mut f| cpr_savevm::probe(&mut f))
+            .map_err(|_| Error::NotVmstate {
                 path: filename.to_path_buf(),
-            });
-        }
+            })?;
         // 4. cpr_set_mode(reboot): a no-op in patch 6, as at step 8 of cpr-save.
-        // A stream whose first section is QEMU's `ram` START section carries RAM (a
-        // mainline stream); otherwise it is a V7 device-state stream (RAM in place).
-        let has_ram = header.get(8) == Some(&0x01)
-            && header.get(13..HEADER_PEEK) == Some(b"\x03ram".as_slice());
+        let has_ram = kind.has_ram();
         // 7. cpr_set_mode(none): a no-op too.
         self.load_stream(open, flavor, has_ram)
     }
@@ -444,10 +425,7 @@ impl Vmm {
             errno: Errno::EINVAL,
             source: Box::new(e),
         })?;
-        let saved = parsed.runstate().ok_or_else(|| Error::Load {
-            errno: Errno::EINVAL,
-            source: "the checkpoint has no globalstate section".into(),
-        })?;
+        let saved = parsed.runstate;
         // 6 (checked first): can the saved run state be entered from ours? V7 would
         // abort in runstate_set; we refuse before touching anything.
         let current = self.rs.state();
@@ -459,10 +437,7 @@ impl Vmm {
         if check_transition(current, target).is_err() {
             return Err(Error::RunStateTransition { saved, current });
         }
-        let (saved, state) = parsed.into_state().map_err(|e| Error::Load {
-            errno: Errno::EINVAL,
-            source: e.into(),
-        })?;
+        let state = parsed.state;
         // The guest's own word wins: a checkpoint taken while it was entering S3 may say
         // `running` while its PM register says suspended.
         let (saved, target) = if state.pm.suspended && saved == RunState::Running {

@@ -16,8 +16,8 @@ use super::migration::MigMode;
 
 /// QEMU's `MAX_MIGRATE_DOWNTIME` as its message prints it (`stringify` of the macro).
 const MAX_DOWNTIME_MS: u64 = 2000 * 1000;
-/// The target page size (x86).
-const TARGET_PAGE_SIZE: u64 = 4096;
+/// The target page size (x86), as the stream records it.
+const TARGET_PAGE_SIZE: u64 = cpr_savevm::consts::TARGET_PAGE_SIZE as u64;
 
 /// A refused parameter, worded as QEMU words it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

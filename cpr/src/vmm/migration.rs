@@ -247,7 +247,7 @@ fn open_target(target: &FileTarget, ram: &[RamFile]) -> Result<OpenTarget> {
 
 /// `query-migrate`'s `ram` statistics from what the saver wrote.
 fn ram_stats(s: &cpr_savevm::SaveStats) -> MigrationStats {
-    let page = 4096;
+    let page = u64::from(cpr_savevm::consts::TARGET_PAGE_SIZE);
     MigrationStats {
         transferred: s.bytes,
         total: (s.ram_pages + s.ram_zero_pages) * page,
