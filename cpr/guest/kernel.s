@@ -1,6 +1,6 @@
 # cpr built-in guest: the kernel part (CPL0).
 #
-# On this host (kvm-pvm, see /work/shared/reference/host-kvm.md) every CPL0 instruction is
+# On this host (kvm-pvm, see docs/HOST-KVM.md) every CPL0 instruction is
 # EMULATED at ~1.5 M instructions/s and many instructions fail in the emulator. So this
 # kernel is deliberately tiny and uses only plain integer instructions, mov to/from control
 # registers, lgdt/lidt/ltr, in/out, iretq and hlt. It must NOT use: xsave*/xgetbv, popcnt,

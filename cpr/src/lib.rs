@@ -44,19 +44,11 @@
 //! `vmm/ram_io.rs`), page by page with bounded memory, leaving out zero pages and pages
 //! the guest never populated, and loaded only after the whole file has been checked.
 //!
-//! ## The V7 checklist (patch-series.md §13), and where we differ
+//! ## The V7 checklist, and where we differ
 //!
-//! | V7 behaviour | here | test |
-//! |---|---|---|
-//! | volatile check: largest block first; RAM && !ram_device && !rom && (no fd \|\| !shared); `Memory region %s is volatile` | [`cpr_memory::check_ram_volatile`], step 1 of `cpr-save` | `memory` truth-table tests; e2e "anonymous RAM is volatile" |
-//! | cpr-save order: volatile → colo → replay → global state → open 0600 → suspended: ticks off → `vm_stop(SAVE_VM)` (STOP only if running) → mode → device state → close | `vmm/cpr_ops.rs`, steps numbered as in the spec | e2e (STOP/RESUME and run states per scenario); the order composed from the patch crates in `tests/reboot_flow.rs` |
-//! | on save error `Error %d while saving VM state`, restart if it was running | same wording (`-errno` of the failed write), RESUME | e2e "disk full during cpr-save" (a 16 KiB tmpfs fills up); `tests/reboot_flow.rs` |
-//! | success leaves the VM stopped (`save-vm`, or unchanged) | same | e2e "running"/"suspended"/"paused" |
-//! | cpr-load: refuse if running (`cpr-load called for a running VM`), open, magic+version (`%s is not a vmstate file`), sections to EOF, `Error %d while loading VM state` | same | e2e "hostile state files" |
-//! | run state from globalstate: running ⇒ `vm_start` (RESUME); else set it; suspended ⇒ start-on-wakeup | same | e2e "suspended" (RESUME then WAKEUP), "paused" |
-//! | runstate table + PRELAUNCH→SUSPENDED, PRELAUNCH→PAUSED | [`cpr_runstate`] | full-matrix test |
-//! | stream: device-only FULL sections with footers, EOF, no configuration | [`cpr_savevm`] | golden bytes |
-//! | QMP `cpr-save`/`cpr-load`, GenericError; HMP `cpr-save <file> <mode>`, `cpr-load <file>` | [`qmp`] | `tests/qmp.rs` |
+//! The V7 checklist (each step of `cpr-save` and `cpr-load`, the code that does it and the
+//! test that guards it) is `docs/V7-CHECKLIST.md` in the repository; the data flow and where
+//! each piece of state lives are in `docs/DESIGN.md`.
 //!
 //! Deliberate differences, each for a V7 hazard:
 //!
@@ -87,7 +79,7 @@
 //! * **Ticks** are kvmclock here (QEMU's kvmclock state-change hook): the built-in guest
 //!   uses the LAPIC timer and the TSC, which KVM keeps running while the VM is stopped;
 //!   guest time simply stops while no process runs it (this host has no TSC scaling and no
-//!   stable kvmclock, see host-kvm.md).
+//!   stable kvmclock, see `docs/HOST-KVM.md`).
 //! * **S3** is resume-in-place: there is no firmware waking vector; on wakeup the guest
 //!   continues after its PM1 write.
 //! * **COLO and record/replay** do not exist in this VMM. Step 2 still refuses a VM with

@@ -1,4 +1,4 @@
-//! The V7 reboot-mode flow (patch 06, reference §6.2–§6.4 and §13) as a
+//! The V7 reboot-mode flow (patch 06, `docs/V7-CHECKLIST.md`) as a
 //! VMM would run it, composed from cpr-memory, cpr-migration-file,
 //! cpr-savevm and cpr-runstate, without KVM: an "old process" cpr-saves,
 //! is dropped, and a "new process" maps the same RAM file and cpr-loads.

@@ -44,7 +44,7 @@ pub fn ram_size_and_top(regions: &[RamRegion]) -> (u64, u64) {
 /// Register guest RAM with KVM, one memslot per region (slot = index).
 ///
 /// Call this **before** `create_irq_chip`: on this host a memslot added after the
-/// irqchip costs 4–8 ms instead of ~0.1 ms (host-kvm.md §6).
+/// irqchip costs 4–8 ms instead of ~0.1 ms (`docs/HOST-KVM.md`).
 ///
 /// # Safety
 ///

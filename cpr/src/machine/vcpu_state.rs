@@ -57,7 +57,7 @@ fn vcpu_err(vcpu: usize, op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> 
 /// * all KVM paravirtual features cleared (leaf 0x4000_0001 EAX): PV hypercalls
 ///   (`vmcall`) hang the vCPU on this host, so the guest must never think it may use them.
 ///
-/// PVM forces most of leaves 1 and 7 on anyway (host-kvm.md §5); only the bits above are
+/// PVM forces most of leaves 1 and 7 on anyway (`docs/HOST-KVM.md`, CPUID); only the bits above are
 /// under the VMM's control.
 pub fn boot_cpuid(kvm: &Kvm, index: usize) -> Result<CpuId> {
     let mut cpuid = kvm

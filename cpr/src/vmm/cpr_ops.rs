@@ -1,6 +1,6 @@
 //! Patch 6, `cpr: reboot mode`: `cpr-save` and `cpr-load` (QEMU `migration/cpr.c`).
 //!
-//! The steps and their order are V7's (patch-series.md §6.2, §6.3); each step is numbered
+//! The steps and their order are V7's (`docs/V7-CHECKLIST.md`); each step is numbered
 //! below as in the spec. Where V7 is hazardous we do better, and say so at the step:
 //!
 //! * the checkpoint is written to a temporary file, fsynced and renamed over the target, so

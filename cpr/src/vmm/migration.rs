@@ -1,6 +1,6 @@
 //! The mainline QEMU interface to reboot mode (8.2+): `migrate-set-capabilities`,
 //! `migrate-set-parameters {mode: cpr-reboot}`, `migrate file:...`, `--incoming defer` +
-//! `migrate-incoming`, `query-migrate`, MIGRATION events (patch-series.md §12).
+//! `migrate-incoming`, `query-migrate`, MIGRATION events (`docs/V7-CHECKLIST.md`, mainline).
 //!
 //! It reaches the same machinery as V7's `cpr-save`/`cpr-load` (`cpr_ops.rs`): the same
 //! checkpoint sections, the same parse-everything-first loader, the same machine restore.

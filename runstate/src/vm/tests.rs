@@ -78,7 +78,7 @@ fn vm_in(state: RunState) -> VmRunState<Mock> {
     vm
 }
 
-/// cpr-load (V7 §6.3 step 6) of a guest saved `suspended` into a fresh `-S`
+/// cpr-load (V7 step 6, `docs/V7-CHECKLIST.md`) of a guest saved `suspended` into a fresh `-S`
 /// VMM: `runstate_set(suspended)` and, with the patch, arm start-on-wakeup.
 fn cpr_load_suspended(arm_start_on_wakeup: bool) -> VmRunState<Mock> {
     let mut vm = VmRunState::new(Mock::default());

@@ -1,7 +1,7 @@
 //! Shared fakes for the cross-crate CPR scenarios: a counter device, fake
 //! vCPUs, the `globalstate` section, a mock [`Machine`], and a tiny VMM that
-//! runs V7's `cpr-save` / `cpr-load` steps (patch 06, §6.2/§6.3/§13 of the
-//! reference) composed only from the five library crates.
+//! runs V7's `cpr-save` / `cpr-load` steps (patch 06, see
+//! `docs/V7-CHECKLIST.md`) composed only from the five library crates.
 //!
 //! Each test binary uses a different subset of this module.
 #![allow(dead_code)]
@@ -495,7 +495,7 @@ impl Vmm {
         }
     }
 
-    /// V7 `qmp_cpr_save(path, reboot)` (§6.2), with the atomic save
+    /// V7 `qmp_cpr_save(path, reboot)` (`docs/V7-CHECKLIST.md`), with the atomic save
     /// (temporary file + fsync + rename) in place of `O_TRUNC`:
     ///
     /// * step 0: remember whether the VM was running;
@@ -532,7 +532,7 @@ impl Vmm {
         result
     }
 
-    /// V7 `qmp_cpr_load(path)` (§6.3), parse-then-apply:
+    /// V7 `qmp_cpr_load(path)` (`docs/V7-CHECKLIST.md`), parse-then-apply:
     ///
     /// * step 1: refuse a running VM;
     /// * steps 2–5: open, check and parse the whole stream without touching
