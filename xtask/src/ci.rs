@@ -217,6 +217,15 @@ pub fn run(lint: bool) -> Result<(), String> {
     let mut doc = cargo_cmd(&["doc", "--workspace", "--no-deps", "--locked"]);
     doc.env("RUSTDOCFLAGS", "-D warnings");
     run_step("rustdoc", &mut doc)?;
+    // Every crate of the workspace, built from its packaged form (what crates.io would
+    // get): catches a file that build.rs or `include_bytes!` needs but the package leaves
+    // out, and a path dependency without a version. Unpublished workspace dependencies
+    // come from cargo's local overlay of the crates packaged in the same run. Needs
+    // crates.io reachable. `--allow-dirty`: `cargo xtask ci` is run before committing too.
+    run_step(
+        "package (every crate, verified)",
+        &mut cargo_cmd(&["package", "--workspace", "--locked", "--allow-dirty"]),
+    )?;
     let binary = build_vm()?;
     println!("==> end-to-end scenarios");
     let (passed, failed, skipped) = crate::e2e::run(&binary, 20, None);

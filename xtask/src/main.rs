@@ -2,8 +2,9 @@
 //!
 //! * `ci`: everything CI checks, in the order a reviewer would: formatting, clippy (both feature
 //!   configurations), the whole test suite in both feature configurations (the `vfio` feature
-//!   mirrors QEMU's `CONFIG_VFIO`, see `cpr-vfio-info`), doc tests, rustdoc warnings, and
-//!   the end-to-end scenarios.
+//!   mirrors QEMU's `CONFIG_VFIO`, see `cpr-vfio-info`), doc tests, rustdoc warnings,
+//!   `cargo package` of every crate (each built from its packaged form), and the
+//!   end-to-end scenarios.
 //! * `bench`: blackout phases against RAM size and vCPUs (see `bench.rs`).
 //! * `e2e`: real `cpr-vm` processes driven over QMP (see `e2e.rs`).
 //!
@@ -32,7 +33,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Format check, clippy, all tests in both feature configurations, rustdoc.
+    /// Format check, clippy, all tests in both feature configurations, rustdoc, packaging,
+    /// end-to-end scenarios.
     Ci {
         /// Skip formatting and clippy (tests and docs only).
         #[arg(long)]
