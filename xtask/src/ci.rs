@@ -217,14 +217,24 @@ pub fn run(lint: bool) -> Result<(), String> {
     let mut doc = cargo_cmd(&["doc", "--workspace", "--no-deps", "--locked"]);
     doc.env("RUSTDOCFLAGS", "-D warnings");
     run_step("rustdoc", &mut doc)?;
-    // Every crate of the workspace, built from its packaged form (what crates.io would
-    // get): catches a file that build.rs or `include_bytes!` needs but the package leaves
-    // out, and a path dependency without a version. Unpublished workspace dependencies
-    // come from cargo's local overlay of the crates packaged in the same run. Needs
-    // crates.io reachable. `--allow-dirty`: `cargo xtask ci` is run before committing too.
+    // Every publishable crate, built from its packaged form (what crates.io would get):
+    // catches a file that build.rs or `include_bytes!` needs but the package leaves out,
+    // and a path dependency without a version. Unpublished workspace dependencies come
+    // from cargo's local overlay of the crates packaged in the same run. Needs crates.io
+    // reachable. `--allow-dirty`: `cargo xtask ci` is run before committing too. The
+    // `publish = false` tools are left out (cargo would package them too).
     run_step(
-        "package (every crate, verified)",
-        &mut cargo_cmd(&["package", "--workspace", "--locked", "--allow-dirty"]),
+        "package (every publishable crate, verified)",
+        &mut cargo_cmd(&[
+            "package",
+            "--workspace",
+            "--exclude",
+            "xtask",
+            "--exclude",
+            "cpr-tests",
+            "--locked",
+            "--allow-dirty",
+        ]),
     )?;
     let binary = build_vm()?;
     println!("==> end-to-end scenarios");
