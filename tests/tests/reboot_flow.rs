@@ -311,3 +311,99 @@ fn mainline_migrate_and_migrate_incoming() {
     drop(old);
     new.wait_progress(saved_progress);
 }
+
+/// V7 cpr-save step 10: a save that fails after the VM was stopped (here the disk is
+/// "full") restarts a running VM (STOP, then RESUME), leaves a paused one paused and a
+/// suspended one suspended, without a sound; the previous checkpoint stays, no temporary
+/// is left, and the guest runs on.
+#[test]
+fn failed_saves_leave_the_vm_as_it_was() {
+    let _one = serialize();
+    if !have_kvm("failed_saves_leave_the_vm_as_it_was") {
+        return;
+    }
+    let dir = shm_dir();
+    let ram = dir.path().join("guest.ram");
+    let state = dir.path().join("vm.state");
+    let mut vm = Vm::new(args(Some(&ram), 1));
+    vm.boot();
+    assert!(matches!(vm.cmd(save(&state)), Ok(Response::Saved { .. })));
+    let good = std::fs::read(&state).expect("checkpoint");
+    vm.ok(Command::Cont);
+    assert_eq!(vm.events(), [STOP, RESUME]);
+    assert!(ram_held(&ram), "cont takes the RAM back");
+
+    let full = "Error -27 while saving VM state: ";
+    let failed_save = |vm: &mut Vm| {
+        let err = with_file_size_limit(512, || vm.refused(save(&state)));
+        assert!(err.starts_with(full), "{err}");
+        assert_eq!(std::fs::read(&state).expect("checkpoint"), good);
+        assert_eq!(dir_entries(dir.path()), ["guest.ram", "vm.state"]);
+    };
+
+    // Running: stopped, then running again.
+    failed_save(&mut vm);
+    assert_eq!(vm.state(), RunState::Running);
+    assert_eq!(vm.events(), [STOP, RESUME]);
+    let p = vm.progress();
+    vm.wait_progress(p);
+
+    // Paused: still paused, no event.
+    vm.ok(Command::Stop);
+    assert_eq!(vm.events(), [STOP]);
+    failed_save(&mut vm);
+    assert_eq!(vm.state(), RunState::Paused);
+    assert_eq!(vm.events(), []);
+    vm.ok(Command::Cont);
+    assert_eq!(vm.events(), [RESUME]);
+
+    // Suspended: still suspended, no event; the guest wakes and runs on.
+    vm.ok(Command::GuestSuspendRam);
+    vm.wait_state(RunState::Suspended);
+    assert_eq!(vm.events(), [SUSPEND]);
+    failed_save(&mut vm);
+    assert_eq!(vm.state(), RunState::Suspended);
+    assert_eq!(vm.events(), []);
+    vm.ok(Command::SystemWakeup);
+    assert_eq!(vm.state(), RunState::Running);
+    assert_eq!(vm.events(), [WAKEUP]);
+    let p = vm.progress();
+    vm.wait_progress(p);
+}
+
+/// A `migrate` that fails once the VM is stopped is status `failed`, with the error in
+/// `query-migrate`, and the VM running again (mainline's `migrate_fd_cleanup`); the
+/// command itself succeeds, as in QEMU, where the failure comes later.
+#[test]
+fn failed_migrate_is_status_failed_and_the_guest_runs_on() {
+    let _one = serialize();
+    if !have_kvm("failed_migrate_is_status_failed_and_the_guest_runs_on") {
+        return;
+    }
+    let dir = shm_dir();
+    let ram = dir.path().join("guest.ram");
+    let state = dir.path().join("vm.state");
+    let mut vm = Vm::new(args(Some(&ram), 1));
+    vm.boot();
+    vm.cap(MigrationCapability::Events);
+    with_file_size_limit(512, || vm.ok(migrate(&state)));
+    let info = vm.query_migrate();
+    assert_eq!(info.status, Some(MigrationStatus::Failed));
+    let desc = info.error_desc.expect("error-desc");
+    assert!(desc.starts_with("Error -27 while saving VM state: "), "{desc}");
+    assert_eq!(
+        vm.events(),
+        [
+            Event::Migration(MigrationStatus::Setup),
+            Event::Migration(MigrationStatus::Active),
+            Event::Migration(MigrationStatus::Failed),
+            STOP,
+            RESUME,
+        ]
+    );
+    assert_eq!(vm.state(), RunState::Running);
+    assert_eq!(dir_entries(dir.path()), ["guest.ram"], "nothing left behind");
+    assert!(ram_held(&ram));
+    let p = vm.progress();
+    vm.wait_progress(p);
+}

@@ -274,3 +274,21 @@ pub const WAKEUP: Event = Event::RunState(cpr_runstate::Event::Wakeup);
 pub fn ram_held(path: &Path) -> bool {
     cpr::vmm::is_locked_elsewhere(path).expect("F_OFD_GETLK")
 }
+
+/// Runs `f` with this process's file-size limit (`RLIMIT_FSIZE`) at `bytes` and `SIGXFSZ`
+/// ignored: a write past `bytes` fails with `EFBIG`, as on a full disk. Only for tests
+/// that hold [`serialize`] (the limit is the whole process's); RAM is mapped and never
+/// grows, so only the checkpoint hits it.
+pub fn with_file_size_limit<T>(bytes: u64, f: impl FnOnce() -> T) -> T {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: `SIG_IGN` installs no handler, so there is no handler code whose
+    // async-signal safety could matter; ignoring SIGXFSZ only turns the signal a write
+    // past the limit raises into that write's `EFBIG`.
+    unsafe { signal(Signal::SIGXFSZ, SigHandler::SigIgn) }.expect("ignore SIGXFSZ");
+    let (soft, hard) = getrlimit(Resource::RLIMIT_FSIZE).expect("getrlimit");
+    setrlimit(Resource::RLIMIT_FSIZE, bytes, hard).expect("setrlimit");
+    let out = f();
+    setrlimit(Resource::RLIMIT_FSIZE, soft, hard).expect("restore the limit");
+    out
+}
