@@ -53,7 +53,10 @@ fn running_guest_survives_cpr_reboot() {
     assert!(warnings[0].contains("tmpfs"), "{warnings:?}");
     assert_eq!(old.state(), RunState::SaveVm);
     assert_eq!(old.events(), [STOP]);
-    let mode = std::fs::metadata(&state).expect("stat").permissions().mode();
+    let mode = std::fs::metadata(&state)
+        .expect("stat")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600, "checkpoint mode {mode:o}");
     assert_eq!(dir_entries(dir.path()), ["guest.ram", "vm.state"]);
     assert!(!ram_held(&ram), "the checkpoint hands the RAM over");
@@ -81,7 +84,10 @@ fn running_guest_survives_cpr_reboot() {
     new.wait_progress(saved_progress);
 
     // V7 cpr-load step 1: a running VM is refused, and nothing changes.
-    assert_eq!(new.refused(load(&state)), "cpr-load called for a running VM");
+    assert_eq!(
+        new.refused(load(&state)),
+        "cpr-load called for a running VM"
+    );
     assert_eq!(new.state(), RunState::Running);
     assert_eq!(new.events(), []);
 
@@ -137,7 +143,10 @@ fn cpr_save_refusals_leave_the_guest_running() {
     // The VM's own RAM is never a target.
     assert_eq!(
         vm.refused(save(&ram)),
-        format!("cannot save to {}: it is this VM's RAM (pc.ram)", ram.display())
+        format!(
+            "cannot save to {}: it is this VM's RAM (pc.ram)",
+            ram.display()
+        )
     );
     assert_eq!(vm.state(), RunState::Running);
     assert_eq!(vm.events(), []);
@@ -182,7 +191,11 @@ fn paused_guest_stays_paused() {
     new.ok(load(&state));
     assert_eq!(new.state(), RunState::Paused);
     assert_eq!(new.events(), []);
-    assert_eq!(new.progress(), saved_progress, "paused: the guest does not run");
+    assert_eq!(
+        new.progress(),
+        saved_progress,
+        "paused: the guest does not run"
+    );
     new.ok(Command::Cont);
     assert_eq!(new.events(), [RESUME]);
     new.wait_progress(saved_progress);
@@ -279,7 +292,10 @@ fn mainline_migrate_and_migrate_incoming() {
     assert_eq!(info.status, Some(MigrationStatus::Completed));
     assert_eq!(info.error_desc, None);
     let ram_stats = info.ram.expect("ram statistics");
-    assert_eq!(ram_stats.normal, 0, "x-ignore-shared: shared RAM stays in place");
+    assert_eq!(
+        ram_stats.normal, 0,
+        "x-ignore-shared: shared RAM stays in place"
+    );
     assert!(!ram_held(&ram), "the checkpoint hands the RAM over");
     let saved_progress = old.progress();
     // A VM in `postmigrate` has nothing loadable to give.
@@ -299,10 +315,7 @@ fn mainline_migrate_and_migrate_incoming() {
         ]
     );
     assert_eq!(new.state(), RunState::Running);
-    assert_eq!(
-        new.query_migrate().status,
-        Some(MigrationStatus::Completed)
-    );
+    assert_eq!(new.query_migrate().status, Some(MigrationStatus::Completed));
     assert_eq!(
         new.refused(migrate_incoming(&state)),
         "The incoming migration has already been started"
@@ -390,7 +403,10 @@ fn failed_migrate_is_status_failed_and_the_guest_runs_on() {
     let info = vm.query_migrate();
     assert_eq!(info.status, Some(MigrationStatus::Failed));
     let desc = info.error_desc.expect("error-desc");
-    assert!(desc.starts_with("Error -27 while saving VM state: "), "{desc}");
+    assert!(
+        desc.starts_with("Error -27 while saving VM state: "),
+        "{desc}"
+    );
     assert_eq!(
         vm.events(),
         [
@@ -402,7 +418,11 @@ fn failed_migrate_is_status_failed_and_the_guest_runs_on() {
         ]
     );
     assert_eq!(vm.state(), RunState::Running);
-    assert_eq!(dir_entries(dir.path()), ["guest.ram"], "nothing left behind");
+    assert_eq!(
+        dir_entries(dir.path()),
+        ["guest.ram"],
+        "nothing left behind"
+    );
     assert!(ram_held(&ram));
     let p = vm.progress();
     vm.wait_progress(p);

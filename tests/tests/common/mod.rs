@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use cpr::config::{Incoming, OnOff, Size, VmArgs};
 use cpr::qmp::{EventSender, QmpRequest};
 use cpr::vmm::{
-    CapabilityStatus, Command, CprLoadArgs, CprMode, CprSaveArgs, Event, FileTarget,
-    MigrateArgs, MigrateIncomingArgs, MigrationCapability, Msg, Response, Vmm,
+    CapabilityStatus, Command, CprLoadArgs, CprMode, CprSaveArgs, Event, FileTarget, MigrateArgs,
+    MigrateIncomingArgs, MigrationCapability, Msg, Response, Vmm,
 };
 use cpr_runstate::RunState;
 use cpr_vfio_info::MigrationInfo;
