@@ -49,11 +49,11 @@
 //! | V7 behaviour | here | test |
 //! |---|---|---|
 //! | volatile check: largest block first; RAM && !ram_device && !rom && (no fd \|\| !shared); `Memory region %s is volatile` | [`cpr_memory::check_ram_volatile`], step 1 of `cpr-save` | `memory` truth-table tests; e2e "anonymous RAM is volatile" |
-//! | cpr-save order: volatile → colo → replay → global state → open 0600 → suspended: ticks off → `vm_stop(SAVE_VM)` (STOP only if running) → mode → device state → close | `vmm/cpr_ops.rs`, steps numbered as in the spec | e2e (STOP/RESUME and run states per scenario); the order composed from the patch crates in `tests/reboot_flow.rs` |
-//! | on save error `Error %d while saving VM state`, restart if it was running | same wording (`-errno` of the failed write), RESUME | e2e "disk full during cpr-save" (a 16 KiB tmpfs fills up); `tests/reboot_flow.rs` |
+//! | cpr-save order: volatile → colo → replay → global state → open 0600 → suspended: ticks off → `vm_stop(SAVE_VM)` (STOP only if running) → mode → device state → close | `vmm/cpr_ops.rs`, steps numbered as in the spec | `vmm/rules_tests.rs` (the order through the real `Vmm`, without KVM); `tests/reboot_flow.rs` (with a machine); e2e (STOP/RESUME and run states per scenario) |
+//! | on save error `Error %d while saving VM state`, restart if it was running | same wording (`-errno` of the failed write), RESUME | e2e "disk full during cpr-save" (a 16 KiB tmpfs fills up); `tests/reboot_flow.rs` (`RLIMIT_FSIZE`: running again, paused, suspended) |
 //! | success leaves the VM stopped (`save-vm`, or unchanged) | same | e2e "running"/"suspended"/"paused" |
-//! | cpr-load: refuse if running (`cpr-load called for a running VM`), open, magic+version (`%s is not a vmstate file`), sections to EOF, `Error %d while loading VM state` | same | e2e "hostile state files" |
-//! | run state from globalstate: running ⇒ `vm_start` (RESUME); else set it; suspended ⇒ start-on-wakeup | same | e2e "suspended" (RESUME then WAKEUP), "paused" |
+//! | cpr-load: refuse if running (`cpr-load called for a running VM`), open, magic+version (`%s is not a vmstate file`), sections to EOF, `Error %d while loading VM state` | same | `vmm/rules_tests.rs` (order, without KVM); `tests/hostile_state_files.rs` (the real loader); e2e "hostile state files" |
+//! | run state from globalstate: running ⇒ `vm_start` (RESUME); else set it; suspended ⇒ start-on-wakeup | same | `tests/reboot_flow.rs`; e2e "suspended" (RESUME then WAKEUP), "paused" |
 //! | runstate table + PRELAUNCH→SUSPENDED, PRELAUNCH→PAUSED | [`cpr_runstate`] | full-matrix test |
 //! | stream: device-only FULL sections with footers, EOF, no configuration | [`cpr_savevm`] | golden bytes |
 //! | QMP `cpr-save`/`cpr-load`, GenericError; HMP `cpr-save <file> <mode>`, `cpr-load <file>` | [`qmp`] | `tests/qmp.rs` |
