@@ -292,6 +292,33 @@ fn saved_run_states_that_cannot_be_entered_are_refused() {
     s.vm.wait_progress(s.progress);
 }
 
+/// A checkpoint without `globalstate` (V7 would load it and leave the run state at its
+/// zero value, `debug`): refused, as a section the machine requires.
+#[test]
+fn checkpoint_without_globalstate_is_refused() {
+    let _one = serialize();
+    if !have_kvm("checkpoint_without_globalstate_is_refused") {
+        return;
+    }
+    let mut s = setup(1, false);
+    let mut b = s.good.clone();
+    // The section: type byte and be32 section id before the idstr; the payload (be32 size,
+    // 100-byte buffer) and the footer (type byte, be32 section id) after the ids.
+    let idstr = find(&b, b"\x0bglobalstate");
+    let start = idstr - 5;
+    let end = idstr + 12 + 8 + 104 + 5;
+    b.drain(start..end);
+    reseal(&mut b);
+    assert_eq!(
+        s.refused(&b),
+        format!(
+            "{}required section 'globalstate' instance 0 is missing from the stream",
+            s.load_error()
+        )
+    );
+    s.loads_good();
+}
+
 /// `checkpoint` with its `globalstate` saying `state`, the checksum trailer re-sealed so
 /// that only the run-state rules can refuse it.
 fn with_runstate(checkpoint: &[u8], state: RunState) -> Vec<u8> {
@@ -306,10 +333,15 @@ fn with_runstate(checkpoint: &[u8], state: RunState) -> Vec<u8> {
     let (size, buf) = g.encode();
     b[at..at + 4].copy_from_slice(&size.to_be_bytes());
     b[at + 4..at + 104].copy_from_slice(&buf);
+    reseal(&mut b);
+    b
+}
+
+/// Recomputes the checksum trailer of an edited stream.
+fn reseal(b: &mut [u8]) {
     let body = b.len() - 8;
     let crc = crc32(&b[..body]);
     b[body + 4..].copy_from_slice(&crc.to_be_bytes());
-    b
 }
 
 /// CRC-32 (IEEE), as the savevm trailer uses; bitwise, no table.
