@@ -1,394 +1,429 @@
-//! The V7 reboot-mode flow (patch 06, `docs/V7-CHECKLIST.md`) as a
-//! VMM would run it, composed from cpr-memory, cpr-migration-file,
-//! cpr-savevm and cpr-runstate, without KVM: an "old process" cpr-saves,
-//! is dropped, and a "new process" maps the same RAM file and cpr-loads.
+//! Reboot mode through the real `cpr::vmm::Vmm`, in-process, with KVM: an old VMM
+//! `cpr-save`s (or `migrate`s) a running, paused or suspended guest, a new VMM on the same
+//! RAM file loads it, and the guest carries on. Two `Vmm`s on one RAM file are what two
+//! `cpr-vm` processes are: the RAM lock belongs to each one's open file description, so
+//! the new one is refused until the old one's checkpoint hands the RAM over.
+//!
+//! Every failure is checked for its exact words and for the run state it leaves: running
+//! again (RESUME), still paused, still suspended.
 
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use common::*;
-use cpr_memory::{
-    Backing, Medium, Origin, Persistence, RamBlock, VolatileReason, page_size, persistence,
-};
-use cpr_runstate::{Event, MachineOp, RunState, StatusInfo, WakeupReason};
-use cpr_savevm::{CHANNEL_CPR_LOAD, read_device_state_from_path};
+use cpr::vmm::{Command, Event, MigMode, MigrationCapability, Response, SetParameters};
+use cpr_runstate::RunState;
+use cpr_vfio_info::MigrationStatus;
+
+fn in_use(ram: &Path) -> String {
+    format!(
+        "RAM file {} (pc.ram) is in use by another process, which runs or can run a guest on it",
+        ram.display()
+    )
+}
 
 #[test]
 fn running_guest_survives_cpr_reboot() {
+    let _one = serialize();
+    if !have_kvm("running_guest_survives_cpr_reboot") {
+        return;
+    }
     let dir = shm_dir();
-    let (ram_path, state_path) = paths(&dir);
+    let ram = dir.path().join("guest.ram");
+    let state = dir.path().join("vm.state");
 
-    // ---------------------------------------------------------- old process
-    let mut old = Vmm::boot(shared_file_ram(&ram_path), 2);
-    assert_eq!(old.ram.blocks()[0].origin(), Origin::Created);
-    old.start_and_run(0x5a, 41);
-    lock(&old.counter).state.count += 1; // the guest keeps doing things
-    let saved_devices = old.devices();
-    assert_eq!(saved_devices.counter.count, 42);
+    let mut old = Vm::new(args(Some(&ram), 2));
+    old.boot();
+    assert!(ram_held(&ram));
+    // A second VMM on the same RAM waits in `prelaunch` (as `cpr-vm -S`) and cannot load
+    // while the old one holds the RAM, whatever the file: the lock is checked first.
+    let mut new = Vm::new(args(Some(&ram), 2));
+    assert_eq!(new.refused(load(&state)), in_use(&ram));
+    assert_eq!(new.state(), RunState::Prelaunch);
+    assert_eq!(new.events(), []);
 
-    // /dev/shm survives a process restart (this scenario), not a reboot.
-    let report = persistence(old.blocks.get("pc.ram").unwrap()).unwrap();
-    assert_eq!(report.medium, Medium::Tmpfs);
-    assert_eq!(report.persistence, Persistence::UntilHostReboot);
-
-    let stats = old.cpr_save(&state_path).unwrap();
-    assert_eq!(stats.sections, 4); // globalstate, counter, cpu 0, cpu 1
-    assert_eq!(old.vm.state(), RunState::SaveVm);
-    assert_eq!(old.events(), [Event::Stop]);
-    assert_eq!(
-        old.vm.machine().ops,
-        [MachineOp::DisableTicks, MachineOp::PauseVcpus]
-    );
-    assert!(!old.vm.machine().vcpus_running);
-    let mode = std::fs::metadata(&state_path).unwrap().permissions().mode();
+    // cpr-save: STOP, `save-vm`, a 0600 checkpoint, no temporary left; tmpfs RAM is named
+    // in the reply (it would not survive a host reboot); the RAM is handed over.
+    let Ok(Response::Saved { warnings }) = old.cmd(save(&state)) else {
+        panic!("cpr-save");
+    };
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("tmpfs"), "{warnings:?}");
+    assert_eq!(old.state(), RunState::SaveVm);
+    assert_eq!(old.events(), [STOP]);
+    let mode = std::fs::metadata(&state)
+        .expect("stat")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600, "checkpoint mode {mode:o}");
-    // Only the RAM file and the checkpoint: no temporary file left behind.
-    assert_eq!(dir_entries(dir.path()), ["pc.ram", "vm.cpr"]);
+    assert_eq!(dir_entries(dir.path()), ["guest.ram", "vm.state"]);
+    assert!(!ram_held(&ram), "the checkpoint hands the RAM over");
+    let saved_progress = old.progress();
+    let checkpoint = std::fs::read(&state).expect("checkpoint");
 
-    // The stream: QEVM v3, sections in registration order, globalstate
-    // holding "running" (what global_state_store saw before vm_stop).
-    let bytes = std::fs::read(&state_path).unwrap();
-    assert_eq!(bytes[..8], [b'Q', b'E', b'V', b'M', 0, 0, 0, 3]);
-    let probe = Vmm::boot(shared_file_ram(&dir.path().join("probe.ram")), 2);
-    let parsed =
-        read_device_state_from_path(&state_path, &probe.registry, CHANNEL_CPR_LOAD).unwrap();
-    let order: Vec<(String, u32)> = parsed
-        .sections()
-        .map(|s| (s.idstr.clone(), s.instance_id))
-        .collect();
+    // A second cpr-save from `save-vm` could never be loaded: refused, the good
+    // checkpoint stays.
     assert_eq!(
-        order,
-        [
-            ("globalstate".to_owned(), 0),
-            ("counter".to_owned(), 0),
-            ("cpu".to_owned(), 0),
-            ("cpu".to_owned(), 1)
-        ]
+        old.refused(save(&state)),
+        format!(
+            "cpr-save: a VM that is save-vm cannot be restored from a checkpoint; {} is left as it was",
+            state.display()
+        )
     );
-    let g = parsed
-        .staged::<GlobalStateSection>("globalstate", 0)
-        .unwrap();
-    assert_eq!(g.state.unwrap().runstate, RunState::Running);
-    drop((parsed, probe));
+    assert_eq!(std::fs::read(&state).expect("checkpoint"), checkpoint);
+    assert_eq!(old.state(), RunState::SaveVm);
 
-    // "quit": everything of the old process goes away but the files.
+    // The new VMM loads it: RESUME, running, and the guest carries on from where it was,
+    // with its RAM intact.
+    new.ok(load(&state));
+    assert_eq!(new.state(), RunState::Running);
+    assert_eq!(new.events(), [RESUME]);
+    assert!(ram_held(&ram));
+    new.wait_progress(saved_progress);
+
+    // V7 cpr-load step 1: a running VM is refused, and nothing changes.
+    assert_eq!(
+        new.refused(load(&state)),
+        "cpr-load called for a running VM"
+    );
+    assert_eq!(new.state(), RunState::Running);
+    assert_eq!(new.events(), []);
+
+    // The old VMM cannot run the guest again: the new one holds the RAM.
+    assert_eq!(old.refused(Command::Cont), in_use(&ram));
+    assert_eq!(old.state(), RunState::SaveVm);
+    assert_eq!(old.events(), []);
     drop(old);
-
-    // ---------------------------------------------------------- new process
-    let mut new = Vmm::boot(shared_file_ram(&ram_path), 2);
-    assert_eq!(new.ram.blocks()[0].origin(), Origin::Reused);
-    assert_eq!(new.read_ram(), ram_pattern(0x5a), "guest RAM not preserved");
-    assert_eq!(new.devices(), new.sentinel_devices());
-    assert_eq!(new.vm.state(), RunState::Prelaunch);
-
-    assert_eq!(new.cpr_load(&state_path).unwrap(), RunState::Running);
-    assert_eq!(new.devices(), saved_devices);
-    assert_eq!(new.devices().vcpus[1], running_regs(1));
-    assert_eq!(new.vm.state(), RunState::Running);
-    assert_eq!(new.events(), [Event::Resume]);
-    assert_eq!(
-        new.vm.machine().ops,
-        [MachineOp::EnableTicks, MachineOp::ResumeVcpus]
-    );
-    assert_eq!(new.read_ram(), ram_pattern(0x5a));
-    // The new process sees its own writes through the same file.
-    new.write_ram(&ram_pattern(0x77));
-    assert_eq!(std::fs::read(&ram_path).unwrap(), ram_pattern(0x77));
-
-    // cpr-load refuses a running VM (step 1), and changes nothing.
-    let err = new.cpr_load(&state_path).unwrap_err();
-    assert_eq!(err.to_string(), "cpr-load called for a running VM");
-    assert!(new.events().is_empty());
+    new.wait_progress(saved_progress + 1);
+    new.ok(Command::Stop);
+    assert_eq!(new.events(), [STOP]);
 }
 
+/// The order of cpr-save's checks once there is a machine: the run state before the file
+/// (a checkpoint of a VM that could never be loaded does not replace a good one, even at a
+/// path that cannot be opened), the file before the VM is stopped.
+#[test]
+fn cpr_save_refusals_leave_the_guest_running() {
+    let _one = serialize();
+    if !have_kvm("cpr_save_refusals_leave_the_guest_running") {
+        return;
+    }
+    let dir = shm_dir();
+    let ram = dir.path().join("guest.ram");
+    let missing = dir.path().join("no-such-dir").join("vm.state");
+
+    // VFIO rule (mainline): a running guest with a VFIO device is refused before anything.
+    let mut vfio_args = args(Some(&ram), 1);
+    vfio_args.vfio_test_devices.push("0000:01:00.0".into());
+    let mut vm = Vm::new(vfio_args);
+    vm.boot();
+    assert_eq!(
+        vm.refused(save(&missing)),
+        "VFIO device only supports cpr-reboot for runstate suspended"
+    );
+    assert_eq!(vm.state(), RunState::Running);
+    assert_eq!(vm.events(), []);
+    drop(vm);
+
+    let mut vm = Vm::new(args(Some(&ram), 1));
+    vm.boot();
+    // Step 5: the file is opened before the VM is stopped: no STOP, no RESUME.
+    assert_eq!(
+        vm.refused(save(&missing)),
+        format!(
+            "cannot create checkpoint file {}: Unable to open {}: ENOENT: No such file or directory",
+            missing.display(),
+            missing.parent().expect("parent").display()
+        )
+    );
+    assert_eq!(vm.state(), RunState::Running);
+    assert_eq!(vm.events(), []);
+    // The VM's own RAM is never a target.
+    assert_eq!(
+        vm.refused(save(&ram)),
+        format!(
+            "cannot save to {}: it is this VM's RAM (pc.ram)",
+            ram.display()
+        )
+    );
+    assert_eq!(vm.state(), RunState::Running);
+    assert_eq!(vm.events(), []);
+
+    // A guest that panicked cannot be restored: refused before the file is opened.
+    vm.ok(Command::GuestFault(cpr::machine::GuestFault::Panic));
+    vm.wait_state(RunState::GuestPanicked);
+    let _ = vm.events();
+    assert_eq!(
+        vm.refused(save(&missing)),
+        format!(
+            "cpr-save: a VM that is guest-panicked cannot be restored from a checkpoint; {} is left as it was",
+            missing.display()
+        )
+    );
+    assert_eq!(vm.state(), RunState::GuestPanicked);
+    assert_eq!(vm.events(), []);
+}
+
+/// A paused guest: saved without STOP, loaded `paused` without RESUME, `cont` runs it.
+#[test]
+fn paused_guest_stays_paused() {
+    let _one = serialize();
+    if !have_kvm("paused_guest_stays_paused") {
+        return;
+    }
+    let dir = shm_dir();
+    let ram = dir.path().join("guest.ram");
+    let state = dir.path().join("vm.state");
+    let mut old = Vm::new(args(Some(&ram), 1));
+    old.boot();
+    old.ok(Command::Stop);
+    assert_eq!(old.events(), [STOP]);
+    let saved_progress = old.progress();
+    assert!(matches!(old.cmd(save(&state)), Ok(Response::Saved { .. })));
+    // vm_stop(save-vm) leaves a VM that is not running alone: no STOP, still paused.
+    assert_eq!(old.state(), RunState::Paused);
+    assert_eq!(old.events(), [], "it was not running: no STOP");
+    drop(old);
+
+    let mut new = Vm::new(args(Some(&ram), 1));
+    new.ok(load(&state));
+    assert_eq!(new.state(), RunState::Paused);
+    assert_eq!(new.events(), []);
+    assert_eq!(
+        new.progress(),
+        saved_progress,
+        "paused: the guest does not run"
+    );
+    new.ok(Command::Cont);
+    assert_eq!(new.events(), [RESUME]);
+    new.wait_progress(saved_progress);
+}
+
+/// A suspended guest (V7): saved `suspended` without STOP, loaded `suspended` without
+/// RESUME; `system_wakeup` then gives RESUME and WAKEUP and the guest runs on.
 #[test]
 fn suspended_guest_wakes_with_resume_then_wakeup() {
+    let _one = serialize();
+    if !have_kvm("suspended_guest_wakes_with_resume_then_wakeup") {
+        return;
+    }
     let dir = shm_dir();
-    let (ram_path, state_path) = paths(&dir);
-
-    let mut old = Vmm::boot(shared_file_ram(&ram_path), 1);
-    old.start_and_run(0x33, 7);
-    old.vm.suspend_request();
-    assert!(old.vm.process_suspend().unwrap());
-    assert_eq!(old.events(), [Event::Suspend]);
-    old.vm.machine_mut().ops.clear();
-    let saved = old.devices();
-
-    old.cpr_save(&state_path).unwrap();
-    // A suspended VM is not "running": vm_stop leaves it alone, no STOP;
-    // cpr-save itself freezes the ticks that suspend left running.
-    assert_eq!(old.vm.state(), RunState::Suspended);
-    assert!(old.events().is_empty());
-    assert_eq!(old.vm.machine().ops, [MachineOp::DisableTicks]);
+    let ram = dir.path().join("guest.ram");
+    let state = dir.path().join("vm.state");
+    let mut old = Vm::new(args(Some(&ram), 1));
+    old.boot();
+    old.ok(Command::GuestSuspendRam);
+    old.wait_state(RunState::Suspended);
+    assert_eq!(old.events(), [SUSPEND]);
+    let saved_progress = old.progress();
+    assert!(matches!(old.cmd(save(&state)), Ok(Response::Saved { .. })));
+    assert_eq!(old.state(), RunState::Suspended);
+    assert_eq!(old.events(), [], "a suspended VM is not running: no STOP");
     drop(old);
 
-    let mut new = Vmm::boot(shared_file_ram(&ram_path), 1);
-    assert_eq!(new.cpr_load(&state_path).unwrap(), RunState::Suspended);
-    assert_eq!(new.vm.state(), RunState::Suspended);
-    assert!(new.vm.start_on_wakeup_requested());
-    assert!(new.events().is_empty(), "no RESUME before the wakeup");
-    assert!(new.vm.machine().ops.is_empty());
-    assert_eq!(new.devices(), saved);
-    assert_eq!(new.read_ram(), ram_pattern(0x33));
-
-    new.vm.register_wakeup_support();
-    new.vm.system_wakeup().unwrap();
-    assert!(new.vm.process_wakeup().unwrap());
-    assert_eq!(new.events(), [Event::Resume, Event::Wakeup]);
-    assert_eq!(
-        new.vm.query_status(),
-        StatusInfo {
-            running: true,
-            status: RunState::Running
-        }
-    );
-    assert!(!new.vm.start_on_wakeup_requested());
-    let m = new.vm.machine();
-    assert_eq!(
-        m.ops,
-        [
-            MachineOp::EnableTicks,
-            MachineOp::ResumeVcpus,
-            MachineOp::PauseVcpus,
-            MachineOp::Wakeup,
-            MachineOp::ResumeVcpus
-        ]
-    );
-    assert_eq!(m.wakeups, [WakeupReason::Other]);
-    assert!(m.ticks_enabled && m.vcpus_running);
+    let mut new = Vm::new(args(Some(&ram), 1));
+    new.ok(load(&state));
+    assert_eq!(new.state(), RunState::Suspended);
+    assert_eq!(new.events(), [], "no RESUME before the wakeup");
+    new.ok(Command::SystemWakeup);
+    assert_eq!(new.events(), [RESUME, WAKEUP]);
+    assert_eq!(new.state(), RunState::Running);
+    new.wait_progress(saved_progress);
 }
 
+/// Mainline: `migrate` with mode `cpr-reboot` and `x-ignore-shared`, statuses and events,
+/// `query-migrate` after success, the refusals around it, and `migrate-incoming` into a
+/// VMM started with `--incoming defer`.
 #[test]
-fn paused_guest_stays_paused_after_load() {
-    let dir = shm_dir();
-    let (ram_path, state_path) = paths(&dir);
-    let saved = make_checkpoint(&ram_path, &state_path, 2, RunState::Paused, 0x10);
-
-    let mut new = Vmm::boot(shared_file_ram(&ram_path), 2);
-    assert_eq!(new.cpr_load(&state_path).unwrap(), RunState::Paused);
-    assert_eq!(
-        new.vm.query_status(),
-        StatusInfo {
-            running: false,
-            status: RunState::Paused
-        }
-    );
-    assert!(new.events().is_empty());
-    assert!(new.vm.machine().ops.is_empty());
-    assert!(!new.vm.start_on_wakeup_requested());
-    assert_eq!(new.devices(), saved);
-    assert_eq!(new.read_ram(), ram_pattern(0x10));
-
-    // `cont` works afterwards.
-    new.vm.vm_start().unwrap();
-    assert_eq!(new.events(), [Event::Resume]);
-}
-
-/// Step 1 runs before anything else: the VM is not stopped, no file is
-/// created, no event is emitted.
-fn assert_volatile_refused(block: RamBlock, reason: VolatileReason, dir: &tempfile::TempDir) {
-    let state_path = dir.path().join("vm.cpr");
-    let mut vmm = Vmm::boot(block, 1);
-    vmm.start_and_run(1, 5);
-    let before = dir_entries(dir.path());
-    let err = vmm.cpr_save(&state_path).unwrap_err();
-    assert_eq!(err.to_string(), "Memory region pc.ram-mr is volatile");
-    let CprError::Volatile(cpr_memory::Error::Volatile { volatile, .. }) = err else {
-        panic!("wrong error {err:?}");
-    };
-    assert_eq!(volatile.len(), 1);
-    assert_eq!(volatile[0].reason, reason);
-    assert_eq!(vmm.vm.state(), RunState::Running);
-    assert!(vmm.events().is_empty());
-    assert!(vmm.vm.machine().ops.is_empty());
-    assert!(vmm.vm.machine().vcpus_running);
-    assert!(!state_path.exists());
-    assert_eq!(
-        lock(&vmm.global).state,
-        None,
-        "global state stored too early"
-    );
-    drop(vmm);
-    assert_eq!(dir_entries(dir.path()), before);
-}
-
-#[test]
-fn volatile_ram_refuses_save_and_vm_keeps_running() {
-    let dir = shm_dir();
-    let size = RAM_PAGES * page_size();
-
-    // Anonymous RAM, even share=on: no fd to find again.
-    for shared in [false, true] {
-        let anon = RamBlock::builder("pc.ram", size)
-            .mr_name("pc.ram-mr")
-            .backing(Backing::Anonymous)
-            .shared(shared)
-            .build()
-            .unwrap();
-        assert_volatile_refused(anon, VolatileReason::NoFd, &dir);
+fn mainline_migrate_and_migrate_incoming() {
+    let _one = serialize();
+    if !have_kvm("mainline_migrate_and_migrate_incoming") {
+        return;
     }
-
-    // A private mapping of a file: the guest's writes never reach the file.
-    let ram_path = dir.path().join("private.ram");
-    let private = RamBlock::builder("pc.ram", size)
-        .mr_name("pc.ram-mr")
-        .file(&ram_path)
-        .shared(false)
-        .build()
-        .unwrap();
-    assert_volatile_refused(private, VolatileReason::NotShared, &dir);
-    assert_eq!(
-        std::fs::read(&ram_path).unwrap(),
-        vec![0u8; ram_len()],
-        "a private mapping wrote through to its file"
-    );
-}
-
-#[test]
-fn failed_save_keeps_previous_checkpoint_and_resumes() {
     let dir = shm_dir();
-    let (ram_path, state_path) = paths(&dir);
-    let mut vmm = Vmm::boot(shared_file_ram(&ram_path), 1);
-    vmm.start_and_run(2, 100);
+    let ram = dir.path().join("guest.ram");
+    let state = dir.path().join("vm.state");
+    let mut old = Vm::new(args(Some(&ram), 2));
+    old.boot();
+    old.cap(MigrationCapability::Events);
+    old.cap(MigrationCapability::XIgnoreShared);
+    old.ok(Command::MigrateSetParameters(Box::new(SetParameters {
+        mode: Some(MigMode::CprReboot),
+        ..SetParameters::default()
+    })));
+    // CPR refuses COLO, with a machine as without.
+    old.cap(MigrationCapability::XColo);
+    assert_eq!(old.refused(migrate(&state)), "Cannot use COLO with CPR");
+    assert_eq!(old.state(), RunState::Running);
+    assert_eq!(old.query_migrate().status, None);
+    old.ok(Command::MigrateSetCapabilities(vec![
+        cpr::vmm::CapabilityStatus {
+            capability: MigrationCapability::XColo,
+            state: false,
+        },
+    ]));
+    assert_eq!(old.events(), []);
 
-    // A good checkpoint, then `cont` (save-vm -> running is legal).
-    vmm.cpr_save(&state_path).unwrap();
-    let good = std::fs::read(&state_path).unwrap();
-    let good_devices = vmm.devices();
-    vmm.vm.vm_start().unwrap();
-    assert_eq!(vmm.events(), [Event::Stop, Event::Resume]);
-    vmm.vm.machine_mut().ops.clear();
+    let mut new = Vm::incoming_defer(args(Some(&ram), 2));
+    new.cap(MigrationCapability::Events);
+    new.cap(MigrationCapability::XIgnoreShared);
+    assert_eq!(
+        new.refused(migrate(&state)),
+        "Guest is waiting for an incoming migration"
+    );
+    assert_eq!(new.state(), RunState::Inmigrate);
 
-    // The counter's state query fails mid-stream, after the VM was stopped.
-    lock(&vmm.counter).state.count = 200;
-    lock(&vmm.counter).fail_save = true;
-    let err = vmm.cpr_save(&state_path).unwrap_err();
+    old.ok(migrate(&state));
+    // The run-state events go out once the command is done, after the MIGRATION ones
+    // (QEMU sends STOP between `setup` and `active`).
     assert_eq!(
-        chain(&err),
-        "Error while saving VM state: failed to save state for instance 0x0 of device \
-         'counter': counter: save_state failed: device busy"
-    );
-    assert_eq!(
-        std::fs::read(&state_path).unwrap(),
-        good,
-        "old checkpoint damaged"
-    );
-    assert_eq!(dir_entries(dir.path()), ["pc.ram", "vm.cpr"]);
-    // V7 step 10: stopped (STOP), then restarted (RESUME) because it ran.
-    assert_eq!(vmm.events(), [Event::Stop, Event::Resume]);
-    assert_eq!(vmm.vm.state(), RunState::Running);
-    assert_eq!(
-        vmm.vm.machine().ops,
+        old.events(),
         [
-            MachineOp::DisableTicks,
-            MachineOp::PauseVcpus,
-            MachineOp::EnableTicks,
-            MachineOp::ResumeVcpus
+            Event::Migration(MigrationStatus::Setup),
+            Event::Migration(MigrationStatus::Active),
+            Event::Migration(MigrationStatus::Completed),
+            STOP,
         ]
     );
-
-    // Creating the file fails (its directory is gone): before vm_stop, so
-    // nothing to undo, no event.
-    vmm.vm.machine_mut().ops.clear();
-    let missing = dir.path().join("no-such-dir").join("vm.cpr");
-    let err = vmm.cpr_save(&missing).unwrap_err();
-    assert!(matches!(err, CprError::Open(_)), "{err:?}");
-    assert!(
-        chain(&err).starts_with(&format!(
-            "Unable to open {}",
-            dir.path().join("no-such-dir").display()
-        )),
-        "{}",
-        chain(&err)
+    assert_eq!(old.state(), RunState::Postmigrate);
+    let info = old.query_migrate();
+    assert_eq!(info.status, Some(MigrationStatus::Completed));
+    assert_eq!(info.error_desc, None);
+    let ram_stats = info.ram.expect("ram statistics");
+    assert_eq!(
+        ram_stats.normal, 0,
+        "x-ignore-shared: shared RAM stays in place"
     );
-    assert!(
-        chain(&err).ends_with("ENOENT: No such file or directory"),
-        "{}",
-        chain(&err)
+    assert!(!ram_held(&ram), "the checkpoint hands the RAM over");
+    let saved_progress = old.progress();
+    // A VM in `postmigrate` has nothing loadable to give.
+    assert_eq!(
+        old.refused(migrate(&state)),
+        "cannot migrate a VM that is postmigrate: its state could never be loaded"
     );
-    assert!(vmm.events().is_empty());
-    assert!(vmm.vm.machine().ops.is_empty());
-    assert_eq!(vmm.vm.state(), RunState::Running);
-    drop(vmm);
 
-    // The surviving checkpoint is the good one, and it loads.
-    let mut new = Vmm::boot(shared_file_ram(&ram_path), 1);
-    assert_eq!(new.cpr_load(&state_path).unwrap(), RunState::Running);
-    assert_eq!(new.devices(), good_devices);
-    assert_eq!(new.devices().counter.count, 100);
+    new.ok(migrate_incoming(&state));
+    assert_eq!(
+        new.events(),
+        [
+            Event::Migration(MigrationStatus::Setup),
+            Event::Migration(MigrationStatus::Active),
+            Event::Migration(MigrationStatus::Completed),
+            RESUME,
+        ]
+    );
+    assert_eq!(new.state(), RunState::Running);
+    assert_eq!(new.query_migrate().status, Some(MigrationStatus::Completed));
+    assert_eq!(
+        new.refused(migrate_incoming(&state)),
+        "The incoming migration has already been started"
+    );
+    assert_eq!(old.refused(Command::Cont), in_use(&ram));
+    drop(old);
+    new.wait_progress(saved_progress);
 }
 
+/// V7 cpr-save step 10: a save that fails after the VM was stopped (here the disk is
+/// "full") restarts a running VM (STOP, then RESUME), leaves a paused one paused and a
+/// suspended one suspended, without a sound; the previous checkpoint stays, no temporary
+/// is left, and the guest runs on.
 #[test]
-fn failed_save_of_paused_vm_stays_paused() {
+fn failed_saves_leave_the_vm_as_it_was() {
+    let _one = serialize();
+    if !have_kvm("failed_saves_leave_the_vm_as_it_was") {
+        return;
+    }
     let dir = shm_dir();
-    let (ram_path, state_path) = paths(&dir);
-    let mut vmm = Vmm::boot(shared_file_ram(&ram_path), 1);
-    vmm.start_and_run(3, 1);
-    vmm.vm.vm_stop(RunState::Paused).unwrap();
-    assert_eq!(vmm.events(), [Event::Stop]);
-    lock(&vmm.counter).fail_save = true;
-    let err = vmm.cpr_save(&state_path).unwrap_err();
-    assert!(matches!(err, CprError::Save(_)), "{err:?}");
-    assert!(!state_path.exists());
-    assert_eq!(dir_entries(dir.path()), ["pc.ram"]);
-    // It was not running: no STOP, and no RESUME on the error path.
-    assert!(vmm.events().is_empty());
-    assert_eq!(vmm.vm.state(), RunState::Paused);
+    let ram = dir.path().join("guest.ram");
+    let state = dir.path().join("vm.state");
+    let mut vm = Vm::new(args(Some(&ram), 1));
+    vm.boot();
+    assert!(matches!(vm.cmd(save(&state)), Ok(Response::Saved { .. })));
+    let good = std::fs::read(&state).expect("checkpoint");
+    vm.ok(Command::Cont);
+    assert_eq!(vm.events(), [STOP, RESUME]);
+    assert!(ram_held(&ram), "cont takes the RAM back");
+
+    let full = "Error -27 while saving VM state: ";
+    let failed_save = |vm: &mut Vm| {
+        let err = with_file_size_limit(512, || vm.refused(save(&state)));
+        assert!(err.starts_with(full), "{err}");
+        assert_eq!(std::fs::read(&state).expect("checkpoint"), good);
+        assert_eq!(dir_entries(dir.path()), ["guest.ram", "vm.state"]);
+    };
+
+    // Running: stopped, then running again.
+    failed_save(&mut vm);
+    assert_eq!(vm.state(), RunState::Running);
+    assert_eq!(vm.events(), [STOP, RESUME]);
+    let p = vm.progress();
+    vm.wait_progress(p);
+
+    // Paused: still paused, no event.
+    vm.ok(Command::Stop);
+    assert_eq!(vm.events(), [STOP]);
+    failed_save(&mut vm);
+    assert_eq!(vm.state(), RunState::Paused);
+    assert_eq!(vm.events(), []);
+    vm.ok(Command::Cont);
+    assert_eq!(vm.events(), [RESUME]);
+
+    // Suspended: still suspended, no event; the guest wakes and runs on.
+    vm.ok(Command::GuestSuspendRam);
+    vm.wait_state(RunState::Suspended);
+    assert_eq!(vm.events(), [SUSPEND]);
+    failed_save(&mut vm);
+    assert_eq!(vm.state(), RunState::Suspended);
+    assert_eq!(vm.events(), []);
+    vm.ok(Command::SystemWakeup);
+    assert_eq!(vm.state(), RunState::Running);
+    assert_eq!(vm.events(), [WAKEUP]);
+    let p = vm.progress();
+    vm.wait_progress(p);
 }
 
+/// A `migrate` that fails once the VM is stopped is status `failed`, with the error in
+/// `query-migrate`, and the VM running again (mainline's `migrate_fd_cleanup`); the
+/// command itself succeeds, as in QEMU, where the failure comes later.
 #[test]
-fn suspended_checkpoint_into_paused_vm_is_an_error() {
+fn failed_migrate_is_status_failed_and_the_guest_runs_on() {
+    let _one = serialize();
+    if !have_kvm("failed_migrate_is_status_failed_and_the_guest_runs_on") {
+        return;
+    }
     let dir = shm_dir();
-    let (ram_path, state_path) = paths(&dir);
-    make_checkpoint(&ram_path, &state_path, 1, RunState::Suspended, 0x44);
-
-    let mut new = Vmm::boot(shared_file_ram(&ram_path), 1);
-    new.vm.runstate_set(RunState::Paused).unwrap();
-    let err = new.cpr_load(&state_path).unwrap_err();
+    let ram = dir.path().join("guest.ram");
+    let state = dir.path().join("vm.state");
+    let mut vm = Vm::new(args(Some(&ram), 1));
+    vm.boot();
+    vm.cap(MigrationCapability::Events);
+    with_file_size_limit(512, || vm.ok(migrate(&state)));
+    let info = vm.query_migrate();
+    assert_eq!(info.status, Some(MigrationStatus::Failed));
+    let desc = info.error_desc.expect("error-desc");
     assert!(
-        matches!(
-            err,
-            CprError::Runstate(cpr_runstate::Error::InvalidTransition {
-                from: RunState::Paused,
-                to: RunState::Suspended
-            })
-        ),
-        "{err:?}"
+        desc.starts_with("Error -27 while saving VM state: "),
+        "{desc}"
     );
     assert_eq!(
-        err.to_string(),
-        "invalid runstate transition: 'paused' -> 'suspended'"
+        vm.events(),
+        [
+            Event::Migration(MigrationStatus::Setup),
+            Event::Migration(MigrationStatus::Active),
+            Event::Migration(MigrationStatus::Failed),
+            STOP,
+            RESUME,
+        ]
     );
-    // Checked before applying: nothing changed.
-    assert_eq!(new.vm.state(), RunState::Paused);
-    assert_eq!(new.devices(), new.sentinel_devices());
-    assert!(!new.vm.start_on_wakeup_requested());
-    assert!(new.events().is_empty());
-
-    // V7's order (apply, then runstate_set) would hit the same edge; here
-    // too it is a value, not an abort.
-    let err = new.vm.runstate_set(RunState::Suspended).unwrap_err();
+    assert_eq!(vm.state(), RunState::Running);
     assert_eq!(
-        err.to_string(),
-        "invalid runstate transition: 'paused' -> 'suspended'"
+        dir_entries(dir.path()),
+        ["guest.ram"],
+        "nothing left behind"
     );
-    assert_eq!(new.vm.state(), RunState::Paused);
-}
-
-#[test]
-fn saved_shutdown_state_cannot_be_loaded_from_prelaunch() {
-    let dir = shm_dir();
-    let (ram_path, state_path) = paths(&dir);
-    make_checkpoint(&ram_path, &state_path, 1, RunState::Shutdown, 0x45);
-
-    let mut new = Vmm::boot(shared_file_ram(&ram_path), 1);
-    let err = new.cpr_load(&state_path).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "invalid runstate transition: 'prelaunch' -> 'shutdown'"
-    );
-    assert_eq!(new.vm.state(), RunState::Prelaunch);
-    assert_eq!(new.devices(), new.sentinel_devices());
-    assert!(new.events().is_empty());
+    assert!(ram_held(&ram));
+    let p = vm.progress();
+    vm.wait_progress(p);
 }

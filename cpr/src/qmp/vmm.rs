@@ -8,7 +8,7 @@ use super::server::Shared;
 use crate::vmm::{Command, Event, Response};
 use serde_json::Value;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, channel, sync_channel};
 use std::time::Duration;
 
 /// A command for the VMM to execute, parsed from a QMP (or HMP) request.
@@ -138,22 +138,41 @@ impl Delivery {
 #[derive(Debug, Clone, Default)]
 pub struct EventSender {
     shared: Option<Arc<Shared>>,
+    /// A copy of every [`Event`] sent, typed (see [`capture`](EventSender::capture)).
+    tap: Option<Sender<Event>>,
 }
 
 impl EventSender {
     pub(crate) fn new(shared: Arc<Shared>) -> EventSender {
         EventSender {
             shared: Some(shared),
+            tap: None,
         }
     }
 
     /// An `EventSender` connected to nothing (events are discarded).
     pub fn noop() -> EventSender {
-        EventSender { shared: None }
+        EventSender::default()
+    }
+
+    /// An `EventSender` connected to no client that hands every [`Event`] sent through
+    /// [`send`](EventSender::send) to the returned receiver, typed and in order: for tests
+    /// (and front ends) that drive a [`Vmm`](crate::vmm::Vmm) without a QMP server.
+    pub fn capture() -> (EventSender, Receiver<Event>) {
+        let (tx, rx) = channel();
+        let sender = EventSender {
+            shared: None,
+            tap: Some(tx),
+        };
+        (sender, rx)
     }
 
     /// Emits a VMM event; returns whether it was queued for a client.
     pub fn send(&self, event: Event) -> bool {
+        if let Some(tap) = &self.tap {
+            // A receiver that is gone wants no more events.
+            let _ = tap.send(event);
+        }
         let (name, data) = event_data(event);
         self.emit(name, data)
     }

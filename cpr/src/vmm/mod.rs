@@ -32,6 +32,8 @@ mod mig_params;
 mod migration;
 mod ownership;
 mod ram_io;
+#[cfg(test)]
+mod rules_tests;
 mod slot;
 mod target;
 
