@@ -38,6 +38,15 @@ pub enum Error {
         /// The RAM block backed by that file.
         block: String,
     },
+    /// A checkpoint file that exists and is not a regular file (a device, FIFO, socket or
+    /// directory): never written into, never read from.
+    #[error("cannot {what} {}: not a regular file", path.display())]
+    NotRegularFile {
+        /// What was to be done (`save to`, `load`).
+        what: &'static str,
+        /// The file, as given.
+        path: PathBuf,
+    },
     /// V7 step 10: writing the device state failed (QEMU's `Error %d while saving VM state`).
     #[error("Error -{} while saving VM state", *errno as i32)]
     Save {

@@ -124,7 +124,7 @@ fn file_err(path: &Path, e: cpr_migration_file::Error) -> Error {
     open_err(path, source)
 }
 
-fn open_regular(path: &Path, flags: OFlag, what: &str) -> Result<std::fs::File> {
+fn open_regular(path: &Path, flags: OFlag, what: &'static str) -> Result<std::fs::File> {
     let resolved = ResolvedPath::new(path).map_err(|e| file_err(path, e))?;
     let fd: OwnedFd = resolved
         .open(flags | OFlag::O_NONBLOCK, Mode::from_bits_truncate(0o600))
@@ -132,10 +132,10 @@ fn open_regular(path: &Path, flags: OFlag, what: &str) -> Result<std::fs::File> 
     let file = std::fs::File::from(fd);
     let meta = file.metadata().map_err(|e| open_err(path, e))?;
     if !meta.is_file() {
-        return Err(Error::Other(format!(
-            "cannot {what} {}: not a regular file",
-            path.display()
-        )));
+        return Err(Error::NotRegularFile {
+            what,
+            path: path.to_path_buf(),
+        });
     }
     let flags =
         nix::fcntl::fcntl(&file, FcntlArg::F_GETFL).map_err(|e| open_err(path, e.into()))?;
