@@ -83,7 +83,7 @@
 //! `MSG_NOSIGNAL` and a write timeout, and a reply for a client that
 //! disconnected mid-command is dropped quietly.
 //!
-//! `quit` (see `cpr::app`): the VMM first calls [`QmpServer::close_listener`]
+//! `quit` (see `cpr-vm`'s `app` module): the VMM first calls [`QmpServer::close_listener`]
 //! (the listening socket refuses connections and the path is removed if it is
 //! still this server's socket, without waiting for the accept thread; the
 //! client keeps its connection), then answers with

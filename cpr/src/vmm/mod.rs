@@ -40,7 +40,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 
 use cpr_memory::{Backing, GuestRam, OpenMode, RamBlock, RamBlockList, RamKind, pc_ram_windows};
 use cpr_runstate::{RunState, VmRunState};
-use cpr_vfio_info::VfioDevices;
+use cpr_vfio_info::{VfioDevice, VfioDevices};
 
 use crate::checkpoint::{MachineLayout, RamBlockInfo};
 use crate::config::{Incoming, OnOff, VmArgs};
@@ -169,10 +169,7 @@ impl Vmm {
         let ram = GuestRam::map(&blocks, OpenMode::OpenOrCreate).map_err(Error::Memory)?;
         let layout = machine_layout(&args, &blocks);
         let ram_pristine = ram_io::is_fresh(&ram);
-        let mut vfio = VfioDevices::new();
-        for name in &args.vfio_test_devices {
-            vfio.add(Box::new(TestVfioDevice { name: name.clone() }));
-        }
+        let vfio = VfioDevices::new();
         let mut rs = VmRunState::new(MachineSlot::default());
         rs.machine_mut().ram = RamOwnership::new(&ram)?;
         rs.register_wakeup_support();
@@ -192,6 +189,12 @@ impl Vmm {
             guest_reset: false,
             ram_pristine,
         })
+    }
+
+    /// Attaches a VFIO device: the VMM's caller owns the devices (none can be bound by this
+    /// crate yet); they count in `query-migrate` and in the cpr-reboot VFIO rule.
+    pub fn attach_vfio(&mut self, device: Box<dyn VfioDevice + Send + Sync>) {
+        self.vfio.add(device);
     }
 
     /// The current run state.
@@ -535,27 +538,6 @@ impl Vmm {
     }
 }
 
-/// A VFIO device that exists only for tests (`--x-vfio-test-device`): no real device can
-/// be bound yet, but the cpr-reboot VFIO rule must be exercised end to end.
-#[derive(Debug)]
-struct TestVfioDevice {
-    name: String,
-}
-
-impl cpr_vfio_info::VfioDevice for TestVfioDevice {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn supports_migration(&self) -> bool {
-        true
-    }
-
-    fn bytes_transferred(&self) -> u64 {
-        0
-    }
-}
-
 /// Forwards everything from `rx` to `tx`, wrapped by `wrap`, on a small thread.
 pub fn forward<T: Send + 'static>(rx: Receiver<T>, tx: Sender<Msg>, wrap: fn(T) -> Msg) {
     let spawned = std::thread::Builder::new()
@@ -582,7 +564,31 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::config::Cli;
+
+    /// The machine options alone, as a command line.
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        vm: VmArgs,
+    }
+
+    /// A migratable VFIO device that is not there (none can be bound yet).
+    #[derive(Debug)]
+    struct TestVfioDevice;
+
+    impl VfioDevice for TestVfioDevice {
+        fn name(&self) -> &str {
+            "0000:01:00.0"
+        }
+
+        fn supports_migration(&self) -> bool {
+            true
+        }
+
+        fn bytes_transferred(&self) -> u64 {
+            0
+        }
+    }
 
     /// A VMM without a machine (no KVM needed): anonymous RAM, in `prelaunch`.
     fn vmm(extra: &[&str]) -> Result<Vmm> {
@@ -614,7 +620,8 @@ mod tests {
     #[test]
     fn query_migrate_carries_vfio_exactly_with_cprs_feature() {
         assert_eq!(cpr_vfio_info::VFIO_COMPILED_IN, cfg!(feature = "vfio"));
-        let mut vm = vmm(&["--x-vfio-test-device", "0000:01:00.0"]).expect("vmm");
+        let mut vm = vmm(&[]).expect("vmm");
+        vm.attach_vfio(Box::new(TestVfioDevice));
         let Response::Migration(info) = vm.command(Command::QueryMigrate).expect("query-migrate")
         else {
             panic!("query-migrate answers MigrationInfo");
