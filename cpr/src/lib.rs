@@ -33,6 +33,11 @@
 //!   JSON is parsed into commands and results are serialized.
 //! * [`config`]: what the VMM is asked to run (the machine, `--incoming`, `--global`).
 //!
+//! What another VMM uses: [`vmm::Vmm`] and its typed [`vmm::Command`]s, [`vmm::Response`]s
+//! and [`vmm::Event`]s; [`config`]; the QMP server and client ([`qmp::QmpServer`],
+//! [`qmp::QmpClient`]); the checkpoint format ([`checkpoint`]); the errors ([`Error`]).
+//! Everything else is `pub(crate)` (`unreachable_pub` is on).
+//!
 //! The `cpr-vm` binary (its command line, process and exit statuses, `cpr-vm demo`) is
 //! the `cpr-vm` package; the process driver shared by the demo and `cargo xtask e2e`/`bench`
 //! is the `cpr-harness` package. Neither is part of this library.
@@ -171,6 +176,8 @@
 //! `--global migration.<property>=<value>` sets capabilities and parameters at start-up
 //! with QEMU's property names (`-global migration.x-ignore-shared=on`,
 //! `-global migration.mode=cpr-reboot`), so `--incoming file:` can load an in-place stream.
+
+#![warn(unreachable_pub)]
 
 pub mod checkpoint;
 pub mod config;

@@ -10,7 +10,7 @@ use super::error::{Error, Result};
 
 /// One contiguous piece of guest RAM as KVM sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RamRegion {
+pub(crate) struct RamRegion {
     /// Guest-physical start address.
     pub guest_addr: u64,
     /// Size in bytes.
@@ -20,7 +20,7 @@ pub struct RamRegion {
 }
 
 /// The [`RamRegion`]s of a vm-memory guest memory.
-pub fn ram_regions_of(mem: &GuestMemoryMmap) -> Vec<RamRegion> {
+pub(crate) fn ram_regions_of(mem: &GuestMemoryMmap) -> Vec<RamRegion> {
     mem.iter()
         .map(|r| RamRegion {
             guest_addr: r.start_addr().0,
@@ -28,17 +28,6 @@ pub fn ram_regions_of(mem: &GuestMemoryMmap) -> Vec<RamRegion> {
             host_addr: r.as_ptr() as u64,
         })
         .collect()
-}
-
-/// Total RAM bytes and the highest guest-physical address + 1.
-pub fn ram_size_and_top(regions: &[RamRegion]) -> (u64, u64) {
-    let size = regions.iter().map(|r| r.size).sum();
-    let top = regions
-        .iter()
-        .map(|r| r.guest_addr + r.size)
-        .max()
-        .unwrap_or(0);
-    (size, top)
 }
 
 /// Register guest RAM with KVM, one memslot per region (slot = index).
@@ -50,7 +39,7 @@ pub fn ram_size_and_top(regions: &[RamRegion]) -> (u64, u64) {
 ///
 /// Every region's `host_addr..host_addr + size` must be a readable and writable mapping
 /// that stays mapped for as long as `vm` exists.
-pub unsafe fn register_ram(vm: &VmFd, regions: &[RamRegion]) -> Result<()> {
+pub(crate) unsafe fn register_ram(vm: &VmFd, regions: &[RamRegion]) -> Result<()> {
     for (slot, r) in regions.iter().enumerate() {
         let region = kvm_userspace_memory_region {
             slot: u32::try_from(slot)

@@ -8,7 +8,7 @@
 //! * Memory map, boot protocol and every shared constant: [`layout`].
 //! * Guest sources: `cpr/guest/kernel.s` (CPL0, emulated on this host, tiny) and
 //!   `cpr/guest/user.s` (CPL3 workload, native speed); see `cpr/guest/README.md`.
-//! * Devices and their registers: [`devices`] (COM1 `0x3f8`, PM1a_CNT `0x604`,
+//! * Devices and their registers: `devices` (COM1 `0x3f8`, PM1a_CNT `0x604`,
 //!   test device MMIO `0xD000_0000`).
 //! * Per-component state: [`VcpuState`] (next to the vCPU code), [`VmState`] (irqchips,
 //!   PIT, kvmclock), [`SerialDeviceState`], [`PmState`], [`TestDevState`], gathered in
@@ -28,14 +28,14 @@
 //! → *Paused* → `capture`. `restore`/`restore_state` → *Paused* → `resume` (or `wakeup`
 //! when the saved guest was suspended).
 
-pub mod devices;
-pub mod error;
-pub mod guest;
+pub(crate) mod devices;
+pub(crate) mod error;
+pub(crate) mod guest;
 pub mod layout;
-pub mod memory;
-pub mod vcpu;
-pub mod vcpu_state;
-pub mod vm;
+pub(crate) mod memory;
+pub(crate) mod vcpu;
+pub(crate) mod vcpu_state;
+pub(crate) mod vm;
 
 pub(crate) mod persist;
 
@@ -46,7 +46,6 @@ pub use devices::pm::PmState;
 pub use devices::serial::SerialDeviceState;
 pub use devices::testdev::{GuestFatal, GuestProgress, TestDevState, VcpuProgress};
 pub use error::{Error, Result};
-pub use memory::{RamRegion, ram_regions_of, register_ram};
 pub use vcpu_state::VcpuState;
 pub use vm::VmState;
 

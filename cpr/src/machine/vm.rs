@@ -47,7 +47,7 @@ fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
 /// # Safety
 ///
 /// The host ranges of `ram` must stay mapped read/write for as long as the VM exists.
-pub unsafe fn create_vm(kvm: &Kvm, ram: &[RamRegion]) -> Result<VmFd> {
+pub(crate) unsafe fn create_vm(kvm: &Kvm, ram: &[RamRegion]) -> Result<VmFd> {
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     let xsave_size = vm.check_extension_int(Cap::Xsave2);
     if usize::try_from(xsave_size).unwrap_or(usize::MAX) > XSAVE_WORDS * 4 {
@@ -82,7 +82,7 @@ fn get_chip(vm: &VmFd, chip_id: u32) -> Result<kvm_irqchip> {
 }
 
 /// Capture the VM state (vCPUs must be paused).
-pub fn capture_vm(vm: &VmFd) -> Result<VmState> {
+pub(crate) fn capture_vm(vm: &VmFd) -> Result<VmState> {
     Ok(VmState {
         pic_master: get_chip(vm, KVM_IRQCHIP_PIC_MASTER)?,
         pic_slave: get_chip(vm, KVM_IRQCHIP_PIC_SLAVE)?,
@@ -93,7 +93,7 @@ pub fn capture_vm(vm: &VmFd) -> Result<VmState> {
 }
 
 /// Restore the VM state into a new VM (after its vCPUs are restored, before they run).
-pub fn restore_vm(vm: &VmFd, state: &VmState) -> Result<()> {
+pub(crate) fn restore_vm(vm: &VmFd, state: &VmState) -> Result<()> {
     // irqchips first: the PIT's output goes through them.
     for chip in [&state.pic_master, &state.pic_slave, &state.ioapic] {
         vm.set_irqchip(chip).map_err(kvm_err("KVM_SET_IRQCHIP"))?;

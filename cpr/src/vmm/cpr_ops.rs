@@ -93,7 +93,7 @@ impl Written {
     /// `commit`; if the commit fails, the RAM files get their old tags back. A failure to
     /// sync the directory after the rename leaves the new checkpoint in place (and its
     /// tags): it is reported as a warning, not as a failed save.
-    pub fn commit(
+    pub(super) fn commit(
         mut self,
         commit: impl FnOnce() -> std::result::Result<(), cpr_migration_file::Error>,
     ) -> std::result::Result<(Vec<String>, cpr_savevm::SaveStats), SaveFailure> {

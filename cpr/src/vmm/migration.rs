@@ -139,7 +139,7 @@ impl FileTarget {
 
 /// Migration settings and the last migration's outcome.
 #[derive(Debug, Clone, Default)]
-pub struct MigrationState {
+pub(crate) struct MigrationState {
     caps: BTreeMap<MigrationCapability, bool>,
     /// The parameters, checked as QEMU checks them.
     params: MigrationParameters,
@@ -153,18 +153,18 @@ pub struct MigrationState {
 
 impl MigrationState {
     /// Whether capability `cap` is on.
-    pub fn cap(&self, cap: MigrationCapability) -> bool {
+    pub(crate) fn cap(&self, cap: MigrationCapability) -> bool {
         self.caps.get(&cap).copied().unwrap_or(false)
     }
 
     /// The migration mode.
-    pub fn mode(&self) -> MigMode {
+    pub(crate) fn mode(&self) -> MigMode {
         self.params.mode
     }
 
     /// `--global migration.<property>=<value>` (QEMU's `-global`), through the same
     /// checks as `migrate-set-capabilities` and `migrate-set-parameters`.
-    pub fn apply_globals(&mut self, globals: &[Global]) -> Result<()> {
+    pub(crate) fn apply_globals(&mut self, globals: &[Global]) -> Result<()> {
         for g in globals {
             self.apply_global(g)
                 .map_err(|source| ArgumentError::Global {

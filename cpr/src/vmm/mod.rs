@@ -15,7 +15,7 @@
 //! `match`) and answers typed [`Response`]s; it reports [`Event`]s through the monitor's
 //! [`EventSender::send`]. The `qmp` layer parses requests into commands (with QEMU's
 //! messages for bad arguments) and serializes what comes back; HMP builds the same
-//! commands. The list of commands is written once, in [`api`]. Arguments that QEMU checks
+//! commands. The list of commands is written once, in `api`. Arguments that QEMU checks
 //! only once the command runs are checked here, in QEMU's order: a bad `uri`/`channels`
 //! travels in the command as its [`TargetError`] and is reported after the run-state
 //! checks; merged migration parameters are range-checked with QEMU's words
@@ -25,7 +25,7 @@
 //! [`crate::error::CommandError`], [`crate::error::ConfigError`]); save and load failures
 //! carry a [`nix::errno::Errno`], printed negated as QEMU prints it.
 
-pub mod api;
+pub(crate) mod api;
 mod cpr_ops;
 pub(crate) mod epoch;
 mod mig_params;
@@ -55,9 +55,11 @@ pub use api::{
 };
 pub use cpr_ops::CprMode;
 pub use mig_params::{GlobalError, MigrationParameters, ParamError, SetParameters};
-pub use migration::{FileTarget, MigMode, MigrateError, MigrationState};
-pub use ownership::{OwnershipError, RamOwnership, is_locked_elsewhere};
-pub use slot::{MachineSlot, SlotError};
+pub use migration::MigrateError;
+pub(crate) use migration::{FileTarget, MigMode, MigrationState};
+pub(crate) use ownership::RamOwnership;
+pub use ownership::{OwnershipError, is_locked_elsewhere};
+pub(crate) use slot::{MachineSlot, SlotError};
 
 /// Name of the main RAM block (QEMU's x86 `pc.ram`).
 pub const MAIN_RAM: &str = "pc.ram";
@@ -103,7 +105,7 @@ impl std::fmt::Debug for Vmm {
 
 /// The RAM blocks `args` ask for: one `pc.ram` block, seen by the guest through QEMU's
 /// below-4G/above-4G windows.
-pub fn ram_blocks(args: &VmArgs) -> Result<RamBlockList> {
+pub(crate) fn ram_blocks(args: &VmArgs) -> Result<RamBlockList> {
     let size = args.mem_size.0;
     let backing = match &args.mem_path {
         Some(p) => Backing::File { path: p.clone() },
@@ -119,7 +121,7 @@ pub fn ram_blocks(args: &VmArgs) -> Result<RamBlockList> {
 }
 
 /// The layout recorded in (and demanded from) a checkpoint.
-pub fn machine_layout(args: &VmArgs, blocks: &RamBlockList) -> MachineLayout {
+pub(crate) fn machine_layout(args: &VmArgs, blocks: &RamBlockList) -> MachineLayout {
     let ram = blocks
         .iter()
         .map(|b| RamBlockInfo {

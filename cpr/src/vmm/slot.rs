@@ -23,7 +23,7 @@ pub enum SlotError {
 
 /// Holds the machine (if any) for [`cpr_runstate::VmRunState`].
 #[derive(Debug, Default)]
-pub struct MachineSlot {
+pub(crate) struct MachineSlot {
     /// The KVM machine, once booted or restored.
     pub machine: Option<Machine>,
     /// The RAM files: their lock and epoch tags. The vCPUs never run without the lock.
@@ -34,17 +34,12 @@ pub struct MachineSlot {
 
 impl MachineSlot {
     /// The machine, if there is one.
-    pub fn get(&self) -> Option<&Machine> {
+    pub(crate) fn get(&self) -> Option<&Machine> {
         self.machine.as_ref()
     }
 
-    /// The machine, if there is one.
-    pub fn get_mut(&mut self) -> Option<&mut Machine> {
-        self.machine.as_mut()
-    }
-
     /// Drops the clock recorded at the last stop (it belongs to a machine that is gone).
-    pub fn forget_stopped_clock(&mut self) {
+    pub(crate) fn forget_stopped_clock(&mut self) {
         self.stopped_clock = None;
     }
 }
