@@ -74,7 +74,7 @@ use kvm_bindings::{KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_S
 
 use crate::machine::devices::serial::SerialSection;
 use crate::machine::vm::{IoapicSection, KvmClockSection, PicSection, PitSection};
-use crate::machine::{MachineState, PmState, TestDevState, VcpuState, VmState as KvmVmState};
+use crate::machine::{KvmVmState, MachineState, PmState, TestDevState, VcpuState};
 
 /// QEMU's `globalstate` section (migration/global_state.c, 6.2 layout): the run state the
 /// VM was in when the checkpoint was taken.

@@ -11,7 +11,7 @@ use common::*;
 use cpr_memory::{
     Backing, Medium, Origin, Persistence, RamBlock, VolatileReason, page_size, persistence,
 };
-use cpr_runstate::{Event, MachineOp, RunState, StatusInfo, WakeupReason};
+use cpr_runstate::{ControlOp, Event, RunState, StatusInfo, WakeupReason};
 use cpr_savevm::{CHANNEL_CPR_LOAD, read_device_state_from_path};
 
 #[test]
@@ -38,7 +38,7 @@ fn running_guest_survives_cpr_reboot() {
     assert_eq!(old.events(), [Event::Stop]);
     assert_eq!(
         old.vm.machine().ops,
-        [MachineOp::DisableTicks, MachineOp::PauseVcpus]
+        [ControlOp::DisableTicks, ControlOp::PauseVcpus]
     );
     assert!(!old.vm.machine().vcpus_running);
     let mode = std::fs::metadata(&state_path).unwrap().permissions().mode();
@@ -89,7 +89,7 @@ fn running_guest_survives_cpr_reboot() {
     assert_eq!(new.events(), [Event::Resume]);
     assert_eq!(
         new.vm.machine().ops,
-        [MachineOp::EnableTicks, MachineOp::ResumeVcpus]
+        [ControlOp::EnableTicks, ControlOp::ResumeVcpus]
     );
     assert_eq!(new.read_ram(), ram_pattern(0x5a));
     // The new process sees its own writes through the same file.
@@ -120,7 +120,7 @@ fn suspended_guest_wakes_with_resume_then_wakeup() {
     // cpr-save itself freezes the ticks that suspend left running.
     assert_eq!(old.vm.state(), RunState::Suspended);
     assert!(old.events().is_empty());
-    assert_eq!(old.vm.machine().ops, [MachineOp::DisableTicks]);
+    assert_eq!(old.vm.machine().ops, [ControlOp::DisableTicks]);
     drop(old);
 
     let mut new = Vmm::boot(shared_file_ram(&ram_path), 1);
@@ -148,11 +148,11 @@ fn suspended_guest_wakes_with_resume_then_wakeup() {
     assert_eq!(
         m.ops,
         [
-            MachineOp::EnableTicks,
-            MachineOp::ResumeVcpus,
-            MachineOp::PauseVcpus,
-            MachineOp::Wakeup,
-            MachineOp::ResumeVcpus
+            ControlOp::EnableTicks,
+            ControlOp::ResumeVcpus,
+            ControlOp::PauseVcpus,
+            ControlOp::Wakeup,
+            ControlOp::ResumeVcpus
         ]
     );
     assert_eq!(m.wakeups, [WakeupReason::Other]);
@@ -281,10 +281,10 @@ fn failed_save_keeps_previous_checkpoint_and_resumes() {
     assert_eq!(
         vmm.vm.machine().ops,
         [
-            MachineOp::DisableTicks,
-            MachineOp::PauseVcpus,
-            MachineOp::EnableTicks,
-            MachineOp::ResumeVcpus
+            ControlOp::DisableTicks,
+            ControlOp::PauseVcpus,
+            ControlOp::EnableTicks,
+            ControlOp::ResumeVcpus
         ]
     );
 

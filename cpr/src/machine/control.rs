@@ -25,7 +25,7 @@ use super::layout::{
 use super::memory::ram_regions_of;
 use super::vcpu::{self, ACK_TIMEOUT, Command, Shared, VcpuHandle};
 use super::vcpu_state::{VcpuState, boot_cpuid};
-use super::vm::{VmState, capture_vm, create_vm, restore_vm};
+use super::vm::{KvmVmState, capture_vm, create_vm, restore_vm};
 
 /// A failure the built-in guest can be asked to cause (test only, QMP `x-guest-fault`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +105,7 @@ pub struct MachineState {
     /// One per vCPU, index order.
     pub vcpus: Vec<VcpuState>,
     /// Irqchips, PIT, kvmclock.
-    pub vm: VmState,
+    pub vm: KvmVmState,
     /// COM1.
     pub serial: SerialDeviceState,
     /// PM1 control (includes "guest is suspended").

@@ -10,7 +10,7 @@
 //!   `cpr/guest/user.s` (CPL3 workload, native speed); see `cpr/guest/README.md`.
 //! * Devices and their registers: `devices` (COM1 `0x3f8`, PM1a_CNT `0x604`,
 //!   test device MMIO `0xD000_0000`).
-//! * Per-component state: [`VcpuState`] (next to the vCPU code), [`VmState`] (irqchips,
+//! * Per-component state: [`VcpuState`] (next to the vCPU code), [`KvmVmState`] (irqchips,
 //!   PIT, kvmclock), [`SerialDeviceState`], [`PmState`], [`TestDevState`], gathered in
 //!   [`MachineState`].
 //!
@@ -47,7 +47,7 @@ pub use devices::serial::SerialDeviceState;
 pub use devices::testdev::{GuestFatal, GuestProgress, TestDevState, VcpuProgress};
 pub use error::{Error, Result};
 pub use vcpu_state::VcpuState;
-pub use vm::VmState;
+pub use vm::KvmVmState;
 
 /// Something the machine's owner must know about.
 #[derive(Debug, Clone, PartialEq, Eq)]

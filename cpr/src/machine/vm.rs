@@ -1,5 +1,5 @@
 //! VM creation (memory first, then the in-kernel irqchip and PIT) and the per-VM KVM
-//! state ([`VmState`]): PIC master/slave, IOAPIC, PIT and kvmclock.
+//! state ([`KvmVmState`]): PIC master/slave, IOAPIC, PIT and kvmclock.
 
 use kvm_bindings::{
     KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY,
@@ -14,7 +14,7 @@ use super::vcpu_state::XSAVE_WORDS;
 
 /// The VM-wide in-kernel device state.
 #[derive(Clone, Copy)]
-pub struct VmState {
+pub struct KvmVmState {
     /// Master 8259 PIC (`KVM_GET_IRQCHIP` chip 0).
     pub pic_master: kvm_irqchip,
     /// Slave 8259 PIC (chip 1).
@@ -27,9 +27,9 @@ pub struct VmState {
     pub clock: kvm_clock_data,
 }
 
-impl std::fmt::Debug for VmState {
+impl std::fmt::Debug for KvmVmState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VmState")
+        f.debug_struct("KvmVmState")
             .field("pit", &self.pit)
             .field("clock", &self.clock)
             .finish_non_exhaustive()
@@ -82,8 +82,8 @@ fn get_chip(vm: &VmFd, chip_id: u32) -> Result<kvm_irqchip> {
 }
 
 /// Capture the VM state (vCPUs must be paused).
-pub(crate) fn capture_vm(vm: &VmFd) -> Result<VmState> {
-    Ok(VmState {
+pub(crate) fn capture_vm(vm: &VmFd) -> Result<KvmVmState> {
+    Ok(KvmVmState {
         pic_master: get_chip(vm, KVM_IRQCHIP_PIC_MASTER)?,
         pic_slave: get_chip(vm, KVM_IRQCHIP_PIC_SLAVE)?,
         ioapic: get_chip(vm, KVM_IRQCHIP_IOAPIC)?,
@@ -93,7 +93,7 @@ pub(crate) fn capture_vm(vm: &VmFd) -> Result<VmState> {
 }
 
 /// Restore the VM state into a new VM (after its vCPUs are restored, before they run).
-pub(crate) fn restore_vm(vm: &VmFd, state: &VmState) -> Result<()> {
+pub(crate) fn restore_vm(vm: &VmFd, state: &KvmVmState) -> Result<()> {
     // irqchips first: the PIT's output goes through them.
     for chip in [&state.pic_master, &state.pic_slave, &state.ioapic] {
         vm.set_irqchip(chip).map_err(kvm_err("KVM_SET_IRQCHIP"))?;

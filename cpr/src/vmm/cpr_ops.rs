@@ -195,7 +195,7 @@ impl Vmm {
         // 6. A suspended guest's ticks are still enabled: disable them (V7).
         let suspended = state == RunState::Suspended;
         if suspended {
-            cpr_runstate::Machine::disable_ticks(self.rs.machine_mut())?;
+            cpr_runstate::VmControl::disable_ticks(self.rs.machine_mut())?;
         }
         // 7. vm_stop(SAVE_VM): STOP only if it was running.
         if let Err(e) = self.rs.vm_stop(RunState::SaveVm) {
@@ -311,7 +311,7 @@ impl Vmm {
             }
         } else if suspended {
             // Better than V7: the ticks disabled in step 6 come back.
-            let _ = cpr_runstate::Machine::enable_ticks(self.rs.machine_mut());
+            let _ = cpr_runstate::VmControl::enable_ticks(self.rs.machine_mut());
         }
         Error::Save {
             errno: failure.errno,

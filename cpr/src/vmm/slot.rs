@@ -1,4 +1,4 @@
-//! The run-state machine's view of the KVM machine ([`cpr_runstate::Machine`]).
+//! The run-state machine's view of the KVM machine ([`cpr_runstate::VmControl`]).
 //!
 //! Before the guest is booted or restored there is no KVM machine at all (QEMU's
 //! `prelaunch` after `-S`): every operation is then a no-op, as pausing vCPUs that do not
@@ -44,7 +44,7 @@ impl MachineSlot {
     }
 }
 
-impl cpr_runstate::Machine for MachineSlot {
+impl cpr_runstate::VmControl for MachineSlot {
     type Error = SlotError;
 
     fn pause_vcpus(&mut self) -> Result<(), Self::Error> {

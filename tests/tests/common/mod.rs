@@ -1,5 +1,5 @@
 //! Shared fakes for the cross-crate CPR scenarios: a counter device, fake
-//! vCPUs, the `globalstate` section, a mock [`Machine`], and a tiny VMM that
+//! vCPUs, the `globalstate` section, a mock [`VmControl`], and a tiny VMM that
 //! runs V7's `cpr-save` / `cpr-load` steps (patch 06, §6.2/§6.3/§13 of the
 //! reference) composed only from the five library crates.
 //!
@@ -16,7 +16,7 @@ use cpr_memory::{
 };
 use cpr_migration_file::AtomicFile;
 use cpr_runstate::{
-    Event, GlobalState, Machine, MachineOp, RunState, VmRunState, WakeupReason, check_transition,
+    ControlOp, Event, GlobalState, RunState, VmControl, VmRunState, WakeupReason, check_transition,
 };
 use cpr_savevm::{
     BoxError, CHANNEL_CPR_LOAD, CHANNEL_CPR_SAVE, FieldReader, FieldWriter, InstanceId, OnLoad,
@@ -253,7 +253,7 @@ impl VmState for GlobalStateSection {
 #[derive(Debug, Default)]
 pub struct MockMachine {
     /// Steps in call order.
-    pub ops: Vec<MachineOp>,
+    pub ops: Vec<ControlOp>,
     /// Whether the vCPUs run.
     pub vcpus_running: bool,
     /// Whether guest time runs.
@@ -262,30 +262,30 @@ pub struct MockMachine {
     pub wakeups: Vec<WakeupReason>,
 }
 
-impl Machine for MockMachine {
+impl VmControl for MockMachine {
     type Error = Infallible;
     fn pause_vcpus(&mut self) -> Result<(), Infallible> {
-        self.ops.push(MachineOp::PauseVcpus);
+        self.ops.push(ControlOp::PauseVcpus);
         self.vcpus_running = false;
         Ok(())
     }
     fn resume_vcpus(&mut self) -> Result<(), Infallible> {
-        self.ops.push(MachineOp::ResumeVcpus);
+        self.ops.push(ControlOp::ResumeVcpus);
         self.vcpus_running = true;
         Ok(())
     }
     fn enable_ticks(&mut self) -> Result<(), Infallible> {
-        self.ops.push(MachineOp::EnableTicks);
+        self.ops.push(ControlOp::EnableTicks);
         self.ticks_enabled = true;
         Ok(())
     }
     fn disable_ticks(&mut self) -> Result<(), Infallible> {
-        self.ops.push(MachineOp::DisableTicks);
+        self.ops.push(ControlOp::DisableTicks);
         self.ticks_enabled = false;
         Ok(())
     }
     fn wakeup(&mut self, reason: WakeupReason) -> Result<(), Infallible> {
-        self.ops.push(MachineOp::Wakeup);
+        self.ops.push(ControlOp::Wakeup);
         self.wakeups.push(reason);
         Ok(())
     }

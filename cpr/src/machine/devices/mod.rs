@@ -7,7 +7,7 @@
 //! | test device | MMIO `0xD000_0000` (8 KiB) | [`testdev`] |
 //!
 //! The PIC, IOAPIC, LAPIC and PIT are KVM's in-kernel models (state in
-//! [`VmState`](super::VmState) / [`VcpuState`](super::VcpuState)). Unclaimed port reads
+//! [`KvmVmState`](super::KvmVmState) / [`VcpuState`](super::VcpuState)). Unclaimed port reads
 //! return `0xff` bytes, unclaimed MMIO reads return `0xff` bytes; unclaimed writes are ignored.
 
 pub(crate) mod pm;
