@@ -22,7 +22,7 @@ use super::layout::{
     FAULT_PANIC_VECTOR, FAULT_TRIPLE_VECTOR, LAPIC_BASE, MAX_VCPUS, SUSPEND_VECTOR, US_PROGRESS,
     USER_STATE, USER_STATE_STRIDE,
 };
-use super::memory::ram_regions_of;
+use super::memory::memslots_of;
 use super::vcpu::{self, ACK_TIMEOUT, Command, Shared, VcpuHandle};
 use super::vcpu_state::{VcpuState, boot_cpuid};
 use super::vm::{KvmVmState, capture_vm, create_vm, restore_vm};
@@ -163,7 +163,7 @@ impl Machine {
         }
         vcpu::install_kick_handler()?;
         let kvm = Kvm::new().map_err(Error::KvmOpen)?;
-        let ram = ram_regions_of(&config.memory);
+        let ram = memslots_of(&config.memory);
         // SAFETY: the regions come from `config.memory`, which the machine keeps (field
         // `memory`, dropped after `vm`), so the mappings outlive the VM.
         let vm = unsafe { create_vm(&kvm, &ram) }?;
@@ -247,9 +247,9 @@ impl Machine {
     /// Load the built-in guest into RAM and start every vCPU at its entry point.
     pub fn boot(&mut self) -> Result<()> {
         self.expect(Lifecycle::Created, "boot")?;
-        let ranges: Vec<(u64, u64)> = ram_regions_of(&self.memory)
+        let ranges: Vec<(u64, u64)> = memslots_of(&self.memory)
             .iter()
-            .map(|r| (r.guest_addr, r.size))
+            .map(|r| (r.guest_addr.0, r.size))
             .collect();
         let info = BootInfo::new(
             &ranges,

@@ -1,6 +1,7 @@
 //! VM creation (memory first, then the in-kernel irqchip and PIT) and the per-VM KVM
 //! state ([`KvmVmState`]): PIC master/slave, IOAPIC, PIT and kvmclock.
 
+use cpr_memory::Memslot;
 use kvm_bindings::{
     KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY,
     kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2,
@@ -9,7 +10,7 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 
 use super::error::{Error, Result};
 use super::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
-use super::memory::{RamRegion, register_ram};
+use super::memory::register_ram;
 use super::vcpu_state::XSAVE_WORDS;
 
 /// The VM-wide in-kernel device state.
@@ -47,7 +48,7 @@ fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
 /// # Safety
 ///
 /// The host ranges of `ram` must stay mapped read/write for as long as the VM exists.
-pub(crate) unsafe fn create_vm(kvm: &Kvm, ram: &[RamRegion]) -> Result<VmFd> {
+pub(crate) unsafe fn create_vm(kvm: &Kvm, ram: &[Memslot]) -> Result<VmFd> {
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     let xsave_size = vm.check_extension_int(Cap::Xsave2);
     if usize::try_from(xsave_size).unwrap_or(usize::MAX) > XSAVE_WORDS * 4 {

@@ -140,14 +140,14 @@ pub(crate) mod command;
 pub(crate) mod error;
 pub(crate) mod hmp;
 pub(crate) mod protocol;
+pub(crate) mod request;
 pub(crate) mod schema;
 pub(crate) mod server;
 pub(crate) mod stream;
-pub(crate) mod vmm;
 
 pub use client::{ClientError, Event, QmpClient};
 pub use error::{ErrorClass, QmpError};
 pub use protocol::{Timestamp, VersionInfo, VersionTriple};
+pub use request::{Delivery, EventSender, QmpRequest, Queued, Reply, Responder};
 pub use schema::{ArgType, CommandDef, EnumType, Handler, Member, Schema, ServerCommand};
 pub use server::{CLAIMED_QEMU_VERSION, QmpServer, ServerConfig};
-pub use vmm::{Delivery, EventSender, QmpRequest, Queued, Reply, Responder};
