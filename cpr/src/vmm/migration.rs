@@ -26,8 +26,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use super::query_migrate::{MigrationInfo, MigrationStats, MigrationStatus};
 use cpr_runstate::RunState;
-use cpr_vfio_info::{MigrationInfo, MigrationStats, MigrationStatus};
 
 use cpr_migration_file::{AtomicFile, QemuFile};
 

@@ -31,6 +31,7 @@ pub(crate) mod epoch;
 mod mig_params;
 mod migration;
 mod ownership;
+mod query_migrate;
 mod ram_io;
 mod slot;
 mod target;
@@ -59,6 +60,7 @@ pub use migration::MigrateError;
 pub(crate) use migration::{FileTarget, MigMode, MigrationState};
 pub(crate) use ownership::RamOwnership;
 pub use ownership::{OwnershipError, is_locked_elsewhere};
+pub use query_migrate::{MigrationInfo, MigrationStats, MigrationStatus};
 pub(crate) use slot::{MachineSlot, SlotError};
 
 /// Name of the main RAM block (QEMU's x86 `pc.ram`).
@@ -460,7 +462,9 @@ impl Vmm {
             Command::CprLoad(args) => empty(self.cpr_load(&args.filename)),
             Command::QueryMigrate => {
                 let mut info = self.migration.info.clone();
-                self.vfio.populate_vfio_info(&mut info);
+                if let Some(vfio) = self.vfio.populate_vfio_info() {
+                    info.vfio = Some(vfio);
+                }
                 Ok(Response::Migration(info))
             }
             Command::GuestSuspendRam => {
