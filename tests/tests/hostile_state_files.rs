@@ -314,12 +314,10 @@ fn checkpoint_without_globalstate_is_refused() {
     let mut old = Vmm::boot(shared_file_ram(&ram2), 1);
     old.start_and_run(0x99, 5);
     let no_global = other.path().join("no-global.cpr");
-    let stats = cpr_savevm::save_device_state_to_path(
-        &no_global,
-        &mut old.registry,
-        cpr_savevm::CHANNEL_CPR_SAVE,
-    )
-    .unwrap();
+    let mut file =
+        cpr_migration_file::AtomicFile::create(&no_global, cpr_savevm::CHANNEL_CPR_SAVE).unwrap();
+    let stats = cpr_savevm::save_device_state(file.file(), &mut old.registry).unwrap();
+    file.commit().unwrap();
     assert_eq!(stats.sections, 2); // counter, cpu 0: globalstate not needed
 
     let bad = dir.path().join("bad.cpr");

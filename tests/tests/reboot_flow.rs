@@ -12,7 +12,7 @@ use cpr_memory::{
     Backing, Medium, Origin, Persistence, RamBlock, VolatileReason, page_size, persistence,
 };
 use cpr_runstate::{ControlOp, Event, RunState, StatusInfo, WakeupReason};
-use cpr_savevm::{CHANNEL_CPR_LOAD, read_device_state_from_path};
+use cpr_savevm::CHANNEL_CPR_LOAD;
 
 #[test]
 fn running_guest_survives_cpr_reboot() {

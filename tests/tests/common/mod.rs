@@ -14,13 +14,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use cpr_memory::{
     GuestAddress, GuestRam, OpenMode, RamBlock, RamBlockList, check_ram_volatile, page_size,
 };
-use cpr_migration_file::AtomicFile;
+use cpr_migration_file::{AtomicFile, QemuFile};
 use cpr_runstate::{
     ControlOp, Event, GlobalState, RunState, VmControl, VmRunState, WakeupReason, check_transition,
 };
 use cpr_savevm::{
     BoxError, CHANNEL_CPR_LOAD, CHANNEL_CPR_SAVE, FieldReader, FieldWriter, InstanceId, OnLoad,
-    Persist, Registration, Registry, SaveStats, SharedState, VmState, read_device_state_from_path,
+    Persist, Registration, Registry, SaveStats, SharedState, VmState, load_device_state_as,
     save_device_state,
 };
 use vm_memory::Bytes;
@@ -620,4 +620,25 @@ pub fn make_checkpoint(
     }
     old.cpr_save(state_path).expect("cpr-save");
     old.devices()
+}
+
+/// Opens `path` read-only and parses it completely against `registry` without applying
+/// anything; header errors name the path (opening a checkpoint file is the VMM's: savevm
+/// has no path helpers).
+pub fn read_device_state_from_path(
+    path: &Path,
+    registry: &Registry,
+    channel_name: &str,
+) -> Result<cpr_savevm::LoadedState, cpr_savevm::Error> {
+    let mut f = QemuFile::open(
+        path,
+        nix::fcntl::OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+        channel_name,
+    )
+    .map_err(|source| cpr_savevm::Error::Io {
+        op: "opening the state file",
+        source,
+    })?;
+    load_device_state_as(&mut f, registry, &path.display().to_string())
 }
