@@ -19,6 +19,10 @@ pub struct Cli {
     /// Run something other than a VM.
     #[command(subcommand)]
     pub command: Option<CliCommand>,
+    /// Log level on stderr: off, error, warn (the default), info, debug or trace. Without
+    /// it, `RUST_LOG` (env_logger syntax) decides.
+    #[arg(long = "log", value_name = "LEVEL", global = true)]
+    pub log: Option<log::LevelFilter>,
     /// The machine.
     #[command(flatten)]
     pub vm: VmArgs,
@@ -106,5 +110,16 @@ mod tests {
         assert!(cli.command.is_none());
         let demo = Cli::try_parse_from(["cpr-vm", "demo", "--cycles", "2"]).expect("demo");
         assert!(matches!(demo.command, Some(CliCommand::Demo(ref d)) if d.cycles == 2));
+        assert_eq!(demo.log, None);
+    }
+
+    #[test]
+    fn log_level_parses() {
+        let cli = Cli::try_parse_from(["cpr-vm", "--log", "info"]).expect("--log");
+        assert_eq!(cli.log, Some(log::LevelFilter::Info));
+        let demo = Cli::try_parse_from(["cpr-vm", "demo", "--log", "debug"]).expect("demo --log");
+        assert_eq!(demo.log, Some(log::LevelFilter::Debug));
+        let err = Cli::try_parse_from(["cpr-vm", "--log", "loud"]).expect_err("no such level");
+        assert!(err.to_string().contains("--log"), "{err}");
     }
 }

@@ -5,6 +5,7 @@
 mod app;
 mod cli;
 mod demo;
+mod logger;
 mod vfio;
 
 use std::process::ExitCode;
@@ -17,6 +18,7 @@ use cli::{Cli, CliCommand};
 fn main() -> ExitCode {
     // Usage errors exit with clap's status 2 (`app::EXIT_USAGE`).
     let cli = Cli::parse();
+    logger::init(cli.log);
     let result = match cli.command {
         Some(CliCommand::Demo(ref args)) => demo::run(args),
         None => app::run(&cli),

@@ -36,7 +36,9 @@
 //! What another VMM uses: [`vmm::Vmm`] and its typed [`vmm::Command`]s, [`vmm::Response`]s
 //! and [`vmm::Event`]s; [`config`]; the QMP server and client ([`qmp::QmpServer`],
 //! [`qmp::QmpClient`]); the checkpoint format ([`checkpoint`]); the errors ([`Error`]).
-//! Everything else is `pub(crate)` (`unreachable_pub` is on).
+//! Everything else is `pub(crate)` (`unreachable_pub` is on). The library does not print:
+//! warnings (a save's `warnings`, a guest that failed) and errors it cannot return go to
+//! the `log` facade; `cpr-vm` installs a logger that prints them on stderr.
 //!
 //! The `cpr-vm` binary (its command line, process and exit statuses, `cpr-vm demo`) is
 //! the `cpr-vm` package; the process driver shared by the demo and `cargo xtask e2e`/`bench`

@@ -227,7 +227,7 @@ impl Vmm {
         // before it runs the guest again.
         self.rs.machine_mut().ram.release();
         for w in &warnings {
-            eprintln!("cpr-vm: warning: {w}");
+            log::warn!("{w}");
         }
         Ok(Response::Saved { warnings })
     }
@@ -307,7 +307,7 @@ impl Vmm {
     ) -> Error {
         if saved_vm_running {
             if let Err(e) = self.rs.vm_start() {
-                eprintln!("cpr-vm: cannot restart the VM after a failed save: {e}");
+                log::error!("cannot restart the VM after a failed save: {e}");
             }
         } else if suspended {
             // Better than V7: the ticks disabled in step 6 come back.

@@ -393,7 +393,7 @@ impl Vmm {
             })
             .map(|(warnings, stats)| {
                 for w in warnings {
-                    eprintln!("cpr-vm: warning: {w}");
+                    log::warn!("{w}");
                 }
                 stats
             });
@@ -414,7 +414,7 @@ impl Vmm {
                 }
                 .and_then(|()| self.rs.runstate_set(RunState::Postmigrate));
                 if let Err(e) = done {
-                    eprintln!("cpr-vm: {}", Error::from(e).chain());
+                    log::error!("{}", Error::from(e).chain());
                 }
             }
             Err(e) => self.migration_failed(old, &e),
@@ -436,10 +436,7 @@ impl Vmm {
             _ => Ok(()),
         };
         if let Err(e) = back {
-            eprintln!(
-                "cpr-vm: cannot restore the VM's state: {}",
-                Error::from(e).chain()
-            );
+            log::error!("cannot restore the VM's state: {}", Error::from(e).chain());
         }
     }
 

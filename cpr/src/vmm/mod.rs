@@ -370,7 +370,7 @@ impl Vmm {
             Msg::Machine(event) => self.machine_event(event),
         }
         if let Err(e) = self.rs.process_requests() {
-            eprintln!("cpr-vm: {}", Error::from(e).chain());
+            log::error!("{}", Error::from(e).chain());
         }
         self.flush_events();
     }
@@ -384,7 +384,7 @@ impl Vmm {
         {
             self.rs.suspend_request();
             if let Err(e) = self.rs.process_requests() {
-                eprintln!("cpr-vm: {}", Error::from(e).chain());
+                log::error!("{}", Error::from(e).chain());
             }
         }
     }
@@ -398,7 +398,7 @@ impl Vmm {
                 cause,
                 reason,
             } => {
-                eprintln!("cpr-vm: guest shutdown (vCPU {vcpu}): {reason}");
+                log::warn!("guest shutdown (vCPU {vcpu}): {reason}");
                 // No reboot: a reset request ends the VM, as QEMU's -no-reboot does.
                 self.guest_reset |= cause == ShutdownCause::GuestReset;
                 self.events.send(Event::Shutdown {
@@ -408,9 +408,9 @@ impl Vmm {
                 self.quit = true;
             }
             MachineEvent::GuestPanicked { fatal } => {
-                eprintln!("cpr-vm: guest panicked: {fatal:?}");
+                log::warn!("guest panicked: {fatal:?}");
                 if let Err(e) = self.rs.vm_stop(RunState::GuestPanicked) {
-                    eprintln!("cpr-vm: {}", Error::from(e).chain());
+                    log::error!("{}", Error::from(e).chain());
                 }
                 self.events.send(Event::GuestPanicked {
                     vcpu: fatal.vcpu,
@@ -419,9 +419,9 @@ impl Vmm {
                 });
             }
             MachineEvent::InternalError { vcpu, reason } => {
-                eprintln!("cpr-vm: KVM internal error on vCPU {vcpu}: {reason}");
+                log::error!("KVM internal error on vCPU {vcpu}: {reason}");
                 if let Err(e) = self.rs.vm_stop(RunState::InternalError) {
-                    eprintln!("cpr-vm: {}", Error::from(e).chain());
+                    log::error!("{}", Error::from(e).chain());
                 }
             }
         }
@@ -556,7 +556,7 @@ pub fn forward<T: Send + 'static>(rx: Receiver<T>, tx: Sender<Msg>, wrap: fn(T) 
             }
         });
     if let Err(e) = spawned {
-        eprintln!("cpr-vm: cannot start an event thread: {e}");
+        log::error!("cannot start an event thread: {e}");
     }
 }
 
