@@ -364,7 +364,7 @@ impl Machine {
         Ok(())
     }
 
-    /// Ask the guest to suspend itself (S3): an MSI with [`SUSPEND_VECTOR`] to the BSP.
+    /// Ask the guest to suspend itself (S3): an MSI with `SUSPEND_VECTOR` to the BSP.
     /// Completion is signalled by [`MachineEvent::Suspended`].
     pub fn request_guest_suspend(&self) -> Result<()> {
         self.interrupt_bsp("request_guest_suspend", SUSPEND_VECTOR)
