@@ -8,11 +8,11 @@
 //! | `cpr-machine` | 0 | this module | vCPU count and RAM block layout (names, sizes, backing identity) |
 //! | `globalstate` | 0 | this module | QEMU 6.2 layout: be32 size + 100-byte run-state name |
 //! | `cpu` | vCPU index | [`VcpuState`] | registers, MSRs, LAPIC, XSAVE, events, CPUID, TSC rate |
-//! | `i8259` | 0, 1 | [`PicSection`] | PIC master, slave |
-//! | `ioapic` | 0 | [`IoapicSection`] | IOAPIC |
-//! | `i8254` | 0 | [`PitSection`] | PIT |
-//! | `kvmclock` | 0 | [`KvmClockSection`] | kvmclock |
-//! | `serial` | 0 | [`SerialSection`] | COM1 |
+//! | `i8259` | 0, 1 | `PicSection` | PIC master, slave |
+//! | `ioapic` | 0 | `IoapicSection` | IOAPIC |
+//! | `i8254` | 0 | `PitSection` | PIT |
+//! | `kvmclock` | 0 | `KvmClockSection` | kvmclock |
+//! | `serial` | 0 | `SerialSection` | COM1 |
 //! | `cpr-pm` | 0 | [`PmState`] | PM1 control register, suspended flag |
 //! | `cpr-testdev` | 0 | [`TestDevState`] | the guest's last progress reports |
 //!
@@ -74,7 +74,7 @@ use kvm_bindings::{KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_S
 
 use crate::machine::devices::serial::SerialSection;
 use crate::machine::vm::{IoapicSection, KvmClockSection, PicSection, PitSection};
-use crate::machine::{MachineState, PmState, TestDevState, VcpuState, VmState as KvmVmState};
+use crate::machine::{KvmVmState, MachineState, PmState, TestDevState, VcpuState};
 
 /// QEMU's `globalstate` section (migration/global_state.c, 6.2 layout): the run state the
 /// VM was in when the checkpoint was taken.

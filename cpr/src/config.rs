@@ -1,4 +1,5 @@
-//! What a `cpr-vm` process is asked to run: its command line.
+//! What a VMM built on this crate is asked to run: the machine's configuration
+//! ([`VmArgs`], with its command-line form for `clap`), [`Incoming`] and [`Global`].
 //!
 //! The options follow QEMU's where QEMU has one (`-m`/`--mem-size`, `--mem-path`, `--smp`,
 //! `-S`, `--incoming`, `--qmp`, `--serial`). Restarting with *the same arguments* (plus `-S`
@@ -9,7 +10,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 
 /// One mebibyte.
 pub const MIB: u64 = 1 << 20;
@@ -188,62 +189,6 @@ pub struct VmArgs {
     /// (`migration.mode=cpr-reboot`), with QEMU's property names.
     #[arg(long = "global", value_name = "migration.PROPERTY=VALUE")]
     pub globals: Vec<Global>,
-    /// Test double: pretend a migratable VFIO device of this name is attached (there is no
-    /// real VFIO support yet; this exercises the cpr-reboot VFIO rule).
-    #[arg(long = "x-vfio-test-device", hide = true)]
-    pub vfio_test_devices: Vec<String>,
-}
-
-/// `cpr-vm`: a KVM VMM whose guest survives a process restart (CPR reboot mode).
-#[derive(Parser, Debug)]
-#[command(
-    name = "cpr-vm",
-    version,
-    args_conflicts_with_subcommands = true,
-    after_help = crate::app::EXIT_STATUS_HELP
-)]
-pub struct Cli {
-    /// Run something other than a VM.
-    #[command(subcommand)]
-    pub command: Option<CliCommand>,
-    /// The machine.
-    #[command(flatten)]
-    pub vm: VmArgs,
-    /// QMP monitor socket (created mode 0600).
-    #[arg(long)]
-    pub qmp: Option<PathBuf>,
-    /// Do not start the guest: stay in `prelaunch` until `cont` or `cpr-load`.
-    #[arg(short = 'S')]
-    pub no_start: bool,
-    /// Load state at start-up: a file (`file:<path>[,offset=N]` or a plain path), or `defer`.
-    #[arg(long)]
-    pub incoming: Option<Incoming>,
-}
-
-/// Subcommands of `cpr-vm`.
-#[derive(Subcommand, Debug)]
-pub enum CliCommand {
-    /// Boot the built-in guest, cpr-save it, restart the process, cpr-load, and show that the
-    /// guest carried on.
-    Demo(DemoArgs),
-}
-
-/// Options of `cpr-vm demo`.
-#[derive(Args, Debug, Clone)]
-pub struct DemoArgs {
-    /// Directory for the RAM file, the state file and the QMP socket (default: a new
-    /// temporary directory under /dev/shm, removed afterwards).
-    #[arg(long)]
-    pub dir: Option<PathBuf>,
-    /// Guest RAM size.
-    #[arg(long = "mem-size", default_value = "256M")]
-    pub mem_size: Size,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
-    pub smp: u32,
-    /// How many save/quit/start/load cycles to run.
-    #[arg(long, default_value_t = 3)]
-    pub cycles: u32,
 }
 
 #[cfg(test)]
@@ -305,37 +250,5 @@ mod tests {
         for bad in ["migration", "mode=cpr-reboot", ".mode=x", "migration.=x"] {
             assert!(bad.parse::<Global>().is_err(), "{bad}");
         }
-        let cli = Cli::try_parse_from([
-            "cpr-vm",
-            "--global",
-            "migration.mode=cpr-reboot",
-            "--global",
-            "migration.x-ignore-shared=on",
-        ])
-        .expect("globals");
-        assert_eq!(cli.vm.globals.len(), 2);
-    }
-
-    #[test]
-    fn command_line_parses() {
-        let cli = Cli::try_parse_from([
-            "cpr-vm",
-            "--mem-path",
-            "/dev/shm/vm0.ram",
-            "--mem-size",
-            "1G",
-            "--qmp",
-            "/tmp/vm0.qmp",
-            "-S",
-            "--smp",
-            "2",
-        ])
-        .expect("valid command line");
-        assert!(cli.no_start);
-        assert_eq!(cli.vm.mem_size, Size(GIB));
-        assert_eq!(cli.vm.smp, 2);
-        assert!(cli.command.is_none());
-        let demo = Cli::try_parse_from(["cpr-vm", "demo", "--cycles", "2"]).expect("demo");
-        assert!(matches!(demo.command, Some(CliCommand::Demo(ref d)) if d.cycles == 2));
     }
 }

@@ -31,8 +31,18 @@
 //! * [`qmp`]: QEMU's monitor protocol (server, client, HMP over `human-monitor-command`:
 //!   `cpr-save <file> <mode>`, `cpr-load <file>` as patch 7 adds them); the only place
 //!   JSON is parsed into commands and results are serialized.
-//! * [`config`], [`app`]: the `cpr-vm` command line and process; [`demo`] and [`harness`]:
-//!   the main job and the process driver shared with `cargo xtask e2e`/`bench`.
+//! * [`config`]: what the VMM is asked to run (the machine, `--incoming`, `--global`).
+//!
+//! What another VMM uses: [`vmm::Vmm`] and its typed [`vmm::Command`]s, [`vmm::Response`]s
+//! and [`vmm::Event`]s; [`config`]; the QMP server and client ([`qmp::QmpServer`],
+//! [`qmp::QmpClient`]); the checkpoint format ([`checkpoint`]); the errors ([`Error`]).
+//! Everything else is `pub(crate)` (`unreachable_pub` is on). The library does not print:
+//! warnings (a save's `warnings`, a guest that failed) and errors it cannot return go to
+//! the `log` facade; `cpr-vm` installs a logger that prints them on stderr.
+//!
+//! The `cpr-vm` binary (its command line, process and exit statuses, `cpr-vm demo`) is
+//! the `cpr-vm` package; the process driver shared by the demo and `cargo xtask e2e`/`bench`
+//! is the `cpr-harness` package. Neither is part of this library.
 //!
 //! ## The mainline interface (QEMU 8.2+), same machinery
 //!
@@ -111,7 +121,7 @@
 //! * **A guest entering S3 while a command arrives** is seen as suspended first (its PM
 //!   register is the authority), so a checkpoint never says `running` for a suspended guest.
 //!
-//! * **Exit statuses tell a failed guest from `quit`** (`cpr::app`): 0 `quit` or the
+//! * **Exit statuses tell a failed guest from `quit`** (`cpr-vm`'s `app` module): 0 `quit` or the
 //!   guest powered off, 1 `cpr-vm` failed (start-up), 2 bad command line, 3 the guest
 //!   failed (a triple fault ended it, or the process quit while the guest was
 //!   `guest-panicked` or `internal-error`). QEMU exits 0 for all but start-up and usage
@@ -161,12 +171,11 @@
 //! with QEMU's property names (`-global migration.x-ignore-shared=on`,
 //! `-global migration.mode=cpr-reboot`), so `--incoming file:` can load an in-place stream.
 
-pub mod app;
+#![warn(unreachable_pub)]
+
 pub mod checkpoint;
 pub mod config;
-pub mod demo;
 pub mod error;
-pub mod harness;
 pub mod machine;
 pub mod qmp;
 pub mod vmm;

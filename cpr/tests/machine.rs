@@ -412,7 +412,7 @@ fn ram_corruption_is_detected() {
     m.boot().expect("boot");
     wait_for(&m, &events, "running", |p| p.per_vcpu[0].generation >= 1);
     m.pause().expect("pause");
-    let addr = GuestAddress(cpr::machine::layout::DEFAULT_WORKLOAD_BASE + 0x1238);
+    let addr = GuestAddress(cpr::machine::DEFAULT_WORKLOAD_BASE + 0x1238);
     let v: u64 = m.memory().read_obj(addr).expect("read");
     m.memory().write_obj(!v, addr).expect("write");
     m.resume().expect("resume");

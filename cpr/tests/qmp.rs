@@ -4,9 +4,8 @@
 use cpr::qmp::{
     ClientError, ErrorClass, EventSender, QmpClient, QmpError, QmpRequest, QmpServer, ServerConfig,
 };
-use cpr::vmm::{Command, CprMode, CprSaveArgs, Event, Response};
+use cpr::vmm::{Command, CprMode, CprSaveArgs, Event, MigrationInfo, MigrationStatus, Response};
 use cpr_runstate::{RunState, StatusInfo};
-use cpr_vfio_info::{MigrationInfo, MigrationStatus};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};

@@ -110,6 +110,7 @@
 //! ```
 
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 mod atomic;
 mod error;

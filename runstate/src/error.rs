@@ -3,7 +3,7 @@
 //! Messages reuse QEMU's wording where QEMU has one, so a QMP layer can put
 //! `err.to_string()` straight into a `GenericError` `desc`.
 
-use crate::machine::MachineOp;
+use crate::control::ControlOp;
 use crate::state::RunState;
 
 /// Everything that can go wrong in this crate.
@@ -42,7 +42,7 @@ pub enum Error {
     #[error("wake-up from suspend is not supported by this guest")]
     WakeupNotSupported,
 
-    /// A [`Machine`](crate::Machine) step failed.
+    /// A [`VmControl`](crate::VmControl) step failed.
     ///
     /// The run state is committed only after every machine step of an
     /// operation succeeded, so after this error the run state and the event
@@ -51,7 +51,7 @@ pub enum Error {
     #[error("machine failed to {op}")]
     Machine {
         /// The step that failed.
-        op: MachineOp,
+        op: ControlOp,
         /// The machine's own error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync + 'static>,

@@ -44,7 +44,7 @@
 //!   ([`SERIES_TRANSITIONS`]); [`check_transition`] consults it.
 //! * [`VmRunState`] — the run state, the wakeup mask and pending reason, the
 //!   start-on-wakeup, suspend and vmstop requests, the wakeup-support flag,
-//!   and a [`Machine`] (vCPUs, ticks, wakeup hook) it drives. Requests and
+//!   and a [`VmControl`] (vCPUs, ticks, wakeup hook) it drives. Requests and
 //!   their main-loop processing are separate calls, as in QEMU. Events
 //!   ([`Event`]) are queued with a timestamp for the VMM's QMP monitor to
 //!   drain.
@@ -52,9 +52,9 @@
 //! * [`Error`] — one error enum carrying QEMU's wording.
 //!
 //! ```
-//! use cpr_runstate::{Event, Machine, RunState, VmRunState, WakeupReason};
+//! use cpr_runstate::{Event, RunState, VmControl, VmRunState, WakeupReason};
 //! # #[derive(Default)] struct Kvm;
-//! # impl Machine for Kvm {
+//! # impl VmControl for Kvm {
 //! #     type Error = std::convert::Infallible;
 //! #     fn pause_vcpus(&mut self) -> Result<(), Self::Error> { Ok(()) }
 //! #     fn resume_vcpus(&mut self) -> Result<(), Self::Error> { Ok(()) }
@@ -98,19 +98,19 @@
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
+mod control;
 mod error;
 mod event;
 pub mod global_state;
-mod machine;
 mod state;
 mod table;
 mod vm;
 mod wakeup;
 
+pub use control::{ControlOp, VmControl};
 pub use error::{Error, Result};
 pub use event::{Event, TimedEvent};
 pub use global_state::{GlobalState, decode_global_state, encode_global_state};
-pub use machine::{Machine, MachineOp};
 pub use state::{RunState, StatusInfo};
 pub use table::{
     QEMU_6_2_TRANSITIONS, SERIES_TRANSITIONS, TRANSITIONS, Transition, check_transition, is_listed,

@@ -4,9 +4,9 @@
 use std::collections::VecDeque;
 use std::time::SystemTime;
 
+use crate::control::{ControlOp, VmControl};
 use crate::error::{Error, Result};
 use crate::event::{Event, TimedEvent};
-use crate::machine::{Machine, MachineOp};
 use crate::state::{RunState, StatusInfo};
 use crate::table::check_transition;
 use crate::wakeup::{WakeupReason, WakeupReasons};
@@ -43,7 +43,7 @@ pub struct VmRunState<M> {
     events: VecDeque<TimedEvent>,
 }
 
-impl<M: Machine> VmRunState<M> {
+impl<M: VmControl> VmRunState<M> {
     /// A VM in `prelaunch` with QEMU's default wakeup mask, no pending
     /// requests and no wakeup support registered.
     pub fn new(machine: M) -> Self {
@@ -123,8 +123,8 @@ impl<M: Machine> VmRunState<M> {
             return Ok(());
         }
         check_transition(self.state, RunState::Running)?;
-        machine_step(MachineOp::EnableTicks, self.machine.enable_ticks())?;
-        machine_step(MachineOp::ResumeVcpus, self.machine.resume_vcpus())?;
+        machine_step(ControlOp::EnableTicks, self.machine.enable_ticks())?;
+        machine_step(ControlOp::ResumeVcpus, self.machine.resume_vcpus())?;
         self.state = RunState::Running;
         self.emit(Event::Resume);
         Ok(())
@@ -153,8 +153,8 @@ impl<M: Machine> VmRunState<M> {
             });
         }
         check_transition(self.state, state)?;
-        machine_step(MachineOp::DisableTicks, self.machine.disable_ticks())?;
-        machine_step(MachineOp::PauseVcpus, self.machine.pause_vcpus())?;
+        machine_step(ControlOp::DisableTicks, self.machine.disable_ticks())?;
+        machine_step(ControlOp::PauseVcpus, self.machine.pause_vcpus())?;
         self.state = state;
         self.emit(Event::Stop);
         Ok(())
@@ -193,7 +193,7 @@ impl<M: Machine> VmRunState<M> {
             return Ok(false);
         }
         check_transition(self.state, RunState::Suspended)?;
-        machine_step(MachineOp::PauseVcpus, self.machine.pause_vcpus())?;
+        machine_step(ControlOp::PauseVcpus, self.machine.pause_vcpus())?;
         self.state = RunState::Suspended;
         self.emit(Event::Suspend);
         Ok(true)
@@ -256,10 +256,10 @@ impl<M: Machine> VmRunState<M> {
         if reason == WakeupReason::None {
             return Ok(false);
         }
-        machine_step(MachineOp::PauseVcpus, self.machine.pause_vcpus())?;
-        machine_step(MachineOp::Wakeup, self.machine.wakeup(reason))?;
+        machine_step(ControlOp::PauseVcpus, self.machine.pause_vcpus())?;
+        machine_step(ControlOp::Wakeup, self.machine.wakeup(reason))?;
         if self.state.is_running() {
-            machine_step(MachineOp::ResumeVcpus, self.machine.resume_vcpus())?;
+            machine_step(ControlOp::ResumeVcpus, self.machine.resume_vcpus())?;
         }
         self.wakeup_reason = WakeupReason::None;
         self.emit(Event::Wakeup);
@@ -322,7 +322,7 @@ impl<M: Machine> VmRunState<M> {
     }
 }
 
-fn machine_step<E>(op: MachineOp, r: std::result::Result<(), E>) -> Result<()>
+fn machine_step<E>(op: ControlOp, r: std::result::Result<(), E>) -> Result<()>
 where
     E: std::error::Error + Send + Sync + 'static,
 {

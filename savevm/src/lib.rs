@@ -13,14 +13,15 @@
 //! those steps with one call to `qemu_file_open(path, flags, mode,
 //! channel name)` from patch 3: `O_WRONLY|O_CREAT|O_TRUNC`, 0660,
 //! `"migration-xen-save-state"` and `O_RDONLY|O_BINARY`, 0,
-//! `"migration-xen-load-state"`. "No functional change." This crate's
-//! [`save_device_state_to_path`] and [`load_device_state_from_path`] are
-//! that helper; `cpr-save`/`cpr-load` (patch 6) use them with
-//! [`CHANNEL_CPR_SAVE`]/[`CHANNEL_CPR_LOAD`].
+//! `"migration-xen-load-state"`. "No functional change." Here the file is
+//! opened by the VMM, whose checkpoint-file policy decides where a checkpoint may be
+//! written and read (symlinks, targets, temporaries); this crate saves to and loads from
+//! a [`cpr_migration_file::QemuFile`] and names the channels ([`CHANNEL_CPR_SAVE`],
+//! [`CHANNEL_CPR_LOAD`], ...). Deliberate difference: no path helpers.
 //!
 //! Mainline QEMU's later `cpr-reboot` mode (8.2) reuses this machinery but
 //! also copies guest RAM into the file. [`save_state`] and [`load_state`]
-//! (and [`save_state_to_path`]/[`read_state_from_path`]) do that, with the
+//! do that, with the
 //! `ram` section described below and in [`ram`]; without RAM they are the
 //! device-state functions.
 //!
@@ -210,8 +211,6 @@
 //! * **Required hooks.** Every [`VmState`] and [`SectionHandler`] hook
 //!   that touches state is a required method, and each registry entry
 //!   states whether it must be present on load ([`OnLoad`]).
-//! * **Atomic save to a path**: temporary file, fsync, rename; a failed
-//!   save leaves the previous file byte-identical.
 //! * Stricter input: `bool` bytes other than 0/1, over-long arrays,
 //!   duplicate sections and section types that a device-state stream never
 //!   holds (START/PART/END/COMMAND/CONFIGURATION) are errors.
@@ -251,10 +250,10 @@
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
+mod channel;
 pub mod consts;
 mod error;
 mod handler;
-mod path;
 mod probe;
 pub mod ram;
 mod registry;
@@ -262,21 +261,18 @@ mod stream;
 pub mod vmdesc;
 mod vmstate;
 
+pub use channel::{CHANNEL_CPR_LOAD, CHANNEL_CPR_SAVE, CHANNEL_XEN_LOAD, CHANNEL_XEN_SAVE};
 pub use error::{BoxError, Error, Result};
 pub use handler::{
     Persist, PersistHandler, Saved, SectionHandler, SharedState, Staged, ValueSection,
-};
-pub use path::{
-    CHANNEL_CPR_LOAD, CHANNEL_CPR_SAVE, CHANNEL_XEN_LOAD, CHANNEL_XEN_SAVE,
-    load_device_state_from_path, read_device_state_from_path, read_state_from_path,
-    save_device_state_to_path, save_state_to_path,
 };
 pub use probe::{StreamKind, probe};
 pub use ram::{RamBlockDesc, RamBlocks, RamSummary, load_state};
 pub use registry::{InstanceId, OnLoad, Registration, Registry, SectionInfo, StreamCheck};
 pub use stream::{
     FullHeader, LoadStats, LoadedSection, LoadedState, SaveStats, check_section_footer,
-    load_device_state, read_full_header, read_stream_header, save_device_state, save_state,
-    write_full_header, write_part_header, write_section_footer, write_stream_header,
+    load_device_state, load_device_state_as, read_full_header, read_stream_header,
+    save_device_state, save_state, write_full_header, write_part_header, write_section_footer,
+    write_stream_header,
 };
 pub use vmstate::{FieldReader, FieldWriter, Scalar, VmState, decode_vmstate, encode_vmstate};

@@ -68,7 +68,6 @@ pub(crate) use load::RamLoader;
 pub use load::RamSummary;
 pub(crate) use save::save_ram_section;
 pub use two_pass::load_state;
-pub(crate) use two_pass::load_state_as;
 
 /// One RAM block as the VMM describes it (QEMU's `RAMBlock`).
 #[derive(Debug, Clone, PartialEq, Eq)]

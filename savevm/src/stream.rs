@@ -415,8 +415,9 @@ pub fn load_device_state(f: &mut QemuFile, registry: &Registry) -> Result<Loaded
     load_device_state_as(f, registry, &file)
 }
 
-/// [`load_device_state`] naming the file `file` in header errors.
-pub(crate) fn load_device_state_as(
+/// [`load_device_state`] naming the file `file` in header errors
+/// (`<file> is not a vmstate file`), for a VMM that opened `f` from a path.
+pub fn load_device_state_as(
     f: &mut QemuFile,
     registry: &Registry,
     file: &str,

@@ -341,30 +341,6 @@ fn save_refuses_bad_block_lists_and_reports_read_errors() {
     }
 }
 
-#[test]
-fn path_helpers_round_trip() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("vm.state");
-    let mut m = Machine::golden();
-    let src = source_ram();
-    let stats =
-        save_state_to_path(&path, &mut m.registry, Some(&src), CHANNEL_CPR_SAVE).expect("save");
-    assert_eq!(std::fs::metadata(&path).expect("file").len(), stats.bytes);
-
-    let mut fresh = Machine::new(Timer::default(), Dev::default());
-    let mut dst = MemRam::filled(&layout(), 0xee);
-    let loaded = read_state_from_path(&path, &fresh.registry, Some(&mut dst), CHANNEL_CPR_LOAD)
-        .expect("load");
-    assert_eq!(dst.block("pc.ram"), src.block("pc.ram"));
-    loaded.apply(&mut fresh.registry).expect("apply");
-    assert_eq!(fresh.states(), m.states());
-
-    let missing = dir.path().join("nope");
-    let e = read_state_from_path(&missing, &fresh.registry, Some(&mut dst), CHANNEL_CPR_LOAD)
-        .expect_err("missing file");
-    assert!(chain(&e).starts_with("I/O error while opening the state file: Unable to open"));
-}
-
 /// The VMM's populated-ranges hint: pages outside it are saved as zeros without a single
 /// read, and load back as zeros.
 #[test]

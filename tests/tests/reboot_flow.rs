@@ -13,9 +13,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use common::*;
+use cpr::vmm::MigrationStatus;
 use cpr::vmm::{Command, Event, MigMode, MigrationCapability, Response, SetParameters};
 use cpr_runstate::RunState;
-use cpr_vfio_info::MigrationStatus;
 
 fn in_use(ram: &Path) -> String {
     format!(
@@ -115,9 +115,8 @@ fn cpr_save_refusals_leave_the_guest_running() {
     let missing = dir.path().join("no-such-dir").join("vm.state");
 
     // VFIO rule (mainline): a running guest with a VFIO device is refused before anything.
-    let mut vfio_args = args(Some(&ram), 1);
-    vfio_args.vfio_test_devices.push("0000:01:00.0".into());
-    let mut vm = Vm::new(vfio_args);
+    let mut vm = Vm::new(args(Some(&ram), 1));
+    vm.vmm.attach_vfio(Box::new(common::TestVfio));
     vm.boot();
     assert_eq!(
         vm.refused(save(&missing)),

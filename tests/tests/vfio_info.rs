@@ -9,10 +9,8 @@
 //! `vfio` feature stopped forwarding to `cpr-vfio-info/vfio`, the VMM would
 //! silently run the stub, like QEMU without `#include CONFIG_DEVICES`.
 
-use cpr_vfio_info::{
-    MigrationInfo, MigrationStatus, VFIO_COMPILED_IN, VfioDevice, VfioDevices,
-    hmp_info_migrate_vfio,
-};
+use cpr::vmm::{MigrationInfo, MigrationStatus};
+use cpr_vfio_info::{VFIO_COMPILED_IN, VfioDevice, VfioDevices, hmp_info_migrate_vfio};
 use serde_json::json;
 
 /// A VFIO device without hardware: no `/dev/vfio` on these machines.
@@ -43,7 +41,7 @@ fn query_migrate(devices: &VfioDevices) -> serde_json::Value {
         setup_time: Some(2),
         ..MigrationInfo::new(MigrationStatus::Completed)
     };
-    devices.populate_vfio_info(&mut info);
+    info.vfio = devices.populate_vfio_info();
     json!({ "return": serde_json::to_value(&info).unwrap() })
 }
 
@@ -91,7 +89,7 @@ fn query_migrate_carries_vfio_only_with_feature() {
     );
 
     let info: MigrationInfo = serde_json::from_value(reply["return"].clone()).unwrap();
-    let hmp = hmp_info_migrate_vfio(&info);
+    let hmp = hmp_info_migrate_vfio(info.vfio.as_ref());
     #[cfg(feature = "vfio")]
     assert_eq!(hmp.as_deref(), Some("vfio device transferred: 3073 kbytes"));
     #[cfg(not(feature = "vfio"))]

@@ -30,8 +30,9 @@
 //! device is present, migration is supported by all VFIO devices and status
 //! is 'active' or 'completed'". HMP prints it as
 //! `vfio device transferred: <kbytes> kbytes`, with kbytes = bytes `>> 10`.
-//! The types are in this crate, with QAPI names, see [`MigrationInfo`],
-//! [`MigrationStatus`], [`MigrationStats`] and [`VfioStats`].
+//! [`VfioStats`] is in this crate, with QAPI names; `MigrationInfo` (and its
+//! `MigrationStatus`, `MigrationStats`) belong to the VMM that answers `query-migrate`
+//! (`cpr::vmm`): [`populate_vfio_info`] returns the `vfio` member for it to store.
 //!
 //! # Mainline history
 //!
@@ -60,7 +61,7 @@
 //! As in QEMU, [`populate_vfio_info`] does not look at the migration status:
 //! its caller (QEMU's `fill_source_migration_info`) calls it only for the
 //! statuses that report statistics (`active`, the postcopy and switchover
-//! ones, and `completed`), on a freshly built [`MigrationInfo`].
+//! ones, and `completed`), on a freshly built `MigrationInfo`.
 //!
 //! # The later cpr-reboot rule
 //!
@@ -95,7 +96,7 @@ mod device;
 mod qapi;
 
 pub use device::{VfioDevice, VfioDevices, vfio_mig_active, vfio_mig_bytes_transferred};
-pub use qapi::{MigrationInfo, MigrationStats, MigrationStatus, VfioStats};
+pub use qapi::VfioStats;
 
 /// Whether the real [`populate_vfio_info`] was compiled in (this crate's
 /// `vfio` feature), i.e. QEMU's `CONFIG_VFIO` as `target.c` sees it.
@@ -115,26 +116,25 @@ pub enum Error {
 }
 
 /// QEMU's `populate_vfio_info()`, built with the `vfio` feature: if
-/// [`vfio_mig_active`], set `info.vfio` to the bytes all devices have sent.
-///
-/// Otherwise `info` is left as it was; start from a fresh [`MigrationInfo`]
-/// as QEMU does.
+/// [`vfio_mig_active`], the `vfio` member of `query-migrate`'s `MigrationInfo`: the
+/// bytes all devices have sent. The caller stores it (QEMU's function sets
+/// `info->vfio`; the `MigrationInfo` type belongs to the VMM here).
 #[cfg(feature = "vfio")]
-pub fn populate_vfio_info(info: &mut MigrationInfo, devices: &[&dyn VfioDevice]) {
-    if vfio_mig_active(devices) {
-        info.vfio = Some(VfioStats {
-            transferred: vfio_mig_bytes_transferred(devices),
-        });
-    }
+pub fn populate_vfio_info(devices: &[&dyn VfioDevice]) -> Option<VfioStats> {
+    vfio_mig_active(devices).then(|| VfioStats {
+        transferred: vfio_mig_bytes_transferred(devices),
+    })
 }
 
 /// QEMU's `populate_vfio_info()` stub, built without the `vfio` feature: it
-/// does nothing, so `query-migrate` never carries `vfio`.
+/// returns nothing, so `query-migrate` never carries `vfio`.
 ///
 /// This is what every QEMU build ran before the fix. Build with
 /// `--features vfio` (or a forwarding feature) for the real function.
 #[cfg(not(feature = "vfio"))]
-pub fn populate_vfio_info(_info: &mut MigrationInfo, _devices: &[&dyn VfioDevice]) {}
+pub fn populate_vfio_info(_devices: &[&dyn VfioDevice]) -> Option<VfioStats> {
+    None
+}
 
 /// The mainline (QEMU 9.0) cpr-reboot rule for VFIO: with at least one VFIO
 /// device present, cpr-reboot is refused unless `guest_suspended`.
@@ -157,16 +157,16 @@ pub fn check_cpr_reboot(devices: &[&dyn VfioDevice], guest_suspended: bool) -> R
     })
 }
 
-/// The VFIO line of HMP `info migrate`, if `info` has `vfio`:
+/// The VFIO line of HMP `info migrate`, if `query-migrate` carried `vfio`:
 /// `vfio device transferred: <kbytes> kbytes` (no trailing newline).
-pub fn hmp_info_migrate_vfio(info: &MigrationInfo) -> Option<String> {
-    info.vfio.as_ref().map(VfioStats::hmp_line)
+pub fn hmp_info_migrate_vfio(vfio: Option<&VfioStats>) -> Option<String> {
+    vfio.map(VfioStats::hmp_line)
 }
 
 impl VfioDevices {
     /// [`populate_vfio_info`] over this set.
-    pub fn populate_vfio_info(&self, info: &mut MigrationInfo) {
-        populate_vfio_info(info, &self.as_refs());
+    pub fn populate_vfio_info(&self) -> Option<VfioStats> {
+        populate_vfio_info(&self.as_refs())
     }
 
     /// [`check_cpr_reboot`] over this set.
@@ -220,10 +220,8 @@ mod tests {
         bytes: 4096,
     };
 
-    fn populated(devices: &[&dyn VfioDevice]) -> MigrationInfo {
-        let mut info = MigrationInfo::new(MigrationStatus::Completed);
-        populate_vfio_info(&mut info, devices);
-        info
+    fn populated(devices: &[&dyn VfioDevice]) -> Option<VfioStats> {
+        populate_vfio_info(devices)
     }
 
     /// What the real function gives, or `None` from the stub.
@@ -238,7 +236,7 @@ mod tests {
     /// The constant tells which `populate_vfio_info` was built.
     #[test]
     fn compiled_in_matches_the_function_built() {
-        assert_eq!(populated(&[&NIC]).vfio.is_some(), VFIO_COMPILED_IN);
+        assert_eq!(populated(&[&NIC]).is_some(), VFIO_COMPILED_IN);
     }
 
     #[test]
@@ -265,63 +263,46 @@ mod tests {
 
     #[test]
     fn populate_without_devices_leaves_vfio_absent() {
-        assert_eq!(populated(&[]).vfio, None);
+        assert_eq!(populated(&[]), None);
     }
 
     #[test]
     fn populate_one_migratable_device() {
         #[cfg(feature = "vfio")]
         assert_eq!(
-            populated(&[&NIC]).vfio,
+            populated(&[&NIC]),
             Some(VfioStats {
                 transferred: 5 * 1024 * 1024 + 1023
             })
         );
         #[cfg(not(feature = "vfio"))]
-        assert_eq!(populated(&[&NIC]).vfio, None);
+        assert_eq!(populated(&[&NIC]), None);
     }
 
     #[test]
     fn populate_sums_all_devices() {
-        assert_eq!(populated(&[&NIC, &GPU]).vfio, expected(NIC.bytes + 2048));
+        assert_eq!(populated(&[&NIC, &GPU]), expected(NIC.bytes + 2048));
     }
 
     #[test]
     fn populate_with_a_non_migratable_device_leaves_vfio_absent() {
-        assert_eq!(populated(&[&OLD]).vfio, None);
-        assert_eq!(populated(&[&NIC, &OLD]).vfio, None);
-    }
-
-    #[test]
-    fn populate_touches_only_vfio() {
-        let before = MigrationInfo {
-            total_time: Some(7),
-            ram: Some(MigrationStats::default()),
-            ..MigrationInfo::new(MigrationStatus::Active)
-        };
-        let mut after = before.clone();
-        populate_vfio_info(&mut after, &[&GPU]);
-        assert_eq!(after.vfio, expected(2048));
-        after.vfio = None;
-        assert_eq!(after, before);
+        assert_eq!(populated(&[&OLD]), None);
+        assert_eq!(populated(&[&NIC, &OLD]), None);
     }
 
     #[test]
     fn device_set_matches_slice_functions() {
         let mut set = VfioDevices::new();
         assert!(set.is_empty());
-        let mut info = MigrationInfo::new(MigrationStatus::Completed);
-        set.populate_vfio_info(&mut info);
-        assert_eq!(info.vfio, None);
+        assert_eq!(set.populate_vfio_info(), None);
         assert_eq!(set.check_cpr_reboot(false), Ok(()));
 
         set.add(Box::new(NIC));
         set.add(Box::new(GPU));
         assert_eq!(set.len(), 2);
         assert_eq!(format!("{set:?}"), r#"["0000:01:00.0", "0000:02:00.0"]"#);
-        set.populate_vfio_info(&mut info);
-        assert_eq!(info.vfio, expected(NIC.bytes + 2048));
-        assert_eq!(info, populated(&[&NIC, &GPU]));
+        assert_eq!(set.populate_vfio_info(), expected(NIC.bytes + 2048));
+        assert_eq!(set.populate_vfio_info(), populated(&[&NIC, &GPU]));
         assert_eq!(
             set.check_cpr_reboot(false),
             Err(Error::CprRebootNotSuspended {
@@ -332,128 +313,11 @@ mod tests {
     }
 
     #[test]
-    fn json_before_any_migration_is_empty_object() {
-        let v = serde_json::to_value(MigrationInfo::default()).unwrap();
-        assert_eq!(v, json!({}));
-    }
-
-    #[test]
-    fn json_status_only() {
-        let v = serde_json::to_value(MigrationInfo::new(MigrationStatus::Failed)).unwrap();
-        assert_eq!(v, json!({ "status": "failed" }));
-    }
-
-    #[test]
-    fn json_completed_with_every_member() {
-        let info = MigrationInfo {
-            ram: Some(MigrationStats {
-                transferred: 123,
-                total: 246,
-                page_size: 4096,
-                mbps: 1.5,
-                ..MigrationStats::default()
-            }),
-            vfio: Some(VfioStats { transferred: 2048 }),
-            total_time: Some(12345),
-            downtime: Some(12),
-            setup_time: Some(3),
-            error_desc: Some("oops".into()),
-            blocked_reasons: Some(vec!["a blocker".into()]),
-            ..MigrationInfo::new(MigrationStatus::Completed)
-        };
-        let v = serde_json::to_value(&info).unwrap();
-        assert_eq!(
-            v,
-            json!({
-                "status": "completed",
-                "ram": {
-                    "transferred": 123,
-                    "remaining": 0,
-                    "total": 246,
-                    "duplicate": 0,
-                    "normal": 0,
-                    "normal-bytes": 0,
-                    "dirty-pages-rate": 0,
-                    "mbps": 1.5,
-                    "dirty-sync-count": 0,
-                    "postcopy-requests": 0,
-                    "page-size": 4096,
-                    "multifd-bytes": 0,
-                    "pages-per-second": 0,
-                    "precopy-bytes": 0,
-                    "downtime-bytes": 0,
-                    "postcopy-bytes": 0,
-                    "dirty-sync-missed-zero-copy": 0
-                },
-                "vfio": { "transferred": 2048 },
-                "total-time": 12345,
-                "downtime": 12,
-                "setup-time": 3,
-                "error-desc": "oops",
-                "blocked-reasons": ["a blocker"]
-            })
-        );
-        let back: MigrationInfo = serde_json::from_value(v).unwrap();
-        assert_eq!(back, info);
-    }
-
-    #[test]
-    fn json_populated_info_has_vfio_only_with_feature() {
-        let info = MigrationInfo {
-            total_time: Some(10),
-            ..populated(&[&GPU])
-        };
-        let v = serde_json::to_value(&info).unwrap();
-        #[cfg(feature = "vfio")]
-        assert_eq!(
-            v,
-            json!({
-                "status": "completed",
-                "vfio": { "transferred": 2048 },
-                "total-time": 10
-            })
-        );
-        #[cfg(not(feature = "vfio"))]
-        assert_eq!(v, json!({ "status": "completed", "total-time": 10 }));
-    }
-
-    #[test]
-    fn json_status_is_kebab_case() {
-        for status in MigrationStatus::ALL {
-            let v = serde_json::to_value(status).unwrap();
-            assert_eq!(v, json!(status.as_str()));
-            assert_eq!(status.to_string(), status.as_str());
-            let back: MigrationStatus = serde_json::from_value(v).unwrap();
-            assert_eq!(back, status);
-        }
-        assert_eq!(
-            serde_json::to_value(MigrationStatus::PostcopyRecoverSetup).unwrap(),
-            json!("postcopy-recover-setup")
-        );
-        assert_eq!(
-            serde_json::to_value(MigrationStatus::WaitUnplug).unwrap(),
-            json!("wait-unplug")
-        );
-        assert_eq!(
-            serde_json::to_value(MigrationStatus::PreSwitchover).unwrap(),
-            json!("pre-switchover")
-        );
-        assert_eq!(MigrationStatus::default(), MigrationStatus::None);
-    }
-
-    #[test]
-    fn json_parses_qemu_reply_and_ignores_unknown_members() {
-        let text = r#"{"status": "active", "total-time": 5, "expected-downtime": 300,
-                       "vfio": {"transferred": 1024}}"#;
-        let info: MigrationInfo = serde_json::from_str(text).unwrap();
-        assert_eq!(
-            info,
-            MigrationInfo {
-                vfio: Some(VfioStats { transferred: 1024 }),
-                total_time: Some(5),
-                ..MigrationInfo::new(MigrationStatus::Active)
-            }
-        );
+    fn json_vfio_stats() {
+        let v = serde_json::to_value(VfioStats { transferred: 2048 }).unwrap();
+        assert_eq!(v, json!({ "transferred": 2048 }));
+        let back: VfioStats = serde_json::from_value(v).unwrap();
+        assert_eq!(back, VfioStats { transferred: 2048 });
     }
 
     #[test]
@@ -474,14 +338,14 @@ mod tests {
 
     #[test]
     fn hmp_info_migrate_prints_vfio_only_when_present() {
-        assert_eq!(hmp_info_migrate_vfio(&MigrationInfo::default()), None);
+        assert_eq!(hmp_info_migrate_vfio(None), None);
         #[cfg(feature = "vfio")]
         assert_eq!(
-            hmp_info_migrate_vfio(&populated(&[&NIC])).as_deref(),
+            hmp_info_migrate_vfio(populated(&[&NIC]).as_ref()).as_deref(),
             Some("vfio device transferred: 5120 kbytes")
         );
         #[cfg(not(feature = "vfio"))]
-        assert_eq!(hmp_info_migrate_vfio(&populated(&[&NIC])), None);
+        assert_eq!(hmp_info_migrate_vfio(populated(&[&NIC]).as_ref()), None);
     }
 
     /// The rule is the same in both builds, so no `cfg` here.

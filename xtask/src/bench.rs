@@ -20,8 +20,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cpr::demo::{Cycle, VmFiles, cycle};
-use cpr::harness::{HarnessError, VmProcess};
+use cpr_harness::{Cycle, VmFiles, cycle};
+use cpr_harness::{HarnessError, VmProcess};
 use serde_json::{Value, json};
 
 /// One configuration's results.

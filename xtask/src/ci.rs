@@ -130,7 +130,7 @@ pub fn build_vm() -> Result<PathBuf, String> {
             "--release",
             "--locked",
             "-p",
-            "cpr",
+            "cpr-vm",
             "--bin",
             "cpr-vm",
         ]),

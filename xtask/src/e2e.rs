@@ -8,14 +8,14 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cpr::demo::{VmFiles, cycle};
+use cpr_harness::{VmFiles, cycle};
 
 use crate::e2e_files::{killed_saves, planted_symlinks, ram_target};
 use crate::e2e_mainline::{self as mainline, GuestState};
 use crate::e2e_monitor::{guest_failures, restart_on_reply, serial_mode};
 use crate::e2e_ownership as ownership;
 use crate::e2e_refusals::{disk_full, epochs, failed_saves, hostile_files};
-use cpr::harness::{HarnessError, Progress, VmProcess};
+use cpr_harness::{HarnessError, Progress, VmProcess};
 use serde_json::json;
 
 pub type Outcome = Result<String, HarnessError>;

@@ -7,8 +7,8 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cpr::demo::VmFiles;
-use cpr::harness::{HarnessError, VmProcess};
+use cpr_harness::VmFiles;
+use cpr_harness::{HarnessError, VmProcess};
 use serde_json::{Value, json};
 
 use crate::e2e::{

@@ -8,9 +8,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, ExitStatus};
 
-use cpr::demo::VmFiles;
-use cpr::harness::{HarnessError, VmProcess};
 use cpr::qmp::ClientError;
+use cpr_harness::VmFiles;
+use cpr_harness::{HarnessError, VmProcess};
 use serde_json::{Value, json};
 
 use crate::e2e::{Outcome, Scratch, WAIT, boot, check_carried_on, expect_status, fail};

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cpr::demo::VmFiles;
-use cpr::harness::{HarnessError, VmProcess};
+use cpr_harness::VmFiles;
+use cpr_harness::{HarnessError, VmProcess};
 use serde_json::json;
 
 use crate::e2e::{

@@ -5,8 +5,8 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cpr::demo::VmFiles;
-use cpr::harness::VmProcess;
+use cpr_harness::VmFiles;
+use cpr_harness::VmProcess;
 use serde_json::json;
 
 use crate::e2e::{Outcome, Scratch, boot, check_carried_on, expect_status, fail};

@@ -22,10 +22,10 @@ use super::layout::{
     FAULT_PANIC_VECTOR, FAULT_TRIPLE_VECTOR, LAPIC_BASE, MAX_VCPUS, SUSPEND_VECTOR, US_PROGRESS,
     USER_STATE, USER_STATE_STRIDE,
 };
-use super::memory::ram_regions_of;
+use super::memory::memslots_of;
 use super::vcpu::{self, ACK_TIMEOUT, Command, Shared, VcpuHandle};
 use super::vcpu_state::{VcpuState, boot_cpuid};
-use super::vm::{VmState, capture_vm, create_vm, restore_vm};
+use super::vm::{KvmVmState, capture_vm, create_vm, restore_vm};
 
 /// A failure the built-in guest can be asked to cause (test only, QMP `x-guest-fault`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,7 +105,7 @@ pub struct MachineState {
     /// One per vCPU, index order.
     pub vcpus: Vec<VcpuState>,
     /// Irqchips, PIT, kvmclock.
-    pub vm: VmState,
+    pub vm: KvmVmState,
     /// COM1.
     pub serial: SerialDeviceState,
     /// PM1 control (includes "guest is suspended").
@@ -163,7 +163,7 @@ impl Machine {
         }
         vcpu::install_kick_handler()?;
         let kvm = Kvm::new().map_err(Error::KvmOpen)?;
-        let ram = ram_regions_of(&config.memory);
+        let ram = memslots_of(&config.memory);
         // SAFETY: the regions come from `config.memory`, which the machine keeps (field
         // `memory`, dropped after `vm`), so the mappings outlive the VM.
         let vm = unsafe { create_vm(&kvm, &ram) }?;
@@ -247,9 +247,9 @@ impl Machine {
     /// Load the built-in guest into RAM and start every vCPU at its entry point.
     pub fn boot(&mut self) -> Result<()> {
         self.expect(Lifecycle::Created, "boot")?;
-        let ranges: Vec<(u64, u64)> = ram_regions_of(&self.memory)
+        let ranges: Vec<(u64, u64)> = memslots_of(&self.memory)
             .iter()
-            .map(|r| (r.guest_addr, r.size))
+            .map(|r| (r.guest_addr.0, r.size))
             .collect();
         let info = BootInfo::new(
             &ranges,
@@ -364,7 +364,7 @@ impl Machine {
         Ok(())
     }
 
-    /// Ask the guest to suspend itself (S3): an MSI with [`SUSPEND_VECTOR`] to the BSP.
+    /// Ask the guest to suspend itself (S3): an MSI with `SUSPEND_VECTOR` to the BSP.
     /// Completion is signalled by [`MachineEvent::Suspended`].
     pub fn request_guest_suspend(&self) -> Result<()> {
         self.interrupt_bsp("request_guest_suspend", SUSPEND_VECTOR)

@@ -14,15 +14,16 @@ use super::layout::{
 };
 
 /// The guest kernel image (flat binary, loaded at [`KERNEL_LOAD`]).
-pub static KERNEL_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-kernel.bin"));
+pub(crate) static KERNEL_IMAGE: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/guest-kernel.bin"));
 /// The user workload image (flat binary, loaded at [`USER_LOAD`]).
-pub static USER_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-user.bin"));
+pub(crate) static USER_IMAGE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guest-user.bin"));
 
 const GIB: u64 = 1 << 30;
 
 /// The boot parameters the VMM writes to [`BOOT_INFO`] (`BI_*` offsets, all `u64`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BootInfo {
+pub(crate) struct BootInfo {
     /// RAM size in bytes.
     pub ram_size: u64,
     /// GiB of guest-physical space the kernel identity-maps.
@@ -48,7 +49,7 @@ impl BootInfo {
     ///
     /// `ram` are the `(start, size)` RAM ranges; `workload` is `(base, size)` or `None`
     /// for the default (from 4 MiB to the end of the first RAM range).
-    pub fn new(
+    pub(crate) fn new(
         ram: &[(u64, u64)],
         vcpus: usize,
         workload: Option<(u64, u64)>,
@@ -131,7 +132,7 @@ fn write_u64(mem: &GuestMemoryMmap, addr: u64, v: u64, what: &'static str) -> Re
 /// Load the guest for a fresh boot: zero the fixed low 4 MiB (kernel and user pages),
 /// write the boot GDT and page tables, both images and the boot info. The workload
 /// region is not touched (generation 0 does not check it).
-pub fn load(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<()> {
+pub(crate) fn load(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<()> {
     let zero = vec![0u8; usize::try_from(DEFAULT_WORKLOAD_BASE).unwrap_or(0)];
     write(mem, 0, &zero, "zero low RAM")?;
     // Boot GDT: null, 64-bit code (0x08), data (0x10), TSS (0x18, for TR only).
@@ -168,7 +169,7 @@ pub fn load(mem: &GuestMemoryMmap, info: &BootInfo) -> Result<()> {
 }
 
 /// General-purpose registers at kernel entry for vCPU `index`.
-pub fn boot_regs(index: usize) -> kvm_regs {
+pub(crate) fn boot_regs(index: usize) -> kvm_regs {
     kvm_regs {
         rip: KERNEL_LOAD,
         rsp: KERNEL_STACKS + (index as u64 + 1) * KERNEL_STACK_SIZE,
@@ -181,7 +182,7 @@ pub fn boot_regs(index: usize) -> kvm_regs {
 
 /// Segment/control registers at kernel entry, starting from KVM's reset `sregs` (which
 /// keep the APIC base and the pending-interrupt bitmap).
-pub fn boot_sregs(mut s: kvm_sregs) -> kvm_sregs {
+pub(crate) fn boot_sregs(mut s: kvm_sregs) -> kvm_sregs {
     let code = kvm_segment {
         base: 0,
         limit: 0xffff_ffff,

@@ -1,44 +1,24 @@
 //! Guest RAM as KVM sees it: the crate `cpr-memory` maps it (one `pc.ram` block seen
-//! through its below-4G/above-4G windows); the KVM side only needs [`RamRegion`]s (guest
-//! address, host address, size), see [`register_ram`].
+//! through its below-4G/above-4G windows); the KVM side only needs its
+//! [`Memslot`]s (guest address, host address, size), see [`register_ram`].
 
+use cpr_memory::Memslot;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::error::{Error, Result};
 
-/// One contiguous piece of guest RAM as KVM sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RamRegion {
-    /// Guest-physical start address.
-    pub guest_addr: u64,
-    /// Size in bytes.
-    pub size: u64,
-    /// Host virtual address of the mapping.
-    pub host_addr: u64,
-}
-
-/// The [`RamRegion`]s of a vm-memory guest memory.
-pub fn ram_regions_of(mem: &GuestMemoryMmap) -> Vec<RamRegion> {
+/// The [`Memslot`]s of a vm-memory guest memory (as [`cpr_memory::GuestRam::memslots`]
+/// gives them for the memory it maps).
+pub(crate) fn memslots_of(mem: &GuestMemoryMmap) -> Vec<Memslot> {
     mem.iter()
-        .map(|r| RamRegion {
-            guest_addr: r.start_addr().0,
+        .map(|r| Memslot {
+            guest_addr: r.start_addr(),
             size: r.len(),
             host_addr: r.as_ptr() as u64,
         })
         .collect()
-}
-
-/// Total RAM bytes and the highest guest-physical address + 1.
-pub fn ram_size_and_top(regions: &[RamRegion]) -> (u64, u64) {
-    let size = regions.iter().map(|r| r.size).sum();
-    let top = regions
-        .iter()
-        .map(|r| r.guest_addr + r.size)
-        .max()
-        .unwrap_or(0);
-    (size, top)
 }
 
 /// Register guest RAM with KVM, one memslot per region (slot = index).
@@ -50,13 +30,13 @@ pub fn ram_size_and_top(regions: &[RamRegion]) -> (u64, u64) {
 ///
 /// Every region's `host_addr..host_addr + size` must be a readable and writable mapping
 /// that stays mapped for as long as `vm` exists.
-pub unsafe fn register_ram(vm: &VmFd, regions: &[RamRegion]) -> Result<()> {
+pub(crate) unsafe fn register_ram(vm: &VmFd, regions: &[Memslot]) -> Result<()> {
     for (slot, r) in regions.iter().enumerate() {
         let region = kvm_userspace_memory_region {
             slot: u32::try_from(slot)
                 .map_err(|_| Error::InvalidConfig("too many RAM regions".into()))?,
             flags: 0,
-            guest_phys_addr: r.guest_addr,
+            guest_phys_addr: r.guest_addr.0,
             memory_size: r.size,
             userspace_addr: r.host_addr,
         };

@@ -5,19 +5,19 @@
 //! ([`Machine::boot`]) or **restored** from a [`MachineState`] captured by another
 //! machine over the same RAM ([`Machine::restore`]), without touching RAM contents.
 //!
-//! * Memory map, boot protocol and every shared constant: [`layout`].
+//! * Memory map, boot protocol and every shared constant: `layout`.
 //! * Guest sources: `cpr/guest/kernel.s` (CPL0, emulated on this host, tiny) and
 //!   `cpr/guest/user.s` (CPL3 workload, native speed); see `cpr/guest/README.md`.
-//! * Devices and their registers: [`devices`] (COM1 `0x3f8`, PM1a_CNT `0x604`,
+//! * Devices and their registers: `devices` (COM1 `0x3f8`, PM1a_CNT `0x604`,
 //!   test device MMIO `0xD000_0000`).
-//! * Per-component state: [`VcpuState`] (next to the vCPU code), [`VmState`] (irqchips,
+//! * Per-component state: [`VcpuState`] (next to the vCPU code), [`KvmVmState`] (irqchips,
 //!   PIT, kvmclock), [`SerialDeviceState`], [`PmState`], [`TestDevState`], gathered in
 //!   [`MachineState`].
 //!
 //! # Suspend (S3) design
 //!
 //! [`Machine::request_guest_suspend`] injects an MSI with vector
-//! [`layout::SUSPEND_VECTOR`] into the BSP (`KVM_SIGNAL_MSI`). The guest's ISR writes
+//! `layout::SUSPEND_VECTOR` into the BSP (`KVM_SIGNAL_MSI`). The guest's ISR writes
 //! `SLP_TYP=S3 | SLP_EN` to PM1a_CNT; the vCPU thread that sees that write parks all
 //! vCPUs and emits [`MachineEvent::Suspended`]. [`Machine::wakeup`] resumes them; the guest
 //! continues right after the `out` (no reset, no waking vector, unlike real S3).
@@ -28,14 +28,18 @@
 //! → *Paused* → `capture`. `restore`/`restore_state` → *Paused* → `resume` (or `wakeup`
 //! when the saved guest was suspended).
 
-pub mod devices;
-pub mod error;
-pub mod guest;
-pub mod layout;
-pub mod memory;
-pub mod vcpu;
-pub mod vcpu_state;
-pub mod vm;
+pub(crate) mod devices;
+pub(crate) mod error;
+pub(crate) mod guest;
+#[allow(
+    dead_code,
+    reason = "the guest's layout too: build.rs writes every constant for the guest's assembly"
+)]
+pub(crate) mod layout;
+pub(crate) mod memory;
+pub(crate) mod vcpu;
+pub(crate) mod vcpu_state;
+pub(crate) mod vm;
 
 pub(crate) mod persist;
 
@@ -46,9 +50,9 @@ pub use devices::pm::PmState;
 pub use devices::serial::SerialDeviceState;
 pub use devices::testdev::{GuestFatal, GuestProgress, TestDevState, VcpuProgress};
 pub use error::{Error, Result};
-pub use memory::{RamRegion, ram_regions_of, register_ram};
+pub use layout::DEFAULT_WORKLOAD_BASE;
 pub use vcpu_state::VcpuState;
-pub use vm::VmState;
+pub use vm::KvmVmState;
 
 /// Something the machine's owner must know about.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -34,7 +34,7 @@ macro_rules! kvm_struct_section {
     ($(#[$doc:meta])* $section:ident, $name:literal, $field:literal, $kvm:ty) => {
         $(#[$doc])*
         #[derive(Clone, Copy)]
-        pub struct $section(pub $kvm);
+        pub(crate) struct $section(pub(crate) $kvm);
 
         impl std::fmt::Debug for $section {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -86,7 +86,7 @@ pub(crate) mod tests {
     use cpr_savevm::{FieldReader, VmState, decode_vmstate, encode_vmstate};
 
     /// Encodes `state` as a section payload and decodes it back, at the current version.
-    pub fn round_trip<T: VmState>(state: &mut T) -> T {
+    pub(crate) fn round_trip<T: VmState>(state: &mut T) -> T {
         let (payload, _desc) = encode_vmstate(state)
             .expect("encode")
             .expect("section is needed");
@@ -94,7 +94,7 @@ pub(crate) mod tests {
     }
 
     /// Decodes `payload` as `T`, expecting an error.
-    pub fn decode_err<T: VmState>(payload: Vec<u8>) -> cpr_savevm::Error {
+    pub(crate) fn decode_err<T: VmState>(payload: Vec<u8>) -> cpr_savevm::Error {
         let mut f = QemuFile::from_bytes(payload, "test");
         let mut r = FieldReader::new(&mut f, T::NAME, T::VERSION_ID);
         match r.read_state::<T>() {

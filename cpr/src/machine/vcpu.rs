@@ -31,9 +31,9 @@ use super::vcpu_state::{VcpuState, capture_vcpu, restore_vcpu};
 use super::{MachineEvent, ShutdownCause};
 
 /// Offset of the kick signal from `SIGRTMIN`.
-pub const KICK_SIGNAL_OFFSET: i32 = 1;
+pub(crate) const KICK_SIGNAL_OFFSET: i32 = 1;
 /// How long the machine waits for a vCPU to acknowledge a command.
-pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 thread_local! {
     /// This thread's `kvm_run` mapping (null when the thread runs no vCPU).
@@ -54,12 +54,12 @@ extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
 }
 
 /// The kick signal number.
-pub fn kick_signal() -> libc::c_int {
+pub(crate) fn kick_signal() -> libc::c_int {
     vmm_sys_util::signal::SIGRTMIN() + KICK_SIGNAL_OFFSET
 }
 
 /// Install the kick handler (once per process).
-pub fn install_kick_handler() -> Result<()> {
+pub(crate) fn install_kick_handler() -> Result<()> {
     static ONCE: Once = Once::new();
     static RESULT: RwLock<Option<i32>> = RwLock::new(None);
     ONCE.call_once(|| {
@@ -79,7 +79,7 @@ pub fn install_kick_handler() -> Result<()> {
 }
 
 /// A command to a vCPU thread.
-pub enum Command {
+pub(crate) enum Command {
     /// Set up the fresh-boot entry state (vCPU must be parked).
     Boot {
         /// CPUID table.
@@ -114,7 +114,7 @@ pub enum Command {
 
 /// The machine's handle on one vCPU thread.
 #[derive(Debug)]
-pub struct VcpuHandle {
+pub(crate) struct VcpuHandle {
     /// Command channel.
     pub tx: Sender<Command>,
     /// The thread, for the kick signal.
@@ -123,7 +123,7 @@ pub struct VcpuHandle {
 
 /// State shared by the machine and all vCPU threads.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     /// The devices.
     pub devices: Devices,
     /// Event sink of the machine's owner.
@@ -141,7 +141,7 @@ pub struct Shared {
 
 impl Shared {
     /// Send the kick signal to vCPU `index` (no-op once the machine is being dropped).
-    pub fn kick(&self, index: usize) {
+    pub(crate) fn kick(&self, index: usize) {
         let alive = self
             .alive
             .read()
@@ -157,7 +157,7 @@ impl Shared {
     }
 
     /// Queue `cmd` for vCPU `index` and kick it.
-    pub fn send(&self, index: usize, cmd: Command) -> Result<()> {
+    pub(crate) fn send(&self, index: usize, cmd: Command) -> Result<()> {
         let h = self
             .handles
             .get()
@@ -170,7 +170,7 @@ impl Shared {
     }
 
     /// Pause every vCPU except `except` and wait until they are parked.
-    pub fn pause_all(&self, except: Option<usize>) -> Result<()> {
+    pub(crate) fn pause_all(&self, except: Option<usize>) -> Result<()> {
         let n = self.handles.get().map_or(0, Vec::len);
         let mut acks = Vec::new();
         for i in (0..n).filter(|&i| Some(i) != except) {
@@ -210,7 +210,12 @@ struct VcpuThread {
 }
 
 /// The body of a vCPU thread.
-pub fn vcpu_thread(index: usize, mut vcpu: VcpuFd, rx: Receiver<Command>, shared: Arc<Shared>) {
+pub(crate) fn vcpu_thread(
+    index: usize,
+    mut vcpu: VcpuFd,
+    rx: Receiver<Command>,
+    shared: Arc<Shared>,
+) {
     KVM_RUN_PTR.with(|p| p.set(vcpu.get_kvm_run() as *mut kvm_run));
     let mut t = VcpuThread {
         index,

@@ -14,11 +14,11 @@ use zerocopy::IntoBytes;
 use super::error::{Error, Result};
 
 /// `IA32_TSC`.
-pub const MSR_IA32_TSC: u32 = 0x10;
+pub(crate) const MSR_IA32_TSC: u32 = 0x10;
 /// `IA32_TSC_DEADLINE`.
-pub const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
+pub(crate) const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
 /// Words in a `kvm_xsave` region (4 KiB); `KVM_CAP_XSAVE2` must not ask for more.
-pub const XSAVE_WORDS: usize = 1024;
+pub(crate) const XSAVE_WORDS: usize = 1024;
 
 /// Everything KVM holds for one vCPU.
 #[derive(Clone, Debug, PartialEq)]
@@ -59,7 +59,7 @@ fn vcpu_err(vcpu: usize, op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> 
 ///
 /// PVM forces most of leaves 1 and 7 on anyway (`docs/HOST-KVM.md`, CPUID); only the bits above are
 /// under the VMM's control.
-pub fn boot_cpuid(kvm: &Kvm, index: usize) -> Result<CpuId> {
+pub(crate) fn boot_cpuid(kvm: &Kvm, index: usize) -> Result<CpuId> {
     let mut cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|source| Error::Kvm {
@@ -139,7 +139,7 @@ fn set_msrs_chunked(vcpu: &VcpuFd, index: usize, entries: &[kvm_msr_entry]) -> R
 /// pending I/O was completed with an `immediate_exit` run).
 ///
 /// `msr_list` is `Kvm::get_msr_index_list()`.
-pub fn capture_vcpu(vcpu: &VcpuFd, index: usize, msr_list: &[u32]) -> Result<VcpuState> {
+pub(crate) fn capture_vcpu(vcpu: &VcpuFd, index: usize, msr_list: &[u32]) -> Result<VcpuState> {
     // Order (Firecracker's save_state):
     // * KVM_GET_MP_STATE first: it calls kvm_apic_accept_events(), which may change
     //   vCPU/LAPIC state, so everything read afterwards is consistent with it.
@@ -201,7 +201,7 @@ pub fn capture_vcpu(vcpu: &VcpuFd, index: usize, msr_list: &[u32]) -> Result<Vcp
 }
 
 /// Restore `state` into a freshly created vCPU of a new VM.
-pub fn restore_vcpu(vcpu: &VcpuFd, index: usize, state: &VcpuState) -> Result<()> {
+pub(crate) fn restore_vcpu(vcpu: &VcpuFd, index: usize, state: &VcpuState) -> Result<()> {
     // 1. CPUID first: KVM derives the vCPU's feature set (XSAVE size, LAPIC features,
     //    MSR validity) from it; every later set is checked against it.
     let cpuid = CpuId::from_entries(&state.cpuid)

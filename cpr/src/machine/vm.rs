@@ -1,6 +1,7 @@
 //! VM creation (memory first, then the in-kernel irqchip and PIT) and the per-VM KVM
-//! state ([`VmState`]): PIC master/slave, IOAPIC, PIT and kvmclock.
+//! state ([`KvmVmState`]): PIC master/slave, IOAPIC, PIT and kvmclock.
 
+use cpr_memory::Memslot;
 use kvm_bindings::{
     KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY,
     kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2,
@@ -9,12 +10,12 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 
 use super::error::{Error, Result};
 use super::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
-use super::memory::{RamRegion, register_ram};
+use super::memory::register_ram;
 use super::vcpu_state::XSAVE_WORDS;
 
 /// The VM-wide in-kernel device state.
 #[derive(Clone, Copy)]
-pub struct VmState {
+pub struct KvmVmState {
     /// Master 8259 PIC (`KVM_GET_IRQCHIP` chip 0).
     pub pic_master: kvm_irqchip,
     /// Slave 8259 PIC (chip 1).
@@ -27,9 +28,9 @@ pub struct VmState {
     pub clock: kvm_clock_data,
 }
 
-impl std::fmt::Debug for VmState {
+impl std::fmt::Debug for KvmVmState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VmState")
+        f.debug_struct("KvmVmState")
             .field("pit", &self.pit)
             .field("clock", &self.clock)
             .finish_non_exhaustive()
@@ -47,7 +48,7 @@ fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
 /// # Safety
 ///
 /// The host ranges of `ram` must stay mapped read/write for as long as the VM exists.
-pub unsafe fn create_vm(kvm: &Kvm, ram: &[RamRegion]) -> Result<VmFd> {
+pub(crate) unsafe fn create_vm(kvm: &Kvm, ram: &[Memslot]) -> Result<VmFd> {
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     let xsave_size = vm.check_extension_int(Cap::Xsave2);
     if usize::try_from(xsave_size).unwrap_or(usize::MAX) > XSAVE_WORDS * 4 {
@@ -82,8 +83,8 @@ fn get_chip(vm: &VmFd, chip_id: u32) -> Result<kvm_irqchip> {
 }
 
 /// Capture the VM state (vCPUs must be paused).
-pub fn capture_vm(vm: &VmFd) -> Result<VmState> {
-    Ok(VmState {
+pub(crate) fn capture_vm(vm: &VmFd) -> Result<KvmVmState> {
+    Ok(KvmVmState {
         pic_master: get_chip(vm, KVM_IRQCHIP_PIC_MASTER)?,
         pic_slave: get_chip(vm, KVM_IRQCHIP_PIC_SLAVE)?,
         ioapic: get_chip(vm, KVM_IRQCHIP_IOAPIC)?,
@@ -93,7 +94,7 @@ pub fn capture_vm(vm: &VmFd) -> Result<VmState> {
 }
 
 /// Restore the VM state into a new VM (after its vCPUs are restored, before they run).
-pub fn restore_vm(vm: &VmFd, state: &VmState) -> Result<()> {
+pub(crate) fn restore_vm(vm: &VmFd, state: &KvmVmState) -> Result<()> {
     // irqchips first: the PIT's output goes through them.
     for chip in [&state.pic_master, &state.pic_slave, &state.ioapic] {
         vm.set_irqchip(chip).map_err(kvm_err("KVM_SET_IRQCHIP"))?;

@@ -40,7 +40,7 @@ fn bad_value(name: &str, value: &str) -> QmpError {
 
 /// Parses the arguments of command `name`, already checked against the schema, into a
 /// [`Command`].
-pub fn parse(name: CommandName, args: &Map<String, Value>) -> Result<Command, QmpError> {
+pub(crate) fn parse(name: CommandName, args: &Map<String, Value>) -> Result<Command, QmpError> {
     Ok(match name {
         CommandName::QueryStatus => Command::QueryStatus,
         CommandName::Stop => Command::Stop,
@@ -121,7 +121,7 @@ fn set_parameters(args: &Map<String, Value>) -> Result<SetParameters, QmpError> 
 }
 
 /// A `uri` or `channels` argument as a file target (QEMU's `file:` transport).
-pub fn target(args: &Map<String, Value>) -> MigrationTarget {
+pub(crate) fn target(args: &Map<String, Value>) -> MigrationTarget {
     match (args.get("uri"), args.get("channels")) {
         (Some(_), Some(_)) | (None, None) => Err(TargetError::NeedUriOrChannels),
         (Some(uri), None) => FileTarget::from_uri(uri.as_str().unwrap_or_default()),
@@ -159,7 +159,7 @@ pub fn target(args: &Map<String, Value>) -> MigrationTarget {
 }
 
 /// The `return` value of a response, as QEMU words it.
-pub fn response_value(response: &Response) -> Result<Value, QmpError> {
+pub(crate) fn response_value(response: &Response) -> Result<Value, QmpError> {
     Ok(match response {
         Response::Empty => json!({}),
         Response::Saved { warnings } if warnings.is_empty() => json!({}),
@@ -237,7 +237,7 @@ fn parameters_value(p: &MigrationParameters) -> Value {
 }
 
 /// An event's QMP name and `data`.
-pub fn event_data(event: Event) -> (&'static str, Option<Value>) {
+pub(crate) fn event_data(event: Event) -> (&'static str, Option<Value>) {
     match event {
         Event::RunState(e) => (e.name(), None),
         Event::Shutdown { guest, reason } => {

@@ -22,7 +22,7 @@ use serde_json::Value;
 
 /// A parsed HMP command that needs the VMM.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HmpCommand {
+pub(crate) enum HmpCommand {
     /// `cpr-save <filename> <mode>`.
     CprSave {
         /// Checkpoint file.
@@ -51,7 +51,7 @@ pub enum HmpCommand {
 
 /// A VMM command an HMP command translates to.
 #[derive(Debug, Clone, PartialEq)]
-pub struct HmpCall {
+pub(crate) struct HmpCall {
     /// The HMP command (to [`render`] the result).
     pub command: HmpCommand,
     /// The command for the VMM.
@@ -60,7 +60,7 @@ pub struct HmpCall {
 
 /// What to do for one HMP command line.
 #[derive(Debug, Clone, PartialEq)]
-pub enum HmpPlan {
+pub(crate) enum HmpPlan {
     /// Output text, no request needed (help, parse errors, unknown command).
     Output(String),
     /// Make this request, then [`render`] its result.
@@ -239,7 +239,7 @@ fn crlf(text: &str) -> String {
 }
 
 /// Translates one HMP command line.
-pub fn translate(line: &str) -> HmpPlan {
+pub(crate) fn translate(line: &str) -> HmpPlan {
     HmpPlan::from_parts(translate_lf(line))
 }
 
@@ -408,7 +408,7 @@ fn help_dump(out: &mut String, table: &[HmpDef], words: &[String], index: usize)
 }
 
 /// Output text for a command's result (CRLF line ends).
-pub fn render(command: &HmpCommand, result: Result<Value, QmpError>) -> String {
+pub(crate) fn render(command: &HmpCommand, result: Result<Value, QmpError>) -> String {
     let text = match (command, result) {
         // hmp_handle_error(): error_reportf_err(err, "Error: ").
         (_, Err(e)) => format!("Error: {}\n", e.desc),
@@ -421,7 +421,7 @@ pub fn render(command: &HmpCommand, result: Result<Value, QmpError>) -> String {
 
 /// `info status` text (`hmp_info_status()`, 6.2) from a `query-status`
 /// result, with `\n` line ends.
-pub fn format_status(v: &Value) -> String {
+pub(crate) fn format_status(v: &Value) -> String {
     let running = v["running"].as_bool().unwrap_or(false);
     let status = v["status"].as_str().unwrap_or("");
     let mut s = format!(
@@ -442,7 +442,7 @@ pub fn format_status(v: &Value) -> String {
 
 /// `info migrate` text (subset of `hmp_info_migrate()`: status, error,
 /// times) from a `query-migrate` result, with `\n` line ends.
-pub fn format_migrate(v: &Value) -> String {
+pub(crate) fn format_migrate(v: &Value) -> String {
     let mut s = String::new();
     let Some(status) = v["status"].as_str() else {
         return s;

@@ -16,7 +16,7 @@
 //!   characters escaped as `\uXXXX`), laid out like QEMU's compact JSON
 //!   (`{"return": {}, "id": 1}`).
 //! * Input: a stream of JSON values split by bracket counting (see
-//!   [`stream`]): several objects per write or one object across writes and
+//!   `stream`): several objects per write or one object across writes and
 //!   lines both work; single-quoted strings (QEMU's extension) are accepted.
 //! * Capabilities negotiation mode: only `qmp_capabilities`; anything else is
 //!   `CommandNotFound` `Expecting capabilities negotiation with
@@ -39,25 +39,25 @@
 //!   serde_json's description; `JSON token size limit exceeded` (message over
 //!   [`ServerConfig::max_message`], default 1 MiB; the rest of that message is
 //!   skipped); `JSON nesting depth limit exceeded` (over 100 levels).
-//! * Arguments are validated against the [`schema`] table before anything
+//! * Arguments are validated against the `schema` table before anything
 //!   runs, with the QObject input visitor's messages, then parsed once into a
-//!   typed [`Command`](crate::vmm::Command) ([`command`]).
+//!   typed [`Command`](crate::vmm::Command) (`command`).
 //! * Events: `{"timestamp": {"seconds": S, "microseconds": U}, "event": NAME,
 //!   "data": ...}`, stamped when [`EventSender::emit`] is called.
 //!
 //! # The boundary: JSON stops here
 //!
 //! This module is the only part of `cpr` that sees JSON. A VMM command is checked against
-//! the [`schema`], parsed by [`command::parse`] into a [`crate::vmm::Command`] (paths as
+//! the `schema`, parsed by `command::parse` into a [`crate::vmm::Command`] (paths as
 //! `PathBuf`, `CprMode`, `MigMode`, `MigrationCapability`, the parameters to set as a
 //! struct of `Option`s read with QAPI's integer widths, `uri`/`channels` as a file target
 //! or its error), and sent to the VMM in a [`QmpRequest`]. The VMM answers a typed
 //! [`crate::vmm::Response`] and reports typed [`crate::vmm::Event`]s;
-//! [`command::response_value`] and [`command::event_data`] give them QEMU's JSON shape.
-//! HMP ([`hmp`]) builds the same [`crate::vmm::Command`]s from its own syntax.
+//! `command::response_value` and `command::event_data` give them QEMU's JSON shape.
+//! HMP (`hmp`) builds the same [`crate::vmm::Command`]s from its own syntax.
 //!
 //! The commands are listed once (`vmm/api.rs`): the schema's VMM entries come from
-//! [`crate::vmm::CommandName::ALL`] ([`schema::vmm_args`] gives each its members, by an
+//! [`crate::vmm::CommandName::ALL`] (`schema::vmm_args` gives each its members, by an
 //! exhaustive `match`), the parser and the VMM match exhaustively, so a command without a
 //! schema entry, a parser or a handler does not build; a test checks that every schema
 //! entry parses into the command of its name.
@@ -83,7 +83,7 @@
 //! `MSG_NOSIGNAL` and a write timeout, and a reply for a client that
 //! disconnected mid-command is dropped quietly.
 //!
-//! `quit` (see `cpr::app`): the VMM first calls [`QmpServer::close_listener`]
+//! `quit` (see `cpr-vm`'s `app` module): the VMM first calls [`QmpServer::close_listener`]
 //! (the listening socket refuses connections and the path is removed if it is
 //! still this server's socket, without waiting for the accept thread; the
 //! client keeps its connection), then answers with
@@ -106,13 +106,13 @@
 //! * Message size limit 1 MiB (QEMU: 64 MiB), nesting limit 100 (QEMU:
 //!   1024), same error texts. A malformed message produces one error; QEMU's
 //!   token-level recovery may produce several.
-//! * Only the commands in [`schema::builtin_commands`]; `query-commands`
+//! * Only the commands in `schema::builtin_commands`; `query-commands`
 //!   lists them. No `query-qmp-schema`. `x-guest-fault` is ours and test
 //!   only (the built-in guest fails on request).
 //! * Schema integer types are not width-checked (`uint8` etc. are `int`);
 //!   `migrate`'s `channels` elements are only checked to be objects;
 //!   `migrate-set-parameters` knows a subset of `MigrateSetParameters`.
-//! * `human-monitor-command` knows only the HMP commands listed in [`hmp`];
+//! * `human-monitor-command` knows only the HMP commands listed in `hmp`;
 //!   `info migrate` prints a subset of QEMU's text.
 //! * A command the VMM never answers keeps the monitor busy (as in QEMU): the
 //!   client can time out and leave, but the next client is served only once
@@ -135,19 +135,19 @@
 //! `quit`, `system_wakeup`, `info status`, `info migrate` (from memory),
 //! the `info migrate` layout, and upper-case hex in `\uXXXX` escapes.
 
-pub mod client;
-pub mod command;
-pub mod error;
-pub mod hmp;
-pub mod protocol;
-pub mod schema;
-pub mod server;
-pub mod stream;
-pub mod vmm;
+pub(crate) mod client;
+pub(crate) mod command;
+pub(crate) mod error;
+pub(crate) mod hmp;
+pub(crate) mod protocol;
+pub(crate) mod request;
+pub(crate) mod schema;
+pub(crate) mod server;
+pub(crate) mod stream;
 
 pub use client::{ClientError, Event, QmpClient};
 pub use error::{ErrorClass, QmpError};
 pub use protocol::{Timestamp, VersionInfo, VersionTriple};
+pub use request::{Delivery, EventSender, QmpRequest, Queued, Reply, Responder};
 pub use schema::{ArgType, CommandDef, EnumType, Handler, Member, Schema, ServerCommand};
 pub use server::{CLAIMED_QEMU_VERSION, QmpServer, ServerConfig};
-pub use vmm::{Delivery, EventSender, QmpRequest, Queued, Reply, Responder};

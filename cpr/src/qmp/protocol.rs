@@ -86,7 +86,7 @@ struct EventMsg<'a> {
 
 /// The greeting line: `{"QMP": {"version": ..., "capabilities": []}}` + CRLF.
 /// No capability is offered (no `oob`: there is no monitor I/O thread).
-pub fn greeting_line(version: &VersionInfo) -> String {
+pub(crate) fn greeting_line(version: &VersionInfo) -> String {
     to_wire(&Greeting {
         qmp: GreetingBody {
             version,
@@ -96,7 +96,7 @@ pub fn greeting_line(version: &VersionInfo) -> String {
 }
 
 /// A reply line: `{"return": ...}` or `{"error": ...}`, with `id` if given.
-pub fn reply_line(result: &Result<Value, QmpError>, id: Option<&Value>) -> String {
+pub(crate) fn reply_line(result: &Result<Value, QmpError>, id: Option<&Value>) -> String {
     let reply = match result {
         Ok(v) => Reply {
             ret: Some(v),
@@ -113,7 +113,7 @@ pub fn reply_line(result: &Result<Value, QmpError>, id: Option<&Value>) -> Strin
 }
 
 /// An event line: `{"timestamp": {...}, "event": NAME, "data": ...}` + CRLF.
-pub fn event_line(name: &str, data: Option<&Value>, timestamp: Timestamp) -> String {
+pub(crate) fn event_line(name: &str, data: Option<&Value>, timestamp: Timestamp) -> String {
     to_wire(&EventMsg {
         timestamp,
         event: name,
@@ -124,7 +124,7 @@ pub fn event_line(name: &str, data: Option<&Value>, timestamp: Timestamp) -> Str
 /// Serialises a message as QEMU does: compact with `", "` and `": "`
 /// separators, ASCII only (non-ASCII and DEL escaped as `\uXXXX`, UTF-16
 /// surrogate pairs above U+FFFF), terminated by CRLF.
-pub fn to_wire<T: Serialize + ?Sized>(value: &T) -> String {
+pub(crate) fn to_wire<T: Serialize + ?Sized>(value: &T) -> String {
     let mut out = Vec::with_capacity(128);
     let mut ser = serde_json::Serializer::with_formatter(&mut out, QemuFormatter);
     // Serialising serde_json values and our derived types cannot fail
@@ -203,7 +203,7 @@ impl Formatter for QemuFormatter {
 
 /// A request that passed the envelope check.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Envelope {
+pub(crate) struct Envelope {
     /// Value of `execute`.
     pub execute: String,
     /// Value of `arguments` (empty if absent).
@@ -214,7 +214,7 @@ pub struct Envelope {
 
 /// QEMU's `qmp_dispatch_check_obj()` (out-of-band never allowed): checks the
 /// request envelope. On error returns the error and the `id` to echo, if any.
-pub fn check_envelope(request: Value) -> Result<Envelope, (QmpError, Option<Value>)> {
+pub(crate) fn check_envelope(request: Value) -> Result<Envelope, (QmpError, Option<Value>)> {
     let Value::Object(mut dict) = request else {
         return Err((QmpError::generic("QMP input must be a JSON object"), None));
     };

@@ -78,7 +78,7 @@ pub struct Member {
 }
 
 /// A mandatory member.
-pub const fn req(name: &'static str, ty: ArgType) -> Member {
+pub(crate) const fn req(name: &'static str, ty: ArgType) -> Member {
     Member {
         name,
         ty,
@@ -87,7 +87,7 @@ pub const fn req(name: &'static str, ty: ArgType) -> Member {
 }
 
 /// An optional member.
-pub const fn opt(name: &'static str, ty: ArgType) -> Member {
+pub(crate) const fn opt(name: &'static str, ty: ArgType) -> Member {
     Member {
         name,
         ty,
@@ -155,31 +155,31 @@ impl CommandDef {
 }
 
 /// `QMPCapability` (qapi/control.json).
-pub static QMP_CAPABILITY: EnumType = EnumType {
+pub(crate) static QMP_CAPABILITY: EnumType = EnumType {
     name: "QMPCapability",
     values: &["oob"],
 };
 
 /// `CprMode` as of V7 patch 06.
-pub static CPR_MODE: EnumType = EnumType {
+pub(crate) static CPR_MODE: EnumType = EnumType {
     name: "CprMode",
     values: CprMode::NAMES,
 };
 
 /// `MigMode` (mainline 8.2; later modes not included).
-pub static MIG_MODE: EnumType = EnumType {
+pub(crate) static MIG_MODE: EnumType = EnumType {
     name: "MigMode",
     values: MigMode::NAMES,
 };
 
 /// `MigrationCapability` (mainline, about 9.x).
-pub static MIGRATION_CAPABILITY: EnumType = EnumType {
+pub(crate) static MIGRATION_CAPABILITY: EnumType = EnumType {
     name: "MigrationCapability",
     values: MigrationCapability::NAMES,
 };
 
 /// Kinds of `x-guest-fault` (test only; not a QEMU type).
-pub static GUEST_FAULT_KIND: EnumType = EnumType {
+pub(crate) static GUEST_FAULT_KIND: EnumType = EnumType {
     name: "XGuestFaultKind",
     values: &["triple-fault", "panic"],
 };
@@ -268,7 +268,7 @@ static SERVER_COMMANDS: [CommandDef; 4] = [
 ];
 
 /// The members of a VMM command.
-pub const fn vmm_args(name: CommandName) -> &'static [Member] {
+pub(crate) const fn vmm_args(name: CommandName) -> &'static [Member] {
     match name {
         CommandName::QueryStatus
         | CommandName::Stop
@@ -295,7 +295,7 @@ pub const fn vmm_args(name: CommandName) -> &'static [Member] {
 
 /// The built-in command table: the server's commands, then every VMM command
 /// ([`CommandName::ALL`]).
-pub fn builtin_commands() -> Vec<CommandDef> {
+pub(crate) fn builtin_commands() -> Vec<CommandDef> {
     SERVER_COMMANDS
         .iter()
         .copied()
@@ -316,7 +316,7 @@ impl Default for Schema {
 }
 
 impl Schema {
-    /// The built-in table ([`builtin_commands`]).
+    /// The built-in table (`builtin_commands`).
     pub fn builtin() -> Schema {
         Schema {
             commands: builtin_commands(),
@@ -351,7 +351,7 @@ impl Schema {
 }
 
 /// Validates `args` against a command's members (no side effects).
-pub fn validate(def: &CommandDef, args: &Map<String, Value>) -> Result<(), QmpError> {
+pub(crate) fn validate(def: &CommandDef, args: &Map<String, Value>) -> Result<(), QmpError> {
     check_members(def.args, args, "")
 }
 

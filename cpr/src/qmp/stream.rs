@@ -24,18 +24,18 @@
 use serde_json::Value;
 
 /// Default bound on one message (1 MiB; QEMU allows 64 MiB).
-pub const DEFAULT_MAX_MESSAGE: usize = 1 << 20;
+pub(crate) const DEFAULT_MAX_MESSAGE: usize = 1 << 20;
 
 /// Maximum nesting of objects/arrays in one message (QEMU: 1024; lower here
 /// so that `serde_json`'s own recursion limit of 128 is never the one hit).
-pub const MAX_NESTING: usize = 100;
+pub(crate) const MAX_NESTING: usize = 100;
 
 /// Maximum number of stray bytes quoted in one error message.
 const STRAY_QUOTE_MAX: usize = 32;
 
 /// One unit of input: a parsed JSON value or the description of a parse error.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Frame {
+pub(crate) enum Frame {
     /// A complete, syntactically valid JSON value (not necessarily an object).
     Message(Value),
     /// A malformed message; the string is the QMP error `desc`.
@@ -54,7 +54,7 @@ enum State {
 
 /// Incremental message framer; see the module docs.
 #[derive(Debug)]
-pub struct JsonStreamer {
+pub(crate) struct JsonStreamer {
     max: usize,
     state: State,
     buf: Vec<u8>,
@@ -75,7 +75,7 @@ impl Default for JsonStreamer {
 
 impl JsonStreamer {
     /// A streamer refusing messages larger than `max_message` bytes.
-    pub fn new(max_message: usize) -> JsonStreamer {
+    pub(crate) fn new(max_message: usize) -> JsonStreamer {
         JsonStreamer {
             max: max_message.max(2),
             state: State::Idle,
@@ -89,12 +89,13 @@ impl JsonStreamer {
     }
 
     /// True when no partial message is buffered.
-    pub fn is_idle(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_idle(&self) -> bool {
         self.state == State::Idle && self.stray.is_empty()
     }
 
     /// Feeds bytes; returns every message (or error) completed by them.
-    pub fn feed(&mut self, data: &[u8]) -> Vec<Frame> {
+    pub(crate) fn feed(&mut self, data: &[u8]) -> Vec<Frame> {
         let mut out = Vec::new();
         for &b in data {
             self.byte(b, &mut out);

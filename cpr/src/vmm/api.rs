@@ -16,8 +16,8 @@
 
 use std::path::PathBuf;
 
+use super::query_migrate::{MigrationInfo, MigrationStatus};
 use cpr_runstate::StatusInfo;
-use cpr_vfio_info::{MigrationInfo, MigrationStatus};
 
 use super::CprMode;
 use super::mig_params::{MigrationParameters, SetParameters};

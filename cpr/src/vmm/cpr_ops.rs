@@ -93,7 +93,7 @@ impl Written {
     /// `commit`; if the commit fails, the RAM files get their old tags back. A failure to
     /// sync the directory after the rename leaves the new checkpoint in place (and its
     /// tags): it is reported as a warning, not as a failed save.
-    pub fn commit(
+    pub(super) fn commit(
         mut self,
         commit: impl FnOnce() -> std::result::Result<(), cpr_migration_file::Error>,
     ) -> std::result::Result<(Vec<String>, cpr_savevm::SaveStats), SaveFailure> {
@@ -195,7 +195,7 @@ impl Vmm {
         // 6. A suspended guest's ticks are still enabled: disable them (V7).
         let suspended = state == RunState::Suspended;
         if suspended {
-            cpr_runstate::Machine::disable_ticks(self.rs.machine_mut())?;
+            cpr_runstate::VmControl::disable_ticks(self.rs.machine_mut())?;
         }
         // 7. vm_stop(SAVE_VM): STOP only if it was running.
         if let Err(e) = self.rs.vm_stop(RunState::SaveVm) {
@@ -227,7 +227,7 @@ impl Vmm {
         // before it runs the guest again.
         self.rs.machine_mut().ram.release();
         for w in &warnings {
-            eprintln!("cpr-vm: warning: {w}");
+            log::warn!("{w}");
         }
         Ok(Response::Saved { warnings })
     }
@@ -307,11 +307,11 @@ impl Vmm {
     ) -> Error {
         if saved_vm_running {
             if let Err(e) = self.rs.vm_start() {
-                eprintln!("cpr-vm: cannot restart the VM after a failed save: {e}");
+                log::error!("cannot restart the VM after a failed save: {e}");
             }
         } else if suspended {
             // Better than V7: the ticks disabled in step 6 come back.
-            let _ = cpr_runstate::Machine::enable_ticks(self.rs.machine_mut());
+            let _ = cpr_runstate::VmControl::enable_ticks(self.rs.machine_mut());
         }
         Error::Save {
             errno: failure.errno,

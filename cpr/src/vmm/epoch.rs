@@ -16,12 +16,12 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The extended attribute.
-pub const XATTR: &str = "user.cpr.epoch";
+pub(crate) const XATTR: &str = "user.cpr.epoch";
 /// The tag of RAM that a guest runs on.
-pub const RUNNING: &str = "running";
+pub(crate) const RUNNING: &str = "running";
 
 /// A new epoch: time, pid and a per-process counter, unique enough for one host.
-pub fn fresh() -> String {
+pub(crate) fn fresh() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let now = SystemTime::now()
@@ -35,7 +35,7 @@ pub fn fresh() -> String {
 }
 
 /// Tags `files` with `epoch`; returns the files whose file system refused (no user xattrs).
-pub fn tag(files: &[PathBuf], epoch: &str) -> Vec<PathBuf> {
+pub(crate) fn tag(files: &[PathBuf], epoch: &str) -> Vec<PathBuf> {
     files
         .iter()
         .filter(|f| xattr::set(f, XATTR, epoch.as_bytes()).is_err())
@@ -47,7 +47,7 @@ pub fn tag(files: &[PathBuf], epoch: &str) -> Vec<PathBuf> {
 /// the checkpoint is committed, and taken back if the commit fails (so a failed save never
 /// invalidates the previous, still valid, checkpoint).
 #[derive(Debug)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// The epoch.
     pub epoch: String,
     files: Vec<(PathBuf, Option<String>)>,
@@ -57,7 +57,7 @@ impl Plan {
     /// An epoch for `files`, or `None` if one of them cannot carry one. With `reuse`, the
     /// epoch the files already carry is kept when they all carry the same one: a second
     /// checkpoint of RAM that has not changed since the first must not make the first stale.
-    pub fn new(files: &[PathBuf], reuse: bool) -> Option<Plan> {
+    pub(crate) fn new(files: &[PathBuf], reuse: bool) -> Option<Plan> {
         let mut prev = Vec::with_capacity(files.len());
         for f in files {
             // An error (no user xattrs on this file system) means no protection.
@@ -77,7 +77,7 @@ impl Plan {
     }
 
     /// Tags the files with the epoch; if one refuses, the others get their old tags back.
-    pub fn apply(&self) -> Result<(), PathBuf> {
+    pub(crate) fn apply(&self) -> Result<(), PathBuf> {
         for (f, _) in &self.files {
             if xattr::set(f, XATTR, self.epoch.as_bytes()).is_err() {
                 self.undo();
@@ -88,7 +88,7 @@ impl Plan {
     }
 
     /// Puts the old tags back (the checkpoint was not committed).
-    pub fn undo(&self) {
+    pub(crate) fn undo(&self) {
         for (f, old) in &self.files {
             let _ = match old {
                 Some(v) => xattr::set(f, XATTR, v.as_bytes()),
@@ -99,7 +99,7 @@ impl Plan {
 }
 
 /// The epoch `file` is tagged with, if any.
-pub fn read(file: &Path) -> Option<String> {
+pub(crate) fn read(file: &Path) -> Option<String> {
     xattr::get(file, XATTR)
         .ok()
         .flatten()

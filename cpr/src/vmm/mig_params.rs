@@ -319,7 +319,7 @@ impl MigrationParameters {
 
 /// What a `-global migration.<property>` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GlobalProperty {
+pub(super) enum GlobalProperty {
     /// A parameter, by its `migrate-set-parameters` name, and the JSON type it takes.
     Parameter(&'static str, PropertyType),
     /// A capability, by its `migrate-set-capabilities` name.
@@ -395,7 +395,7 @@ const PARAMETER_PROPERTIES: &[(&str, &str, PropertyType)] = &[
 /// `DEFINE_PROP_MIG_CAP` names: `x-<capability>` (`x-events`, `x-postcopy-ram`), or the
 /// capability's own name where it has an `x-` already (`x-ignore-shared`, `x-colo`) or is
 /// `mapped-ram`.
-pub fn global_property(name: &str) -> Option<GlobalProperty> {
+pub(super) fn global_property(name: &str) -> Option<GlobalProperty> {
     if let Some((_, param, ty)) = PARAMETER_PROPERTIES.iter().find(|(p, _, _)| *p == name) {
         return Some(GlobalProperty::Parameter(param, *ty));
     }
@@ -437,7 +437,7 @@ pub enum GlobalError {
 }
 
 /// QEMU's `qapi_bool_parse`.
-pub fn parse_bool(text: &str) -> Result<bool, GlobalError> {
+pub(super) fn parse_bool(text: &str) -> Result<bool, GlobalError> {
     match text {
         "on" | "yes" | "true" | "y" => Ok(true),
         "off" | "no" | "false" | "n" => Ok(false),

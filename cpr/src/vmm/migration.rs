@@ -26,8 +26,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use super::query_migrate::{MigrationInfo, MigrationStats, MigrationStatus};
 use cpr_runstate::RunState;
-use cpr_vfio_info::{MigrationInfo, MigrationStats, MigrationStatus};
 
 use cpr_migration_file::{AtomicFile, QemuFile};
 
@@ -139,7 +139,7 @@ impl FileTarget {
 
 /// Migration settings and the last migration's outcome.
 #[derive(Debug, Clone, Default)]
-pub struct MigrationState {
+pub(crate) struct MigrationState {
     caps: BTreeMap<MigrationCapability, bool>,
     /// The parameters, checked as QEMU checks them.
     params: MigrationParameters,
@@ -153,18 +153,18 @@ pub struct MigrationState {
 
 impl MigrationState {
     /// Whether capability `cap` is on.
-    pub fn cap(&self, cap: MigrationCapability) -> bool {
+    pub(crate) fn cap(&self, cap: MigrationCapability) -> bool {
         self.caps.get(&cap).copied().unwrap_or(false)
     }
 
     /// The migration mode.
-    pub fn mode(&self) -> MigMode {
+    pub(crate) fn mode(&self) -> MigMode {
         self.params.mode
     }
 
     /// `--global migration.<property>=<value>` (QEMU's `-global`), through the same
     /// checks as `migrate-set-capabilities` and `migrate-set-parameters`.
-    pub fn apply_globals(&mut self, globals: &[Global]) -> Result<()> {
+    pub(crate) fn apply_globals(&mut self, globals: &[Global]) -> Result<()> {
         for g in globals {
             self.apply_global(g)
                 .map_err(|source| ArgumentError::Global {
@@ -393,7 +393,7 @@ impl Vmm {
             })
             .map(|(warnings, stats)| {
                 for w in warnings {
-                    eprintln!("cpr-vm: warning: {w}");
+                    log::warn!("{w}");
                 }
                 stats
             });
@@ -414,7 +414,7 @@ impl Vmm {
                 }
                 .and_then(|()| self.rs.runstate_set(RunState::Postmigrate));
                 if let Err(e) = done {
-                    eprintln!("cpr-vm: {}", Error::from(e).chain());
+                    log::error!("{}", Error::from(e).chain());
                 }
             }
             Err(e) => self.migration_failed(old, &e),
@@ -436,10 +436,7 @@ impl Vmm {
             _ => Ok(()),
         };
         if let Err(e) = back {
-            eprintln!(
-                "cpr-vm: cannot restore the VM's state: {}",
-                Error::from(e).chain()
-            );
+            log::error!("cannot restore the VM's state: {}", Error::from(e).chain());
         }
     }
 

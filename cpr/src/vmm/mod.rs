@@ -15,7 +15,7 @@
 //! `match`) and answers typed [`Response`]s; it reports [`Event`]s through the monitor's
 //! [`EventSender::send`]. The `qmp` layer parses requests into commands (with QEMU's
 //! messages for bad arguments) and serializes what comes back; HMP builds the same
-//! commands. The list of commands is written once, in [`api`]. Arguments that QEMU checks
+//! commands. The list of commands is written once, in `api`. Arguments that QEMU checks
 //! only once the command runs are checked here, in QEMU's order: a bad `uri`/`channels`
 //! travels in the command as its [`TargetError`] and is reported after the run-state
 //! checks; merged migration parameters are range-checked with QEMU's words
@@ -25,12 +25,13 @@
 //! [`crate::error::CommandError`], [`crate::error::ConfigError`]); save and load failures
 //! carry a [`nix::errno::Errno`], printed negated as QEMU prints it.
 
-pub mod api;
+pub(crate) mod api;
 mod cpr_ops;
 pub(crate) mod epoch;
 mod mig_params;
 mod migration;
 mod ownership;
+mod query_migrate;
 mod ram_io;
 #[cfg(test)]
 mod rules_tests;
@@ -42,7 +43,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 
 use cpr_memory::{Backing, GuestRam, OpenMode, RamBlock, RamBlockList, RamKind, pc_ram_windows};
 use cpr_runstate::{RunState, VmRunState};
-use cpr_vfio_info::VfioDevices;
+use cpr_vfio_info::{VfioDevice, VfioDevices};
 
 use crate::checkpoint::{MachineLayout, RamBlockInfo};
 use crate::config::{Incoming, OnOff, VmArgs};
@@ -57,9 +58,13 @@ pub use api::{
 };
 pub use cpr_ops::CprMode;
 pub use mig_params::{GlobalError, MigrationParameters, ParamError, SetParameters};
-pub use migration::{FileTarget, MigMode, MigrateError, MigrationState};
-pub use ownership::{OwnershipError, RamOwnership, is_locked_elsewhere};
-pub use slot::{MachineSlot, SlotError};
+pub use migration::MigrateError;
+pub(crate) use migration::MigrationState;
+pub use migration::{FileTarget, MigMode};
+pub(crate) use ownership::RamOwnership;
+pub use ownership::{OwnershipError, is_locked_elsewhere};
+pub use query_migrate::{MigrationInfo, MigrationStats, MigrationStatus};
+pub(crate) use slot::{MachineSlot, SlotError};
 
 /// Name of the main RAM block (QEMU's x86 `pc.ram`).
 pub const MAIN_RAM: &str = "pc.ram";
@@ -105,7 +110,7 @@ impl std::fmt::Debug for Vmm {
 
 /// The RAM blocks `args` ask for: one `pc.ram` block, seen by the guest through QEMU's
 /// below-4G/above-4G windows.
-pub fn ram_blocks(args: &VmArgs) -> Result<RamBlockList> {
+pub(crate) fn ram_blocks(args: &VmArgs) -> Result<RamBlockList> {
     let size = args.mem_size.0;
     let backing = match &args.mem_path {
         Some(p) => Backing::File { path: p.clone() },
@@ -121,7 +126,7 @@ pub fn ram_blocks(args: &VmArgs) -> Result<RamBlockList> {
 }
 
 /// The layout recorded in (and demanded from) a checkpoint.
-pub fn machine_layout(args: &VmArgs, blocks: &RamBlockList) -> MachineLayout {
+pub(crate) fn machine_layout(args: &VmArgs, blocks: &RamBlockList) -> MachineLayout {
     let ram = blocks
         .iter()
         .map(|b| RamBlockInfo {
@@ -171,10 +176,7 @@ impl Vmm {
         let ram = GuestRam::map(&blocks, OpenMode::OpenOrCreate).map_err(Error::Memory)?;
         let layout = machine_layout(&args, &blocks);
         let ram_pristine = ram_io::is_fresh(&ram);
-        let mut vfio = VfioDevices::new();
-        for name in &args.vfio_test_devices {
-            vfio.add(Box::new(TestVfioDevice { name: name.clone() }));
-        }
+        let vfio = VfioDevices::new();
         let mut rs = VmRunState::new(MachineSlot::default());
         rs.machine_mut().ram = RamOwnership::new(&ram)?;
         rs.register_wakeup_support();
@@ -194,6 +196,12 @@ impl Vmm {
             guest_reset: false,
             ram_pristine,
         })
+    }
+
+    /// Attaches a VFIO device: the VMM's caller owns the devices (none can be bound by this
+    /// crate yet); they count in `query-migrate` and in the cpr-reboot VFIO rule.
+    pub fn attach_vfio(&mut self, device: Box<dyn VfioDevice + Send + Sync>) {
+        self.vfio.add(device);
     }
 
     /// The current run state.
@@ -365,7 +373,7 @@ impl Vmm {
             Msg::Machine(event) => self.machine_event(event),
         }
         if let Err(e) = self.rs.process_requests() {
-            eprintln!("cpr-vm: {}", Error::from(e).chain());
+            log::error!("{}", Error::from(e).chain());
         }
         self.flush_events();
     }
@@ -379,7 +387,7 @@ impl Vmm {
         {
             self.rs.suspend_request();
             if let Err(e) = self.rs.process_requests() {
-                eprintln!("cpr-vm: {}", Error::from(e).chain());
+                log::error!("{}", Error::from(e).chain());
             }
         }
     }
@@ -393,7 +401,7 @@ impl Vmm {
                 cause,
                 reason,
             } => {
-                eprintln!("cpr-vm: guest shutdown (vCPU {vcpu}): {reason}");
+                log::warn!("guest shutdown (vCPU {vcpu}): {reason}");
                 // No reboot: a reset request ends the VM, as QEMU's -no-reboot does.
                 self.guest_reset |= cause == ShutdownCause::GuestReset;
                 self.events.send(Event::Shutdown {
@@ -403,9 +411,9 @@ impl Vmm {
                 self.quit = true;
             }
             MachineEvent::GuestPanicked { fatal } => {
-                eprintln!("cpr-vm: guest panicked: {fatal:?}");
+                log::warn!("guest panicked: {fatal:?}");
                 if let Err(e) = self.rs.vm_stop(RunState::GuestPanicked) {
-                    eprintln!("cpr-vm: {}", Error::from(e).chain());
+                    log::error!("{}", Error::from(e).chain());
                 }
                 self.events.send(Event::GuestPanicked {
                     vcpu: fatal.vcpu,
@@ -414,9 +422,9 @@ impl Vmm {
                 });
             }
             MachineEvent::InternalError { vcpu, reason } => {
-                eprintln!("cpr-vm: KVM internal error on vCPU {vcpu}: {reason}");
+                log::error!("KVM internal error on vCPU {vcpu}: {reason}");
                 if let Err(e) = self.rs.vm_stop(RunState::InternalError) {
-                    eprintln!("cpr-vm: {}", Error::from(e).chain());
+                    log::error!("{}", Error::from(e).chain());
                 }
             }
         }
@@ -457,7 +465,9 @@ impl Vmm {
             Command::CprLoad(args) => empty(self.cpr_load(&args.filename)),
             Command::QueryMigrate => {
                 let mut info = self.migration.info.clone();
-                self.vfio.populate_vfio_info(&mut info);
+                if let Some(vfio) = self.vfio.populate_vfio_info() {
+                    info.vfio = Some(vfio);
+                }
                 Ok(Response::Migration(info))
             }
             Command::GuestSuspendRam => {
@@ -537,27 +547,6 @@ impl Vmm {
     }
 }
 
-/// A VFIO device that exists only for tests (`--x-vfio-test-device`): no real device can
-/// be bound yet, but the cpr-reboot VFIO rule must be exercised end to end.
-#[derive(Debug)]
-struct TestVfioDevice {
-    name: String,
-}
-
-impl cpr_vfio_info::VfioDevice for TestVfioDevice {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn supports_migration(&self) -> bool {
-        true
-    }
-
-    fn bytes_transferred(&self) -> u64 {
-        0
-    }
-}
-
 /// Forwards everything from `rx` to `tx`, wrapped by `wrap`, on a small thread.
 pub fn forward<T: Send + 'static>(rx: Receiver<T>, tx: Sender<Msg>, wrap: fn(T) -> Msg) {
     let spawned = std::thread::Builder::new()
@@ -570,7 +559,7 @@ pub fn forward<T: Send + 'static>(rx: Receiver<T>, tx: Sender<Msg>, wrap: fn(T) 
             }
         });
     if let Err(e) = spawned {
-        eprintln!("cpr-vm: cannot start an event thread: {e}");
+        log::error!("cannot start an event thread: {e}");
     }
 }
 
@@ -584,7 +573,31 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::config::Cli;
+
+    /// The machine options alone, as a command line.
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        vm: VmArgs,
+    }
+
+    /// A migratable VFIO device that is not there (none can be bound yet).
+    #[derive(Debug)]
+    struct TestVfioDevice;
+
+    impl VfioDevice for TestVfioDevice {
+        fn name(&self) -> &str {
+            "0000:01:00.0"
+        }
+
+        fn supports_migration(&self) -> bool {
+            true
+        }
+
+        fn bytes_transferred(&self) -> u64 {
+            0
+        }
+    }
 
     /// A VMM without a machine (no KVM needed): anonymous RAM, in `prelaunch`.
     fn vmm(extra: &[&str]) -> Result<Vmm> {
@@ -616,7 +629,8 @@ mod tests {
     #[test]
     fn query_migrate_carries_vfio_exactly_with_cprs_feature() {
         assert_eq!(cpr_vfio_info::VFIO_COMPILED_IN, cfg!(feature = "vfio"));
-        let mut vm = vmm(&["--x-vfio-test-device", "0000:01:00.0"]).expect("vmm");
+        let mut vm = vmm(&[]).expect("vmm");
+        vm.attach_vfio(Box::new(TestVfioDevice));
         let Response::Migration(info) = vm.command(Command::QueryMigrate).expect("query-migrate")
         else {
             panic!("query-migrate answers MigrationInfo");

@@ -86,7 +86,7 @@ struct RamFile {
 
 /// The RAM files of one VM: their lock and their epoch tags.
 #[derive(Debug, Default)]
-pub struct RamOwnership {
+pub(crate) struct RamOwnership {
     files: Vec<RamFile>,
     /// This process holds the lock on every file.
     locked: bool,
@@ -96,7 +96,7 @@ pub struct RamOwnership {
 
 impl RamOwnership {
     /// The file-backed blocks of `ram`, not yet locked.
-    pub fn new(ram: &GuestRam) -> Result<RamOwnership, OwnershipError> {
+    pub(crate) fn new(ram: &GuestRam) -> Result<RamOwnership, OwnershipError> {
         let mut files = Vec::new();
         for b in ram.blocks() {
             let (Backing::File { path }, Some(fd)) = (b.block().backing(), b.fd()) else {
@@ -122,18 +122,18 @@ impl RamOwnership {
     }
 
     /// The RAM files' paths.
-    pub fn paths(&self) -> Vec<PathBuf> {
+    pub(crate) fn paths(&self) -> Vec<PathBuf> {
         self.files.iter().map(|f| f.path.clone()).collect()
     }
 
     /// Whether this process holds the RAM.
-    pub fn is_locked(&self) -> bool {
+    pub(crate) fn is_locked(&self) -> bool {
         self.locked
     }
 
     /// Takes the lock on every RAM file (a no-op if held). If one file is held by another
     /// process, the files locked so far are released again and the error names that file.
-    pub fn acquire(&mut self) -> Result<(), OwnershipError> {
+    pub(crate) fn acquire(&mut self) -> Result<(), OwnershipError> {
         if self.locked {
             return Ok(());
         }
@@ -165,7 +165,7 @@ impl RamOwnership {
 
     /// Hands the RAM over: releases the lock (a completed checkpoint describes this RAM,
     /// and the process that loads it must be able to take it while this one still exits).
-    pub fn release(&mut self) {
+    pub(crate) fn release(&mut self) {
         if !self.locked {
             return;
         }
@@ -179,7 +179,7 @@ impl RamOwnership {
 
     /// Before any vCPU runs over the RAM: take the lock, then tag the files `running`
     /// (once), so no checkpoint's epoch stays on RAM that is about to change.
-    pub fn before_run(&mut self) -> Result<(), OwnershipError> {
+    pub(crate) fn before_run(&mut self) -> Result<(), OwnershipError> {
         self.acquire()?;
         if !self.tagged_running {
             epoch::tag(&self.paths(), epoch::RUNNING);
@@ -189,19 +189,19 @@ impl RamOwnership {
     }
 
     /// Whether the files are tagged `running` (no checkpoint describes them).
-    pub fn tagged_running(&self) -> bool {
+    pub(crate) fn tagged_running(&self) -> bool {
         self.tagged_running
     }
 
     /// A checkpoint has (or may have) put its epoch on the files: whatever runs next must
     /// tag them `running` again.
-    pub fn checkpoint_tagged(&mut self) {
+    pub(crate) fn checkpoint_tagged(&mut self) {
         self.tagged_running = false;
     }
 
     /// RAM pages were copied into the files and they were tagged `running` for it
     /// (`ram_io.rs`).
-    pub fn retagged_running(&mut self) {
+    pub(crate) fn retagged_running(&mut self) {
         self.tagged_running = true;
     }
 }

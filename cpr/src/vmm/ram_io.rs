@@ -18,20 +18,20 @@ const ZERO_CHUNK: usize = 64 * 1024;
 /// Mainline's rule for which blocks stay in place: with `x-ignore-shared`, a block that is
 /// shared and backed by a named file (QEMU's `RAM_NAMED_FILE`, here any fd) sends no pages;
 /// everything else is copied.
-pub fn stays_in_place(block: &MappedBlock, ignore_shared: bool) -> bool {
+pub(super) fn stays_in_place(block: &MappedBlock, ignore_shared: bool) -> bool {
     ignore_shared && block.block().shared() && block.block().backing().has_fd()
 }
 
 /// Whether every block of `ram` still reads as zeros because nothing wrote it since it
 /// was mapped (fresh anonymous memory or a file created just now).
-pub fn is_fresh(ram: &GuestRam) -> bool {
+pub(super) fn is_fresh(ram: &GuestRam) -> bool {
     ram.blocks()
         .iter()
         .all(|b| matches!(b.origin(), Origin::Anonymous | Origin::Created))
 }
 
 /// [`RamBlocks`] over a [`GuestRam`].
-pub struct GuestRamIo<'a> {
+pub(super) struct GuestRamIo<'a> {
     ram: &'a GuestRam,
     ignore_shared: bool,
     /// RAM nobody has written since it was mapped: zero runs need no clearing.
@@ -45,7 +45,7 @@ pub struct GuestRamIo<'a> {
 impl<'a> GuestRamIo<'a> {
     /// A view of `ram`; `ignore_shared` is the `x-ignore-shared` capability; `pristine`
     /// says the RAM still reads as zeros everywhere (see [`is_fresh`]).
-    pub fn new(ram: &'a GuestRam, ignore_shared: bool, pristine: bool) -> Self {
+    pub(super) fn new(ram: &'a GuestRam, ignore_shared: bool, pristine: bool) -> Self {
         GuestRamIo {
             ram,
             ignore_shared,
@@ -56,13 +56,13 @@ impl<'a> GuestRamIo<'a> {
     }
 
     /// Tag `files` `running` before the first page is written (loading).
-    pub fn retag_on_write(mut self, files: Vec<PathBuf>) -> Self {
+    pub(super) fn retag_on_write(mut self, files: Vec<PathBuf>) -> Self {
         self.retag = files;
         self
     }
 
     /// Whether the RAM files were tagged `running` because RAM was written.
-    pub fn retagged(&self) -> bool {
+    pub(super) fn retagged(&self) -> bool {
         self.retagged
     }
 

@@ -6,19 +6,40 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Receiver;
 
+use crate::vmm::MigrationStatus;
 use cpr_runstate::RunState;
-use cpr_vfio_info::MigrationStatus;
 
 use super::*;
 use crate::config::{Global, Size};
 
+/// What a test changes before the VMM is built.
+struct Setup {
+    args: VmArgs,
+    /// Attach a migratable VFIO test device.
+    vfio: bool,
+}
+
+/// A VFIO device without hardware.
+#[derive(Debug)]
+struct TestVfio;
+
+impl cpr_vfio_info::VfioDevice for TestVfio {
+    fn name(&self) -> &str {
+        "0000:01:00.0"
+    }
+
+    fn supports_migration(&self) -> bool {
+        true
+    }
+
+    fn bytes_transferred(&self) -> u64 {
+        0
+    }
+}
+
 /// A VMM without a machine, in `prelaunch`, its events captured.
-fn vmm(
-    ram: Option<&Path>,
-    shared: bool,
-    tweak: impl FnOnce(&mut VmArgs),
-) -> (Vmm, Receiver<Event>) {
-    let mut args = VmArgs {
+fn vmm(ram: Option<&Path>, shared: bool, tweak: impl FnOnce(&mut Setup)) -> (Vmm, Receiver<Event>) {
+    let args = VmArgs {
         mem_size: Size(64 << 20),
         mem_path: ram.map(Path::to_path_buf),
         mem_share: if shared { OnOff::On } else { OnOff::Off },
@@ -26,12 +47,16 @@ fn vmm(
         serial: "none".into(),
         workload_size: None,
         globals: Vec::new(),
-        vfio_test_devices: Vec::new(),
     };
-    tweak(&mut args);
+    let mut setup = Setup { args, vfio: false };
+    tweak(&mut setup);
     let (events, rx) = EventSender::capture();
     let (tx, _rx) = channel_pair();
-    (Vmm::new(args, events, tx).expect("vmm"), rx)
+    let mut vm = Vmm::new(setup.args, events, tx).expect("vmm");
+    if setup.vfio {
+        vm.attach_vfio(Box::new(TestVfio));
+    }
+    (vm, rx)
 }
 
 fn global(text: &str) -> Global {
@@ -111,8 +136,8 @@ fn cpr_save_checks_come_in_v7_order() {
     let files = Files::new();
     let ram = files.path("guest.ram");
     let state = files.path("vm.state");
-    let colo = |a: &mut VmArgs| a.globals.push(global("migration.x-colo=on"));
-    let vfio = |a: &mut VmArgs| a.vfio_test_devices.push("0000:01:00.0".into());
+    let colo = |s: &mut Setup| s.args.globals.push(global("migration.x-colo=on"));
+    let vfio = |s: &mut Setup| s.vfio = true;
 
     // 1. Anonymous RAM, and a private mapping of a file, are volatile.
     let (mut vm, events) = vmm(None, true, |a| {
@@ -310,9 +335,9 @@ fn migrate_incoming_failure_is_reported_and_can_be_retried() {
 fn migrate_refusals_come_before_the_target() {
     let files = Files::new();
     let ram = files.path("guest.ram");
-    let (mut vm, events) = vmm(Some(&ram), true, |a| {
-        a.globals.push(global("migration.mode=cpr-reboot"));
-        a.globals.push(global("migration.x-colo=on"));
+    let (mut vm, events) = vmm(Some(&ram), true, |s| {
+        s.args.globals.push(global("migration.mode=cpr-reboot"));
+        s.args.globals.push(global("migration.x-colo=on"));
     });
     events_on(&mut vm);
     let state = files.path("vm.state");

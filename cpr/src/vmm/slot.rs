@@ -1,4 +1,4 @@
-//! The run-state machine's view of the KVM machine ([`cpr_runstate::Machine`]).
+//! The run-state machine's view of the KVM machine ([`cpr_runstate::VmControl`]).
 //!
 //! Before the guest is booted or restored there is no KVM machine at all (QEMU's
 //! `prelaunch` after `-S`): every operation is then a no-op, as pausing vCPUs that do not
@@ -23,7 +23,7 @@ pub enum SlotError {
 
 /// Holds the machine (if any) for [`cpr_runstate::VmRunState`].
 #[derive(Debug, Default)]
-pub struct MachineSlot {
+pub(crate) struct MachineSlot {
     /// The KVM machine, once booted or restored.
     pub machine: Option<Machine>,
     /// The RAM files: their lock and epoch tags. The vCPUs never run without the lock.
@@ -34,22 +34,17 @@ pub struct MachineSlot {
 
 impl MachineSlot {
     /// The machine, if there is one.
-    pub fn get(&self) -> Option<&Machine> {
+    pub(crate) fn get(&self) -> Option<&Machine> {
         self.machine.as_ref()
     }
 
-    /// The machine, if there is one.
-    pub fn get_mut(&mut self) -> Option<&mut Machine> {
-        self.machine.as_mut()
-    }
-
     /// Drops the clock recorded at the last stop (it belongs to a machine that is gone).
-    pub fn forget_stopped_clock(&mut self) {
+    pub(crate) fn forget_stopped_clock(&mut self) {
         self.stopped_clock = None;
     }
 }
 
-impl cpr_runstate::Machine for MachineSlot {
+impl cpr_runstate::VmControl for MachineSlot {
     type Error = SlotError;
 
     fn pause_vcpus(&mut self) -> Result<(), Self::Error> {

@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 
 /// One of this VM's RAM backings, by identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RamFile {
+pub(super) struct RamFile {
     /// Its device and inode.
     pub id: FileId,
     /// The RAM block it backs (`pc.ram`).

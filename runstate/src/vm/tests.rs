@@ -24,11 +24,11 @@ struct Mock {
     calls: Vec<Call>,
     ticks_enabled: bool,
     vcpus_running: bool,
-    fail: Option<MachineOp>,
+    fail: Option<ControlOp>,
 }
 
 impl Mock {
-    fn step(&mut self, op: MachineOp, call: Call) -> Result<(), MockError> {
+    fn step(&mut self, op: ControlOp, call: Call) -> Result<(), MockError> {
         if self.fail == Some(op) {
             return Err(MockError);
         }
@@ -37,31 +37,31 @@ impl Mock {
     }
 }
 
-impl Machine for Mock {
+impl VmControl for Mock {
     type Error = MockError;
 
     fn pause_vcpus(&mut self) -> Result<(), MockError> {
-        self.step(MachineOp::PauseVcpus, Call::PauseVcpus)?;
+        self.step(ControlOp::PauseVcpus, Call::PauseVcpus)?;
         self.vcpus_running = false;
         Ok(())
     }
     fn resume_vcpus(&mut self) -> Result<(), MockError> {
-        self.step(MachineOp::ResumeVcpus, Call::ResumeVcpus)?;
+        self.step(ControlOp::ResumeVcpus, Call::ResumeVcpus)?;
         self.vcpus_running = true;
         Ok(())
     }
     fn enable_ticks(&mut self) -> Result<(), MockError> {
-        self.step(MachineOp::EnableTicks, Call::EnableTicks)?;
+        self.step(ControlOp::EnableTicks, Call::EnableTicks)?;
         self.ticks_enabled = true;
         Ok(())
     }
     fn disable_ticks(&mut self) -> Result<(), MockError> {
-        self.step(MachineOp::DisableTicks, Call::DisableTicks)?;
+        self.step(ControlOp::DisableTicks, Call::DisableTicks)?;
         self.ticks_enabled = false;
         Ok(())
     }
     fn wakeup(&mut self, reason: WakeupReason) -> Result<(), MockError> {
-        self.step(MachineOp::Wakeup, Call::Wakeup(reason))
+        self.step(ControlOp::Wakeup, Call::Wakeup(reason))
     }
 }
 
@@ -363,12 +363,12 @@ fn suspend_request_raced_by_a_stop_is_an_error() {
 #[test]
 fn machine_failure_leaves_state_and_flag_for_a_retry() {
     let mut vm = cpr_load_suspended(true);
-    vm.machine_mut().fail = Some(MachineOp::ResumeVcpus);
+    vm.machine_mut().fail = Some(ControlOp::ResumeVcpus);
     let err = vm.wakeup_request(WakeupReason::Other).unwrap_err();
     assert!(matches!(
         err,
         Error::Machine {
-            op: MachineOp::ResumeVcpus,
+            op: ControlOp::ResumeVcpus,
             ..
         }
     ));

@@ -22,8 +22,7 @@ use crate::stream::{LoadedState, get, load_device_state_as, parse_stream, read_s
 ///    The bytes read must parse and hash as in pass 1
 ///    ([`Error::StreamChanged`] otherwise; guest RAM may then be partly
 ///    written, so give a factory that re-reads the same bytes, e.g. a
-///    duplicate of one fd, as
-///    [`read_state_from_path`](crate::read_state_from_path) does). A
+///    duplicate of one fd, as `cpr`'s `cpr-load` does). A
 ///    [`RamBlocks::write`]/[`zero`](RamBlocks::zero) failure is
 ///    [`Error::RamAccess`] (wrapped in the section error).
 ///

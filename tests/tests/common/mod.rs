@@ -20,7 +20,6 @@ use cpr::vmm::{
     MigrateIncomingArgs, MigrationCapability, Msg, Response, Vmm,
 };
 use cpr_runstate::RunState;
-use cpr_vfio_info::MigrationInfo;
 
 /// Generous: the machines are shared and noisy. Only a hang runs into it.
 pub const PATIENCE: Duration = Duration::from_secs(120);
@@ -77,7 +76,24 @@ pub fn args(ram: Option<&Path>, smp: u32) -> VmArgs {
         serial: "none".into(),
         workload_size: Some(Size(4 << 20)),
         globals: Vec::new(),
-        vfio_test_devices: Vec::new(),
+    }
+}
+
+/// A migratable VFIO device without hardware (what `cpr-vm --x-vfio-test-device` attaches).
+#[derive(Debug)]
+pub struct TestVfio;
+
+impl cpr_vfio_info::VfioDevice for TestVfio {
+    fn name(&self) -> &str {
+        "0000:01:00.0"
+    }
+
+    fn supports_migration(&self) -> bool {
+        true
+    }
+
+    fn bytes_transferred(&self) -> u64 {
+        0
     }
 }
 
@@ -157,7 +173,7 @@ impl Vm {
     }
 
     /// `query-migrate`.
-    pub fn query_migrate(&mut self) -> MigrationInfo {
+    pub fn query_migrate(&mut self) -> cpr::vmm::MigrationInfo {
         match self.cmd(Command::QueryMigrate) {
             Ok(Response::Migration(info)) => info,
             other => panic!("query-migrate: {other:?}"),

@@ -7,12 +7,12 @@
 //! | test device | MMIO `0xD000_0000` (8 KiB) | [`testdev`] |
 //!
 //! The PIC, IOAPIC, LAPIC and PIT are KVM's in-kernel models (state in
-//! [`VmState`](super::VmState) / [`VcpuState`](super::VcpuState)). Unclaimed port reads
+//! [`KvmVmState`](super::KvmVmState) / [`VcpuState`](super::VcpuState)). Unclaimed port reads
 //! return `0xff` bytes, unclaimed MMIO reads return `0xff` bytes; unclaimed writes are ignored.
 
-pub mod pm;
-pub mod serial;
-pub mod testdev;
+pub(crate) mod pm;
+pub(crate) mod serial;
+pub(crate) mod testdev;
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -22,7 +22,7 @@ use testdev::{TestDevAction, TestDevice};
 
 /// What an I/O exit asks the vCPU thread to do after the access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IoAction {
+pub(crate) enum IoAction {
     /// Nothing: keep running.
     None,
     /// A PM1 action (S3 / S5).
@@ -33,7 +33,7 @@ pub enum IoAction {
 
 /// All userspace devices, shared by the vCPU threads.
 #[derive(Debug)]
-pub struct Devices {
+pub(crate) struct Devices {
     /// COM1.
     pub serial: Mutex<SerialDevice>,
     /// PM1a control.
@@ -44,13 +44,13 @@ pub struct Devices {
 
 /// Lock a device mutex, recovering from poisoning (a panicking vCPU thread must not take
 /// the devices down with it).
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Devices {
     /// Fresh devices.
-    pub fn new(vcpus: usize, serial_out: serial::SerialWriter) -> Self {
+    pub(crate) fn new(vcpus: usize, serial_out: serial::SerialWriter) -> Self {
         Self {
             serial: Mutex::new(SerialDevice::new(serial_out)),
             pm: Mutex::new(PmDevice::default()),
@@ -59,7 +59,7 @@ impl Devices {
     }
 
     /// Port read (`IN`).
-    pub fn pio_read(&self, port: u16, data: &mut [u8]) {
+    pub(crate) fn pio_read(&self, port: u16, data: &mut [u8]) {
         if SerialDevice::owns(port) {
             let mut s = lock(&self.serial);
             for (i, b) in data.iter_mut().enumerate() {
@@ -74,7 +74,7 @@ impl Devices {
     }
 
     /// Port write (`OUT`). `data` may hold several bytes of a `rep outsb`.
-    pub fn pio_write(&self, port: u16, data: &[u8]) -> IoAction {
+    pub(crate) fn pio_write(&self, port: u16, data: &[u8]) -> IoAction {
         if SerialDevice::owns(port) {
             let mut s = lock(&self.serial);
             for b in data {
@@ -92,7 +92,7 @@ impl Devices {
     }
 
     /// MMIO read.
-    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+    pub(crate) fn mmio_read(&self, addr: u64, data: &mut [u8]) {
         if TestDevice::owns(addr) {
             lock(&self.testdev).read(addr, data);
         } else {
@@ -101,7 +101,7 @@ impl Devices {
     }
 
     /// MMIO write.
-    pub fn mmio_write(&self, addr: u64, data: &[u8]) -> IoAction {
+    pub(crate) fn mmio_write(&self, addr: u64, data: &[u8]) -> IoAction {
         if TestDevice::owns(addr) {
             match lock(&self.testdev).write(addr, data) {
                 TestDevAction::None => IoAction::None,

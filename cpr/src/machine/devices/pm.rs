@@ -25,7 +25,7 @@ pub struct PmState {
 
 /// What a PM1 write asks the machine to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PmAction {
+pub(crate) enum PmAction {
     /// Nothing.
     None,
     /// Enter S3.
@@ -36,22 +36,22 @@ pub enum PmAction {
 
 /// The PM1a control register.
 #[derive(Debug, Default)]
-pub struct PmDevice {
+pub(crate) struct PmDevice {
     state: PmState,
 }
 
 impl PmDevice {
     /// I/O port of PM1a_CNT.
     #[allow(clippy::cast_possible_truncation)] // 0x604 fits in u16.
-    pub const PORT: u16 = PM1A_CNT_PORT as u16;
+    pub(crate) const PORT: u16 = PM1A_CNT_PORT as u16;
 
     /// Whether `port` belongs to this device (both bytes of the 16-bit register).
-    pub fn owns(port: u16) -> bool {
+    pub(crate) fn owns(port: u16) -> bool {
         port == Self::PORT || port == Self::PORT + 1
     }
 
     /// Guest read.
-    pub fn read(&self, port: u16, data: &mut [u8]) {
+    pub(crate) fn read(&self, port: u16, data: &mut [u8]) {
         let bytes = self.state.pm1_cnt.to_le_bytes();
         let start = usize::from(port - Self::PORT);
         for (i, b) in data.iter_mut().enumerate() {
@@ -60,7 +60,7 @@ impl PmDevice {
     }
 
     /// Guest write; returns the requested action.
-    pub fn write(&mut self, port: u16, data: &[u8]) -> PmAction {
+    pub(crate) fn write(&mut self, port: u16, data: &[u8]) -> PmAction {
         let mut bytes = self.state.pm1_cnt.to_le_bytes();
         let start = usize::from(port - Self::PORT);
         for (i, b) in data.iter().enumerate() {
@@ -82,22 +82,22 @@ impl PmDevice {
     }
 
     /// Whether the guest is in S3.
-    pub fn suspended(&self) -> bool {
+    pub(crate) fn suspended(&self) -> bool {
         self.state.suspended
     }
 
     /// Mark the guest as being in S3 or not.
-    pub fn set_suspended(&mut self, suspended: bool) {
+    pub(crate) fn set_suspended(&mut self, suspended: bool) {
         self.state.suspended = suspended;
     }
 
     /// Capture the state.
-    pub fn state(&self) -> PmState {
+    pub(crate) fn state(&self) -> PmState {
         self.state.clone()
     }
 
     /// Restore the state.
-    pub fn restore(&mut self, state: &PmState) {
+    pub(crate) fn restore(&mut self, state: &PmState) {
         self.state = state.clone();
     }
 }

@@ -17,7 +17,7 @@ pub type SerialDeviceState = SerialState;
 
 /// An interrupt trigger that does nothing (the UART's IRQ is not connected).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct NoIrq;
+pub(crate) struct NoIrq;
 
 impl Trigger for NoIrq {
     type E = std::convert::Infallible;
@@ -27,7 +27,7 @@ impl Trigger for NoIrq {
 }
 
 /// The serial output writer.
-pub type SerialWriter = Box<dyn Write + Send>;
+pub(crate) type SerialWriter = Box<dyn Write + Send>;
 
 /// Opens `--serial FILE` for appending. A file this creates is mode 0600 whatever the
 /// umask (the guest console may say anything; like the checkpoint and the QMP socket, it
@@ -35,7 +35,7 @@ pub type SerialWriter = Box<dyn Write + Send>;
 /// umask such as 0277 would have taken the owner's write bit). An existing file is
 /// appended to with its mode untouched, so never widened. Like before, a symlink at
 /// `path` is followed (a dangling one: its target is created, at most 0600).
-pub fn open_output_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+pub(crate) fn open_output_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     use std::fs::{OpenOptions, Permissions};
     use std::io::ErrorKind;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -65,7 +65,7 @@ pub fn open_output_file(path: &std::path::Path) -> std::io::Result<std::fs::File
 }
 
 /// The COM1 device.
-pub struct SerialDevice {
+pub(crate) struct SerialDevice {
     uart: Serial<NoIrq, NoEvents, SerialWriter>,
 }
 
@@ -78,27 +78,27 @@ impl std::fmt::Debug for SerialDevice {
 impl SerialDevice {
     /// First I/O port.
     #[allow(clippy::cast_possible_truncation)] // 0x3f8 fits in u16.
-    pub const BASE: u16 = COM1_PORT as u16;
+    pub(crate) const BASE: u16 = COM1_PORT as u16;
 
     /// A freshly reset UART writing to `out`.
-    pub fn new(out: SerialWriter) -> Self {
+    pub(crate) fn new(out: SerialWriter) -> Self {
         Self {
             uart: Serial::new(NoIrq, out),
         }
     }
 
     /// Whether `port` belongs to this device.
-    pub fn owns(port: u16) -> bool {
+    pub(crate) fn owns(port: u16) -> bool {
         (Self::BASE..Self::BASE + 8).contains(&port)
     }
 
     /// Guest read of `port`.
-    pub fn read(&mut self, port: u16) -> u8 {
+    pub(crate) fn read(&mut self, port: u16) -> u8 {
         self.uart.read(Self::offset(port))
     }
 
     /// Guest write of `value` to `port`.
-    pub fn write(&mut self, port: u16, value: u8) {
+    pub(crate) fn write(&mut self, port: u16, value: u8) {
         // The only error is a trigger error, and our trigger cannot fail.
         let _ = self.uart.write(Self::offset(port), value);
         if Self::offset(port) == 0 && value == b'\n' {
@@ -111,19 +111,19 @@ impl SerialDevice {
     }
 
     /// Capture the UART state.
-    pub fn state(&self) -> SerialDeviceState {
+    pub(crate) fn state(&self) -> SerialDeviceState {
         self.uart.state()
     }
 
     /// Replace the UART by one in `state`, writing to `out`.
-    pub fn restore(&mut self, state: &SerialDeviceState, out: SerialWriter) -> Result<()> {
+    pub(crate) fn restore(&mut self, state: &SerialDeviceState, out: SerialWriter) -> Result<()> {
         self.uart = Serial::from_state(state, NoIrq, NoEvents, out)
             .map_err(|e| Error::Serial(format!("{e:?}")))?;
         Ok(())
     }
 
     /// Replace the UART by one in `state`, keeping the current writer.
-    pub fn restore_keep_output(&mut self, state: &SerialDeviceState) -> Result<()> {
+    pub(crate) fn restore_keep_output(&mut self, state: &SerialDeviceState) -> Result<()> {
         let old = std::mem::replace(
             &mut self.uart,
             Serial::new(NoIrq, Box::new(std::io::sink())),
@@ -138,7 +138,7 @@ const MAX_IN_BUFFER: usize = 64;
 /// The UART state as the `serial` section (QEMU's 16550 vmsd name): the nine 8-bit
 /// registers, then the receive FIFO as a counted byte array.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SerialSection(pub SerialDeviceState);
+pub(crate) struct SerialSection(pub SerialDeviceState);
 
 impl cpr_savevm::VmState for SerialSection {
     const NAME: &'static str = "serial";

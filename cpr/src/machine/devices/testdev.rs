@@ -90,7 +90,7 @@ pub struct TestDevState {
 
 /// What an MMIO write asks the machine to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TestDevAction {
+pub(crate) enum TestDevAction {
     /// Nothing.
     None,
     /// The guest reported a fatal exception.
@@ -99,13 +99,13 @@ pub enum TestDevAction {
 
 /// The test device.
 #[derive(Debug)]
-pub struct TestDevice {
+pub(crate) struct TestDevice {
     state: TestDevState,
 }
 
 impl TestDevice {
     /// A device for `vcpus` vCPUs with no reports yet.
-    pub fn new(vcpus: usize) -> Self {
+    pub(crate) fn new(vcpus: usize) -> Self {
         Self {
             state: TestDevState {
                 vcpus: vec![VcpuProgress::default(); vcpus],
@@ -116,7 +116,7 @@ impl TestDevice {
     }
 
     /// Whether `addr` belongs to this device.
-    pub fn owns(addr: u64) -> bool {
+    pub(crate) fn owns(addr: u64) -> bool {
         (TESTDEV_BASE..TESTDEV_BASE + TESTDEV_SIZE).contains(&addr)
     }
 
@@ -130,7 +130,7 @@ impl TestDevice {
     }
 
     /// Guest read.
-    pub fn read(&self, addr: u64, data: &mut [u8]) {
+    pub(crate) fn read(&self, addr: u64, data: &mut [u8]) {
         let value = if addr - TESTDEV_BASE == TD_MAGIC {
             TESTDEV_MAGIC
         } else if let Some((vcpu, reg)) = Self::decode(addr) {
@@ -152,7 +152,7 @@ impl TestDevice {
     }
 
     /// Guest write.
-    pub fn write(&mut self, addr: u64, data: &[u8]) -> TestDevAction {
+    pub(crate) fn write(&mut self, addr: u64, data: &[u8]) -> TestDevAction {
         let Some((vcpu, reg)) = Self::decode(addr) else {
             return TestDevAction::None;
         };
@@ -200,7 +200,7 @@ impl TestDevice {
     }
 
     /// The latest progress.
-    pub fn progress(&self) -> GuestProgress {
+    pub(crate) fn progress(&self) -> GuestProgress {
         let per_vcpu = self.state.vcpus.clone();
         GuestProgress {
             progress: per_vcpu.iter().map(|v| v.progress).sum(),
@@ -213,12 +213,12 @@ impl TestDevice {
     }
 
     /// Capture the state.
-    pub fn state(&self) -> TestDevState {
+    pub(crate) fn state(&self) -> TestDevState {
         self.state.clone()
     }
 
     /// Restore the state (the vCPU count must match).
-    pub fn restore(&mut self, state: &TestDevState) -> bool {
+    pub(crate) fn restore(&mut self, state: &TestDevState) -> bool {
         if state.vcpus.len() != self.state.vcpus.len() || state.staged.len() != state.vcpus.len() {
             return false;
         }

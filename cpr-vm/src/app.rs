@@ -15,16 +15,22 @@
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
-use crate::config::Cli;
-use crate::error::{Error, Result};
-use crate::qmp::{EventSender, QmpServer, ServerConfig};
-use crate::vmm::{Msg, Vmm, channel_pair, forward};
+use cpr::qmp::{EventSender, QmpServer, ServerConfig};
+use cpr::vmm::{Msg, Vmm, channel_pair, forward};
+use cpr::{Error, Result};
+
+use crate::cli::Cli;
+use crate::vfio::TestVfioDevice;
 
 /// Exit status: `quit`, or the guest powered off.
 pub const EXIT_OK: u8 = 0;
 /// Exit status: `cpr-vm` itself failed (start-up error).
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit status: command-line usage error (clap's).
+#[allow(
+    dead_code,
+    reason = "clap exits with it; named here for the docs and the tests"
+)]
 pub const EXIT_USAGE: u8 = 2;
 /// Exit status: the guest failed (triple fault, `guest-panicked`, `internal-error`).
 pub const EXIT_GUEST_FAILED: u8 = 3;
@@ -71,6 +77,9 @@ pub fn run(cli: &Cli) -> Result<()> {
         .as_ref()
         .map_or_else(EventSender::noop, QmpServer::events);
     let mut vmm = Vmm::new(cli.vm.clone(), events, tx)?;
+    for name in &cli.vfio_test_devices {
+        vmm.attach_vfio(Box::new(TestVfioDevice { name: name.clone() }));
+    }
     vmm.start(cli.no_start, cli.incoming.as_ref())?;
     while !vmm.should_quit() {
         match rx.recv_timeout(Duration::from_secs(1)) {

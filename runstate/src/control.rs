@@ -10,8 +10,8 @@ use crate::wakeup::WakeupReason;
 /// threads or saving/restoring the guest clock (`KVM_GET_CLOCK` /
 /// `KVM_SET_CLOCK`) can fail in a real VMM, where QEMU's counterparts
 /// cannot. A failure is returned as [`Error::Machine`](crate::Error::Machine)
-/// naming the [`MachineOp`].
-pub trait Machine {
+/// naming the [`ControlOp`].
+pub trait VmControl {
     /// The machine's error type, boxed into [`Error::Machine`](crate::Error::Machine).
     type Error: std::error::Error + Send + Sync + 'static;
 
@@ -37,30 +37,30 @@ pub trait Machine {
     fn wakeup(&mut self, reason: WakeupReason) -> Result<(), Self::Error>;
 }
 
-/// Which [`Machine`] step failed.
+/// Which [`VmControl`] step failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum MachineOp {
-    /// [`Machine::pause_vcpus`].
+pub enum ControlOp {
+    /// [`VmControl::pause_vcpus`].
     PauseVcpus,
-    /// [`Machine::resume_vcpus`].
+    /// [`VmControl::resume_vcpus`].
     ResumeVcpus,
-    /// [`Machine::enable_ticks`].
+    /// [`VmControl::enable_ticks`].
     EnableTicks,
-    /// [`Machine::disable_ticks`].
+    /// [`VmControl::disable_ticks`].
     DisableTicks,
-    /// [`Machine::wakeup`].
+    /// [`VmControl::wakeup`].
     Wakeup,
 }
 
-impl fmt::Display for MachineOp {
+impl fmt::Display for ControlOp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            MachineOp::PauseVcpus => "pause vcpus",
-            MachineOp::ResumeVcpus => "resume vcpus",
-            MachineOp::EnableTicks => "enable ticks",
-            MachineOp::DisableTicks => "disable ticks",
-            MachineOp::Wakeup => "run the wakeup hook",
+            ControlOp::PauseVcpus => "pause vcpus",
+            ControlOp::ResumeVcpus => "resume vcpus",
+            ControlOp::EnableTicks => "enable ticks",
+            ControlOp::DisableTicks => "disable ticks",
+            ControlOp::Wakeup => "run the wakeup hook",
         })
     }
 }

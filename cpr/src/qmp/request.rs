@@ -1,4 +1,4 @@
-//! The VMM side of the server: requests to answer and events to emit, typed: the VMM
+//! Requests, responders and events: what the server hands the VMM and takes back, typed: the VMM
 //! sees a [`Command`] and answers a [`Response`]; JSON stays in this module's parent.
 
 use super::command::event_data;

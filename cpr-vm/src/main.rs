@@ -1,19 +1,27 @@
 //! `cpr-vm`: a KVM VMM whose guest survives a process restart (QEMU Live Update V7, reboot
-//! mode). See `cpr-vm --help`, and the crate docs of `cpr`. Exit statuses: `cpr::app`.
+//! mode), built on the `cpr` library. See `cpr-vm --help`, and the crate docs of `cpr`.
+//! Exit statuses: [`app`].
+
+mod app;
+mod cli;
+mod demo;
+mod logger;
+mod vfio;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use cpr::app::EXIT_FAILURE;
-use cpr::config::{Cli, CliCommand};
+use app::EXIT_FAILURE;
+use cli::{Cli, CliCommand};
 
 fn main() -> ExitCode {
-    // Usage errors exit with clap's status 2 (`cpr::app::EXIT_USAGE`).
+    // Usage errors exit with clap's status 2 (`app::EXIT_USAGE`).
     let cli = Cli::parse();
+    logger::init(cli.log);
     let result = match cli.command {
-        Some(CliCommand::Demo(ref args)) => cpr::demo::run(args),
-        None => cpr::app::run(&cli),
+        Some(CliCommand::Demo(ref args)) => demo::run(args),
+        None => app::run(&cli),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

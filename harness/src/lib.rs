@@ -1,5 +1,10 @@
 //! Driving real `cpr-vm` processes over QMP: used by `cpr-vm demo`, `cargo xtask e2e` and
-//! `cargo xtask bench`, so all three exercise exactly what an operator does.
+//! `cargo xtask bench`, so all three exercise exactly what an operator does. A tool, not
+//! part of the `cpr` library (`publish = false`).
+
+mod cycle;
+
+pub use cycle::{Cycle, VmFiles, cycle};
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -9,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::qmp::{ClientError, Event, QmpClient};
+use cpr::qmp::{ClientError, Event, QmpClient};
 
 /// A harness failure, worded for the person watching.
 #[derive(Debug, thiserror::Error)]
