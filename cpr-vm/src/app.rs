@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use cpr::qmp::{EventSender, QmpServer, ServerConfig};
 use cpr::vmm::{Msg, Vmm, channel_pair, forward};
-use cpr::{Error, Result};
+use crate::error::AppError;
 
 use crate::cli::Cli;
 use crate::vfio::TestVfioDevice;
@@ -59,15 +59,17 @@ pub fn exit_status(guest_failed: bool) -> u8 {
 
 /// Runs a VM until `quit` (or the guest powers off or fails), then exits the process with
 /// its [exit status](self); returns only on a start-up error.
-pub fn run(cli: &Cli) -> Result<()> {
+pub fn run(cli: &Cli) -> Result<(), AppError> {
     let (tx, rx) = channel_pair();
     let mut server = match &cli.qmp {
         Some(path) => {
             let mut cfg = ServerConfig::new(path);
             cfg.vcpus = cli.vm.smp;
-            let (server, requests) = QmpServer::start(cfg).map_err(|e| {
-                Error::Other(format!("cannot create QMP socket {}: {e}", path.display()))
-            })?;
+            let (server, requests) =
+                QmpServer::start(cfg).map_err(|source| AppError::QmpSocket {
+                    path: path.clone(),
+                    source,
+                })?;
             forward(requests, tx.clone(), Msg::Qmp);
             Some(server)
         }

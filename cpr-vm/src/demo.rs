@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cpr::{Error, Result};
-use cpr_harness::{HarnessError, VmFiles, VmProcess, cycle, sibling_binary};
+use crate::error::AppError;
+use cpr_harness::{VmFiles, VmProcess, cycle, sibling_binary};
 
 use crate::cli::DemoArgs;
 
@@ -18,7 +18,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Runs the demo.
-pub fn run(args: &DemoArgs) -> Result<()> {
+pub fn run(args: &DemoArgs) -> Result<(), AppError> {
     let (dir, remove) = match &args.dir {
         Some(d) => (d.clone(), false),
         None => (
@@ -26,8 +26,10 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             true,
         ),
     };
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::Other(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir).map_err(|source| AppError::DemoDir {
+        path: dir.clone(),
+        source,
+    })?;
     let result = run_in(&dir, args);
     if remove {
         let _ = std::fs::remove_dir_all(&dir);
@@ -35,8 +37,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     result
 }
 
-fn run_in(dir: &Path, args: &DemoArgs) -> Result<()> {
-    let h = |e: HarnessError| Error::Other(e.to_string());
+fn run_in(dir: &Path, args: &DemoArgs) -> Result<(), AppError> {
     let binary = sibling_binary("cpr-vm");
     let files = VmFiles::in_dir(dir);
     let mem = args.mem_size.to_string();
@@ -48,19 +49,19 @@ fn run_in(dir: &Path, args: &DemoArgs) -> Result<()> {
         args.smp,
         files.state.display()
     );
-    let mut vm = VmProcess::spawn(&binary, &vm_args, &files.qmp, None).map_err(h)?;
+    let mut vm = VmProcess::spawn(&binary, &vm_args, &files.qmp, None)?;
     let p = vm
         .wait_progress(0, Some(10), Duration::from_secs(30))
-        .map_err(h)?;
+        ?;
     std::thread::sleep(Duration::from_millis(300));
-    let p2 = vm.progress().map_err(h)?;
+    let p2 = vm.progress()?;
     println!(
         "booted: the guest's workload has processed {} pages, seen {} timer ticks, {} RAM errors (first report: {} pages)",
         p2.progress, p2.ticks, p2.errors, p.progress
     );
     let mut failures = Vec::new();
     for n in 1..=args.cycles {
-        let (new_vm, c) = cycle(&binary, vm, &files, &vm_args).map_err(h)?;
+        let (new_vm, c) = cycle(&binary, vm, &files, &vm_args)?;
         vm = new_vm;
         let continued = c.after.progress >= c.before.progress;
         let restarted = c.after.progress < c.before.progress;
@@ -93,16 +94,16 @@ fn run_in(dir: &Path, args: &DemoArgs) -> Result<()> {
             failures.push(n);
         }
         // Let it run a little between cycles, and check ticks keep arriving.
-        let t = vm.progress().map_err(h)?.ticks;
+        let t = vm.progress()?.ticks;
         let later = vm
             .wait_progress(c.after.progress, Some(t), Duration::from_secs(20))
-            .map_err(h)?;
+            ?;
         if later.errors > 0 {
             failures.push(n);
         }
     }
-    let last = vm.progress().map_err(h)?;
-    vm.quit().map_err(h)?;
+    let last = vm.progress()?;
+    vm.quit()?;
     if failures.is_empty() {
         println!(
             "the guest survived {} process restarts: its progress never restarted ({} pages now), its timer kept ticking ({} ticks), and its RAM check found {} errors",
@@ -110,8 +111,6 @@ fn run_in(dir: &Path, args: &DemoArgs) -> Result<()> {
         );
         Ok(())
     } else {
-        Err(Error::Other(format!(
-            "the guest did not carry on cleanly in cycle(s) {failures:?}"
-        )))
+        Err(AppError::DemoFailed { cycles: failures })
     }
 }

@@ -5,6 +5,7 @@
 mod app;
 mod cli;
 mod demo;
+mod error;
 mod logger;
 mod vfio;
 

@@ -130,9 +130,6 @@ pub enum Error {
     /// The command line asks for a machine this VMM cannot build.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// Anything else, already worded for the user.
-    #[error("{0}")]
-    Other(String),
 }
 
 impl Error {

@@ -1,0 +1,74 @@
+//! What the `cpr-vm` process itself can fail with, around the library's [`cpr::Error`].
+
+use std::path::PathBuf;
+
+use cpr_harness::HarnessError;
+
+/// A `cpr-vm` failure (exit status 1).
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The VMM failed (at start-up: RAM, RAM lock, KVM, `--incoming`, ...).
+    #[error(transparent)]
+    Vm(#[from] cpr::Error),
+    /// The QMP monitor's socket could not be created.
+    #[error("cannot create QMP socket {}", path.display())]
+    QmpSocket {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The demo's directory could not be created.
+    #[error("cannot create {}", path.display())]
+    DemoDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Driving the demo's processes failed.
+    #[error(transparent)]
+    Harness(#[from] HarnessError),
+    /// The demo's guest did not carry on cleanly.
+    #[error("the guest did not carry on cleanly in cycle(s) {cycles:?}")]
+    DemoFailed {
+        /// The cycles that failed.
+        cycles: Vec<u32>,
+    },
+}
+
+impl AppError {
+    /// The error and its causes, joined by `: `.
+    pub fn chain(&self) -> String {
+        let mut s = self.to_string();
+        let mut cur = std::error::Error::source(self);
+        while let Some(e) = cur {
+            let msg = e.to_string();
+            if !s.ends_with(&msg) {
+                s.push_str(": ");
+                s.push_str(&msg);
+            }
+            cur = e.source();
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_chained() {
+        let e = AppError::QmpSocket {
+            path: "/tmp/x.sock".into(),
+            source: std::io::Error::from_raw_os_error(13),
+        };
+        assert_eq!(
+            e.chain(),
+            "cannot create QMP socket /tmp/x.sock: Permission denied (os error 13)"
+        );
+    }
+}
