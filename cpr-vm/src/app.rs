@@ -15,9 +15,9 @@
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
+use crate::error::AppError;
 use cpr::qmp::{EventSender, QmpServer, ServerConfig};
 use cpr::vmm::{Msg, Vmm, channel_pair, forward};
-use crate::error::AppError;
 
 use crate::cli::Cli;
 use crate::vfio::TestVfioDevice;

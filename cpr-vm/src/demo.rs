@@ -50,9 +50,7 @@ fn run_in(dir: &Path, args: &DemoArgs) -> Result<(), AppError> {
         files.state.display()
     );
     let mut vm = VmProcess::spawn(&binary, &vm_args, &files.qmp, None)?;
-    let p = vm
-        .wait_progress(0, Some(10), Duration::from_secs(30))
-        ?;
+    let p = vm.wait_progress(0, Some(10), Duration::from_secs(30))?;
     std::thread::sleep(Duration::from_millis(300));
     let p2 = vm.progress()?;
     println!(
@@ -95,9 +93,7 @@ fn run_in(dir: &Path, args: &DemoArgs) -> Result<(), AppError> {
         }
         // Let it run a little between cycles, and check ticks keep arriving.
         let t = vm.progress()?.ticks;
-        let later = vm
-            .wait_progress(c.after.progress, Some(t), Duration::from_secs(20))
-            ?;
+        let later = vm.wait_progress(c.after.progress, Some(t), Duration::from_secs(20))?;
         if later.errors > 0 {
             failures.push(n);
         }
