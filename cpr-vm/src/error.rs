@@ -42,17 +42,7 @@ pub enum AppError {
 impl AppError {
     /// The error and its causes, joined by `: `.
     pub fn chain(&self) -> String {
-        let mut s = self.to_string();
-        let mut cur = std::error::Error::source(self);
-        while let Some(e) = cur {
-            let msg = e.to_string();
-            if !s.ends_with(&msg) {
-                s.push_str(": ");
-                s.push_str(&msg);
-            }
-            cur = e.source();
-        }
-        s
+        cpr::error::chain(self)
     }
 }
 

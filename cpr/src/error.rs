@@ -135,18 +135,24 @@ pub enum Error {
 impl Error {
     /// The error and its causes, joined by `: ` (what QMP reports as `desc`).
     pub fn chain(&self) -> String {
-        let mut s = self.to_string();
-        let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(self);
-        while let Some(e) = cur {
-            let msg = e.to_string();
-            if !s.ends_with(&msg) {
-                s.push_str(": ");
-                s.push_str(&msg);
-            }
-            cur = e.source();
-        }
-        s
+        chain(self)
     }
+}
+
+/// `err` and its causes, joined by `: `, each cause left out when the text so far already
+/// ends with it (a transparent wrapper repeats its source's words).
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let msg = e.to_string();
+        if !s.ends_with(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = e.source();
+    }
+    s
 }
 
 impl From<crate::machine::Error> for Error {
