@@ -146,6 +146,84 @@ pub fn build_vm() -> Result<PathBuf, String> {
     Ok(target.join("release").join("cpr-vm"))
 }
 
+/// The workspace's `publish = false` packages (`cargo metadata` lists them with an empty
+/// `publish` list).
+fn unpublished_packages() -> Result<Vec<String>, String> {
+    let out = cargo_cmd(&["metadata", "--format-version", "1", "--no-deps", "--locked"])
+        .current_dir(workspace_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cargo metadata: cannot start: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("cargo metadata failed ({})", out.status));
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("cargo metadata: bad JSON: {e}"))?;
+    Ok(unpublished_in(&meta))
+}
+
+/// Cargo treats the workspace crates it packages as registry crates: it extracts them under
+/// `$CARGO_HOME/registry/src/-<hash>/<name>-<version>` and compiles them once per name and
+/// version, reusing both on the next run even when our sources changed (registry crates
+/// are assumed immutable). A second `cargo xtask ci` in one checkout would then verify
+/// against stale copies of our own crates. So the verification builds in a target
+/// directory of its own, whose build records of our crates (all named `cpr*`) are removed
+/// first, as are cargo's extractions of them. Returns that target directory.
+fn forget_packaged_workspace_crates() -> PathBuf {
+    let verify_dir = workspace_root().join("target").join("package-verify");
+    for profile in ["debug", "release"] {
+        let records = verify_dir.join(profile).join(".fingerprint");
+        for entry in std::fs::read_dir(&records).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with("cpr") {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let Some(src) = home.map(|h| h.join("registry").join("src")) else {
+        return verify_dir;
+    };
+    let ours: Vec<String> = std::fs::read_dir(workspace_root())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("Cargo.toml")).ok())
+        .filter_map(|toml| {
+            toml.lines()
+                .find_map(|l| l.strip_prefix("name = \""))
+                .and_then(|rest| rest.strip_suffix('"'))
+                .map(|name| format!("{name}-"))
+        })
+        .collect();
+    let overlays = std::fs::read_dir(&src).into_iter().flatten().flatten();
+    for overlay in overlays.filter(|d| d.file_name().to_string_lossy().starts_with('-')) {
+        for krate in std::fs::read_dir(overlay.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = krate.file_name().to_string_lossy().into_owned();
+            if ours.iter().any(|prefix| name.starts_with(prefix.as_str())) {
+                let _ = std::fs::remove_dir_all(krate.path());
+            }
+        }
+    }
+    verify_dir
+}
+
+/// The names of the packages in `meta` (`cargo metadata` output) that may not be published.
+fn unpublished_in(meta: &serde_json::Value) -> Vec<String> {
+    meta["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["publish"].as_array().is_some_and(Vec::is_empty))
+        .filter_map(|p| p["name"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// `cargo xtask ci`.
 pub fn run(lint: bool) -> Result<(), String> {
     let start = Instant::now();
@@ -222,20 +300,14 @@ pub fn run(lint: bool) -> Result<(), String> {
     // and a path dependency without a version. Unpublished workspace dependencies come
     // from cargo's local overlay of the crates packaged in the same run. Needs crates.io
     // reachable. `--allow-dirty`: `cargo xtask ci` is run before committing too. The
-    // `publish = false` tools are left out (cargo would package them too).
-    run_step(
-        "package (every publishable crate, verified)",
-        &mut cargo_cmd(&[
-            "package",
-            "--workspace",
-            "--exclude",
-            "xtask",
-            "--exclude",
-            "cpr-tests",
-            "--locked",
-            "--allow-dirty",
-        ]),
-    )?;
+    // `publish = false` packages (the tools) are left out: cargo would package them too.
+    let verify_dir = forget_packaged_workspace_crates();
+    let mut package = cargo_cmd(&["package", "--workspace", "--locked", "--allow-dirty"]);
+    package.env("CARGO_TARGET_DIR", &verify_dir);
+    for name in unpublished_packages()? {
+        package.args(["--exclude", &name]);
+    }
+    run_step("package (every publishable crate, verified)", &mut package)?;
     let binary = build_vm()?;
     println!("==> end-to-end scenarios");
     let (passed, failed, skipped) = crate::e2e::run(&binary, 20, None);
@@ -263,6 +335,17 @@ pub fn run(lint: bool) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unpublished_packages_are_those_with_publish_false() {
+        let meta = serde_json::json!({"packages": [
+            {"name": "cpr", "publish": null},
+            {"name": "xtask", "publish": []},
+            {"name": "cpr-vm", "publish": []},
+            {"name": "only-here", "publish": ["my-registry"]},
+        ]});
+        assert_eq!(unpublished_in(&meta), ["xtask", "cpr-vm"]);
+    }
 
     #[test]
     fn parses_libtest_summaries() {
