@@ -64,14 +64,15 @@ fn run_in(dir: &Path, args: &DemoArgs) -> Result<(), AppError> {
         let continued = c.after.progress >= c.before.progress;
         let restarted = c.after.progress < c.before.progress;
         println!(
-            "cycle {n}: cpr-save {:.1} ms ({} bytes) | quit {:.1} ms | new process ready {:.1} ms | cpr-load {:.1} ms | first progress {:.1} ms | blackout {:.1} ms",
+            "cycle {n}: cpr-save {:.1} ms ({} bytes) | quit answered {:.1} ms | new process ready {:.1} ms | cpr-load {:.1} ms | first progress {:.1} ms | blackout {:.1} ms (old process gone after {:.1} ms, off the critical path)",
             ms(c.save),
             c.state_bytes,
             ms(c.exit),
             ms(c.start),
             ms(c.load),
             ms(c.first_progress),
-            ms(c.blackout)
+            ms(c.blackout),
+            ms(c.old_gone)
         );
         println!(
             "         progress {} -> {} ({}), ticks {} -> {}, RAM errors {}",

@@ -52,13 +52,14 @@ fn stats(mut values: Vec<f64>) -> (f64, f64, f64) {
 
 type Phase = (&'static str, fn(&Cycle) -> Duration);
 
-const PHASES: [Phase; 6] = [
+const PHASES: [Phase; 7] = [
     ("cpr-save", |c| c.save),
-    ("quit", |c| c.exit),
+    ("quit answered", |c| c.exit),
     ("start", |c| c.start),
     ("cpr-load", |c| c.load),
     ("first progress", |c| c.first_progress),
     ("blackout", |c| c.blackout),
+    ("old process gone", |c| c.old_gone),
 ];
 
 fn run_config(
