@@ -72,6 +72,23 @@ impl VmsdDesc {
             subsections: Vec::new(),
         }
     }
+
+    /// Records one field, in stream order (by the writer that writes it and by the reader
+    /// that reads it, so the two descriptions can be compared).
+    pub(crate) fn record(
+        &mut self,
+        name: Cow<'static, str>,
+        array_len: Option<u32>,
+        ty: &'static str,
+        size: usize,
+    ) {
+        self.fields.push(FieldDesc {
+            name,
+            array_len,
+            ty,
+            size: size as u64,
+        });
+    }
 }
 
 /// One section (device) in the description.

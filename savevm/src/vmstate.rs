@@ -9,7 +9,7 @@ use cpr_migration_file::QemuFile;
 
 use crate::consts::QEMU_VM_SUBSECTION;
 use crate::error::{Error, Result};
-use crate::vmdesc::{FieldDesc, VmsdDesc};
+use crate::vmdesc::VmsdDesc;
 
 /// A state type with a VMState description: the Rust counterpart of a
 /// `VMStateDescription` plus the struct it describes.
@@ -170,12 +170,7 @@ impl<'a> FieldWriter<'a> {
         ty: &'static str,
         size: usize,
     ) {
-        self.desc.fields.push(FieldDesc {
-            name,
-            array_len,
-            ty,
-            size: size as u64,
-        });
+        self.desc.record(name, array_len, ty, size);
     }
 
     fn scalar<T: Scalar>(&mut self, name: &'static str, v: T) {
@@ -380,12 +375,7 @@ impl<'a> FieldReader<'a> {
         ty: &'static str,
         size: usize,
     ) {
-        self.desc.fields.push(FieldDesc {
-            name,
-            array_len,
-            ty,
-            size: size as u64,
-        });
+        self.desc.record(name, array_len, ty, size);
     }
 
     /// Name of the vmsd being read.
