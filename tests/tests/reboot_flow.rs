@@ -26,73 +26,64 @@ fn in_use(ram: &Path) -> String {
 
 #[test]
 fn running_guest_survives_cpr_reboot() {
-    let _one = serialize();
-    if !have_kvm("running_guest_survives_cpr_reboot") {
+    let Some(scene) = scene("running_guest_survives_cpr_reboot") else {
         return;
-    }
-    let dir = shm_dir();
-    let ram = dir.path().join("guest.ram");
-    let state = dir.path().join("vm.state");
+    };
+    let (dir, ram, state) = (&scene.dir, &scene.ram, &scene.state);
 
-    let mut old = Vm::new(args(Some(&ram), 2));
+    let mut old = Vm::new(args(Some(ram), 2));
     old.boot();
-    assert!(ram_held(&ram));
+    assert!(ram_held(ram));
     // A second VMM on the same RAM waits in `prelaunch` (as `cpr-vm -S`) and cannot load
     // while the old one holds the RAM, whatever the file: the lock is checked first.
-    let mut new = Vm::new(args(Some(&ram), 2));
-    assert_eq!(new.refused(load(&state)), in_use(&ram));
+    let mut new = Vm::new(args(Some(ram), 2));
+    assert_eq!(new.refused(load(state)), in_use(ram));
     assert_eq!(new.state(), RunState::Prelaunch);
     assert_eq!(new.events(), []);
 
     // cpr-save: STOP, `save-vm`, a 0600 checkpoint, no temporary left; tmpfs RAM is named
     // in the reply (it would not survive a host reboot); the RAM is handed over.
-    let Ok(Response::Saved { warnings }) = old.cmd(save(&state)) else {
+    let Ok(Response::Saved { warnings }) = old.cmd(save(state)) else {
         panic!("cpr-save");
     };
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("tmpfs"), "{warnings:?}");
     assert_eq!(old.state(), RunState::SaveVm);
     assert_eq!(old.events(), [STOP]);
-    let mode = std::fs::metadata(&state)
-        .expect("stat")
-        .permissions()
-        .mode();
+    let mode = std::fs::metadata(state).expect("stat").permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "checkpoint mode {mode:o}");
     assert_eq!(dir_entries(dir.path()), ["guest.ram", "vm.state"]);
-    assert!(!ram_held(&ram), "the checkpoint hands the RAM over");
+    assert!(!ram_held(ram), "the checkpoint hands the RAM over");
     let saved_progress = old.progress();
-    let checkpoint = std::fs::read(&state).expect("checkpoint");
+    let checkpoint = std::fs::read(state).expect("checkpoint");
 
     // A second cpr-save from `save-vm` could never be loaded: refused, the good
     // checkpoint stays.
     assert_eq!(
-        old.refused(save(&state)),
+        old.refused(save(state)),
         format!(
             "cpr-save: a VM that is save-vm cannot be restored from a checkpoint; {} is left as it was",
             state.display()
         )
     );
-    assert_eq!(std::fs::read(&state).expect("checkpoint"), checkpoint);
+    assert_eq!(std::fs::read(state).expect("checkpoint"), checkpoint);
     assert_eq!(old.state(), RunState::SaveVm);
 
     // The new VMM loads it: RESUME, running, and the guest carries on from where it was,
     // with its RAM intact.
-    new.ok(load(&state));
+    new.ok(load(state));
     assert_eq!(new.state(), RunState::Running);
     assert_eq!(new.events(), [RESUME]);
-    assert!(ram_held(&ram));
+    assert!(ram_held(ram));
     new.wait_progress(saved_progress);
 
     // V7 cpr-load step 1: a running VM is refused, and nothing changes.
-    assert_eq!(
-        new.refused(load(&state)),
-        "cpr-load called for a running VM"
-    );
+    assert_eq!(new.refused(load(state)), "cpr-load called for a running VM");
     assert_eq!(new.state(), RunState::Running);
     assert_eq!(new.events(), []);
 
     // The old VMM cannot run the guest again: the new one holds the RAM.
-    assert_eq!(old.refused(Command::Cont), in_use(&ram));
+    assert_eq!(old.refused(Command::Cont), in_use(ram));
     assert_eq!(old.state(), RunState::SaveVm);
     assert_eq!(old.events(), []);
     drop(old);
@@ -106,16 +97,14 @@ fn running_guest_survives_cpr_reboot() {
 /// path that cannot be opened), the file before the VM is stopped.
 #[test]
 fn cpr_save_refusals_leave_the_guest_running() {
-    let _one = serialize();
-    if !have_kvm("cpr_save_refusals_leave_the_guest_running") {
+    let Some(scene) = scene("cpr_save_refusals_leave_the_guest_running") else {
         return;
-    }
-    let dir = shm_dir();
-    let ram = dir.path().join("guest.ram");
+    };
+    let (dir, ram) = (&scene.dir, &scene.ram);
     let missing = dir.path().join("no-such-dir").join("vm.state");
 
     // VFIO rule (mainline): a running guest with a VFIO device is refused before anything.
-    let mut vm = Vm::new(args(Some(&ram), 1));
+    let mut vm = Vm::new(args(Some(ram), 1));
     vm.vmm.attach_vfio(Box::new(common::TestVfio));
     vm.boot();
     assert_eq!(
@@ -126,7 +115,7 @@ fn cpr_save_refusals_leave_the_guest_running() {
     assert_eq!(vm.events(), []);
     drop(vm);
 
-    let mut vm = Vm::new(args(Some(&ram), 1));
+    let mut vm = Vm::new(args(Some(ram), 1));
     vm.boot();
     // Step 5: the file is opened before the VM is stopped: no STOP, no RESUME.
     assert_eq!(
@@ -141,7 +130,7 @@ fn cpr_save_refusals_leave_the_guest_running() {
     assert_eq!(vm.events(), []);
     // The VM's own RAM is never a target.
     assert_eq!(
-        vm.refused(save(&ram)),
+        vm.refused(save(ram)),
         format!(
             "cannot save to {}: it is this VM's RAM (pc.ram)",
             ram.display()
@@ -168,26 +157,23 @@ fn cpr_save_refusals_leave_the_guest_running() {
 /// A paused guest: saved without STOP, loaded `paused` without RESUME, `cont` runs it.
 #[test]
 fn paused_guest_stays_paused() {
-    let _one = serialize();
-    if !have_kvm("paused_guest_stays_paused") {
+    let Some(scene) = scene("paused_guest_stays_paused") else {
         return;
-    }
-    let dir = shm_dir();
-    let ram = dir.path().join("guest.ram");
-    let state = dir.path().join("vm.state");
-    let mut old = Vm::new(args(Some(&ram), 1));
+    };
+    let (ram, state) = (&scene.ram, &scene.state);
+    let mut old = Vm::new(args(Some(ram), 1));
     old.boot();
     old.ok(Command::Stop);
     assert_eq!(old.events(), [STOP]);
     let saved_progress = old.progress();
-    assert!(matches!(old.cmd(save(&state)), Ok(Response::Saved { .. })));
+    assert!(matches!(old.cmd(save(state)), Ok(Response::Saved { .. })));
     // vm_stop(save-vm) leaves a VM that is not running alone: no STOP, still paused.
     assert_eq!(old.state(), RunState::Paused);
     assert_eq!(old.events(), [], "it was not running: no STOP");
     drop(old);
 
-    let mut new = Vm::new(args(Some(&ram), 1));
-    new.ok(load(&state));
+    let mut new = Vm::new(args(Some(ram), 1));
+    new.ok(load(state));
     assert_eq!(new.state(), RunState::Paused);
     assert_eq!(new.events(), []);
     assert_eq!(
@@ -204,26 +190,23 @@ fn paused_guest_stays_paused() {
 /// RESUME; `system_wakeup` then gives RESUME and WAKEUP and the guest runs on.
 #[test]
 fn suspended_guest_wakes_with_resume_then_wakeup() {
-    let _one = serialize();
-    if !have_kvm("suspended_guest_wakes_with_resume_then_wakeup") {
+    let Some(scene) = scene("suspended_guest_wakes_with_resume_then_wakeup") else {
         return;
-    }
-    let dir = shm_dir();
-    let ram = dir.path().join("guest.ram");
-    let state = dir.path().join("vm.state");
-    let mut old = Vm::new(args(Some(&ram), 1));
+    };
+    let (ram, state) = (&scene.ram, &scene.state);
+    let mut old = Vm::new(args(Some(ram), 1));
     old.boot();
     old.ok(Command::GuestSuspendRam);
     old.wait_state(RunState::Suspended);
     assert_eq!(old.events(), [SUSPEND]);
     let saved_progress = old.progress();
-    assert!(matches!(old.cmd(save(&state)), Ok(Response::Saved { .. })));
+    assert!(matches!(old.cmd(save(state)), Ok(Response::Saved { .. })));
     assert_eq!(old.state(), RunState::Suspended);
     assert_eq!(old.events(), [], "a suspended VM is not running: no STOP");
     drop(old);
 
-    let mut new = Vm::new(args(Some(&ram), 1));
-    new.ok(load(&state));
+    let mut new = Vm::new(args(Some(ram), 1));
+    new.ok(load(state));
     assert_eq!(new.state(), RunState::Suspended);
     assert_eq!(new.events(), [], "no RESUME before the wakeup");
     new.ok(Command::SystemWakeup);
@@ -237,14 +220,11 @@ fn suspended_guest_wakes_with_resume_then_wakeup() {
 /// VMM started with `--incoming defer`.
 #[test]
 fn mainline_migrate_and_migrate_incoming() {
-    let _one = serialize();
-    if !have_kvm("mainline_migrate_and_migrate_incoming") {
+    let Some(scene) = scene("mainline_migrate_and_migrate_incoming") else {
         return;
-    }
-    let dir = shm_dir();
-    let ram = dir.path().join("guest.ram");
-    let state = dir.path().join("vm.state");
-    let mut old = Vm::new(args(Some(&ram), 2));
+    };
+    let (ram, state) = (&scene.ram, &scene.state);
+    let mut old = Vm::new(args(Some(ram), 2));
     old.boot();
     old.cap(MigrationCapability::Events);
     old.cap(MigrationCapability::XIgnoreShared);
@@ -254,7 +234,7 @@ fn mainline_migrate_and_migrate_incoming() {
     })));
     // CPR refuses COLO, with a machine as without.
     old.cap(MigrationCapability::XColo);
-    assert_eq!(old.refused(migrate(&state)), "Cannot use COLO with CPR");
+    assert_eq!(old.refused(migrate(state)), "Cannot use COLO with CPR");
     assert_eq!(old.state(), RunState::Running);
     assert_eq!(old.query_migrate().status, None);
     old.ok(Command::MigrateSetCapabilities(vec![
@@ -265,16 +245,16 @@ fn mainline_migrate_and_migrate_incoming() {
     ]));
     assert_eq!(old.events(), []);
 
-    let mut new = Vm::incoming_defer(args(Some(&ram), 2));
+    let mut new = Vm::incoming_defer(args(Some(ram), 2));
     new.cap(MigrationCapability::Events);
     new.cap(MigrationCapability::XIgnoreShared);
     assert_eq!(
-        new.refused(migrate(&state)),
+        new.refused(migrate(state)),
         "Guest is waiting for an incoming migration"
     );
     assert_eq!(new.state(), RunState::Inmigrate);
 
-    old.ok(migrate(&state));
+    old.ok(migrate(state));
     // The run-state events go out once the command is done, after the MIGRATION ones
     // (QEMU sends STOP between `setup` and `active`).
     assert_eq!(
@@ -295,15 +275,15 @@ fn mainline_migrate_and_migrate_incoming() {
         ram_stats.normal, 0,
         "x-ignore-shared: shared RAM stays in place"
     );
-    assert!(!ram_held(&ram), "the checkpoint hands the RAM over");
+    assert!(!ram_held(ram), "the checkpoint hands the RAM over");
     let saved_progress = old.progress();
     // A VM in `postmigrate` has nothing loadable to give.
     assert_eq!(
-        old.refused(migrate(&state)),
+        old.refused(migrate(state)),
         "cannot migrate a VM that is postmigrate: its state could never be loaded"
     );
 
-    new.ok(migrate_incoming(&state));
+    new.ok(migrate_incoming(state));
     assert_eq!(
         new.events(),
         [
@@ -316,10 +296,10 @@ fn mainline_migrate_and_migrate_incoming() {
     assert_eq!(new.state(), RunState::Running);
     assert_eq!(new.query_migrate().status, Some(MigrationStatus::Completed));
     assert_eq!(
-        new.refused(migrate_incoming(&state)),
+        new.refused(migrate_incoming(state)),
         "The incoming migration has already been started"
     );
-    assert_eq!(old.refused(Command::Cont), in_use(&ram));
+    assert_eq!(old.refused(Command::Cont), in_use(ram));
     drop(old);
     new.wait_progress(saved_progress);
 }
@@ -330,26 +310,23 @@ fn mainline_migrate_and_migrate_incoming() {
 /// is left, and the guest runs on.
 #[test]
 fn failed_saves_leave_the_vm_as_it_was() {
-    let _one = serialize();
-    if !have_kvm("failed_saves_leave_the_vm_as_it_was") {
+    let Some(scene) = scene("failed_saves_leave_the_vm_as_it_was") else {
         return;
-    }
-    let dir = shm_dir();
-    let ram = dir.path().join("guest.ram");
-    let state = dir.path().join("vm.state");
-    let mut vm = Vm::new(args(Some(&ram), 1));
+    };
+    let (dir, ram, state) = (&scene.dir, &scene.ram, &scene.state);
+    let mut vm = Vm::new(args(Some(ram), 1));
     vm.boot();
-    assert!(matches!(vm.cmd(save(&state)), Ok(Response::Saved { .. })));
-    let good = std::fs::read(&state).expect("checkpoint");
+    assert!(matches!(vm.cmd(save(state)), Ok(Response::Saved { .. })));
+    let good = std::fs::read(state).expect("checkpoint");
     vm.ok(Command::Cont);
     assert_eq!(vm.events(), [STOP, RESUME]);
-    assert!(ram_held(&ram), "cont takes the RAM back");
+    assert!(ram_held(ram), "cont takes the RAM back");
 
     let full = "Error -27 while saving VM state: ";
     let failed_save = |vm: &mut Vm| {
-        let err = with_file_size_limit(512, || vm.refused(save(&state)));
+        let err = with_file_size_limit(512, || vm.refused(save(state)));
         assert!(err.starts_with(full), "{err}");
-        assert_eq!(std::fs::read(&state).expect("checkpoint"), good);
+        assert_eq!(std::fs::read(state).expect("checkpoint"), good);
         assert_eq!(dir_entries(dir.path()), ["guest.ram", "vm.state"]);
     };
 
@@ -388,17 +365,14 @@ fn failed_saves_leave_the_vm_as_it_was() {
 /// command itself succeeds, as in QEMU, where the failure comes later.
 #[test]
 fn failed_migrate_is_status_failed_and_the_guest_runs_on() {
-    let _one = serialize();
-    if !have_kvm("failed_migrate_is_status_failed_and_the_guest_runs_on") {
+    let Some(scene) = scene("failed_migrate_is_status_failed_and_the_guest_runs_on") else {
         return;
-    }
-    let dir = shm_dir();
-    let ram = dir.path().join("guest.ram");
-    let state = dir.path().join("vm.state");
-    let mut vm = Vm::new(args(Some(&ram), 1));
+    };
+    let (dir, ram, state) = (&scene.dir, &scene.ram, &scene.state);
+    let mut vm = Vm::new(args(Some(ram), 1));
     vm.boot();
     vm.cap(MigrationCapability::Events);
-    with_file_size_limit(512, || vm.ok(migrate(&state)));
+    with_file_size_limit(512, || vm.ok(migrate(state)));
     let info = vm.query_migrate();
     assert_eq!(info.status, Some(MigrationStatus::Failed));
     let desc = info.error_desc.expect("error-desc");
@@ -422,7 +396,7 @@ fn failed_migrate_is_status_failed_and_the_guest_runs_on() {
         ["guest.ram"],
         "nothing left behind"
     );
-    assert!(ram_held(&ram));
+    assert!(ram_held(ram));
     let p = vm.progress();
     vm.wait_progress(p);
 }

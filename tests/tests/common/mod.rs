@@ -51,6 +51,35 @@ pub fn shm_dir() -> tempfile::TempDir {
         .expect("tempdir in /dev/shm")
 }
 
+/// What every machine test starts with: the KVM tests' turn, and a fresh directory under
+/// `/dev/shm` with the usual RAM and checkpoint names in it.
+pub struct Scene {
+    _turn: MutexGuard<'static, ()>,
+    /// The directory (removed when the scene ends).
+    pub dir: tempfile::TempDir,
+    /// `guest.ram` in it.
+    pub ram: PathBuf,
+    /// `vm.state` in it.
+    pub state: PathBuf,
+}
+
+/// The scene of machine test `test`, or `None` (said on stdout) when KVM is absent.
+pub fn scene(test: &str) -> Option<Scene> {
+    let turn = serialize();
+    if !have_kvm(test) {
+        return None;
+    }
+    let dir = shm_dir();
+    let ram = dir.path().join("guest.ram");
+    let state = dir.path().join("vm.state");
+    Some(Scene {
+        _turn: turn,
+        dir,
+        ram,
+        state,
+    })
+}
+
 /// Names of the entries of `dir`, sorted.
 pub fn dir_entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
