@@ -16,8 +16,9 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
 use crate::error::AppError;
+use cpr::config::IncomingChannels;
 use cpr::qmp::{EventSender, QmpServer, ServerConfig};
-use cpr::vmm::{Msg, Vmm, channel_pair, forward};
+use cpr::vmm::{ExecHelper, Msg, Vmm, channel_pair, forward, handoff};
 
 use crate::cli::Cli;
 use crate::vfio::TestVfioDevice;
@@ -60,16 +61,46 @@ pub fn exit_status(guest_failed: bool) -> u8 {
 /// Runs a VM until `quit` (or the guest powers off or fails), then exits the process with
 /// its [exit status](self); returns only on a start-up error.
 pub fn run(cli: &Cli) -> Result<(), AppError> {
+    // cpr-exec: the image that exec'd this one left its CPR state (read before any thread
+    // starts, and removed from the environment).
+    let mut handed = handoff::take_exec_state()?;
+    let from_exec = handed.is_some();
+    let channels = IncomingChannels::from_args(&cli.incoming).map_err(AppError::Incoming)?;
+    // cpr-transfer: wait for the old process's CPR state before anything else (QEMU reads
+    // the cpr channel before its monitor starts).
+    let mut cpr_conn = None;
+    if let Some(path) = &channels.cpr {
+        log::info!("waiting for the CPR state on {}", path.display());
+        let (received, conn) = handoff::receive_on(path)?;
+        handed = Some(received);
+        cpr_conn = Some(conn);
+    }
     let (tx, rx) = channel_pair();
+    let mut release_monitor = None;
     let mut server = match &cli.qmp {
         Some(path) => {
             let mut cfg = ServerConfig::new(path);
             cfg.vcpus = cli.vm.smp;
-            let (server, requests) =
-                QmpServer::start(cfg).map_err(|source| AppError::QmpSocket {
-                    path: path.clone(),
-                    source,
-                })?;
+            let (requests_tx, requests) = std::sync::mpsc::channel();
+            let handed_listener = handed
+                .as_mut()
+                .and_then(|h| h.monitor.take())
+                .filter(|(p, _)| same_path(p, path));
+            let started = match handed_listener {
+                // The old process's socket: served at once after an exec; after a
+                // transfer only once the old process has let go of it.
+                Some((_, fd)) => {
+                    QmpServer::adopt(cfg, fd, requests_tx, !from_exec).map(|(server, release)| {
+                        release_monitor = release;
+                        server
+                    })
+                }
+                None => QmpServer::start_with_sender(cfg, requests_tx),
+            };
+            let server = started.map_err(|source| AppError::QmpSocket {
+                path: path.clone(),
+                source,
+            })?;
             forward(requests, tx.clone(), Msg::Qmp);
             Some(server)
         }
@@ -78,16 +109,42 @@ pub fn run(cli: &Cli) -> Result<(), AppError> {
     let events = server
         .as_ref()
         .map_or_else(EventSender::noop, QmpServer::events);
-    let mut vmm = Vmm::new(cli.vm.clone(), events, tx)?;
+    let helper = handed
+        .as_mut()
+        .and_then(|h| h.helper.take())
+        .map(ExecHelper::from);
+    let mut vmm = Vmm::with_handoff(cli.vm.clone(), events, tx, handed.as_mut())?;
+    if let Some(server) = &server {
+        vmm.set_monitor_listener(server.monitor_listener());
+    }
+    if let Some(release) = release_monitor {
+        vmm.on_takeover(release);
+    }
     for name in &cli.vfio_test_devices {
         vmm.attach_vfio(Box::new(TestVfioDevice { name: name.clone() }));
     }
-    vmm.start(cli.no_start, cli.incoming.as_ref())?;
+    vmm.start(cli.no_start, channels.main.as_ref())?;
+    if let Some(conn) = cpr_conn {
+        // The machine is built and the main channel listens: the old process may stop
+        // its guest now.
+        handoff::ready(conn)?;
+    }
+    if let Some(helper) = helper {
+        // This image runs: the old one can be torn down (in its helper, off this path).
+        helper.release();
+    }
     while !vmm.should_quit() {
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(msg) => vmm.handle(msg),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if vmm.exec_pending() {
+            // `migrate`'s reply and its events reach the client before the exec.
+            if let Some(server) = &server {
+                server.flush(FLUSH_TIMEOUT);
+            }
+            vmm.run_exec();
         }
     }
     // The monitor's path is free before the reply to `quit` leaves: a new process started
@@ -100,9 +157,23 @@ pub fn run(cli: &Cli) -> Result<(), AppError> {
     if let Some(server) = &server {
         server.flush(FLUSH_TIMEOUT);
     }
+    let status = if vmm.takeover_failed() {
+        EXIT_FAILURE
+    } else {
+        exit_status(vmm.guest_failed())
+    };
     // Leave without tearing the VM down by hand: the kernel does that when the process
     // exits, and nobody waits for it. The client sees EOF then.
-    std::process::exit(i32::from(exit_status(vmm.guest_failed())))
+    std::process::exit(i32::from(status))
+}
+
+/// Whether two socket paths name the same place (as given, or once canonicalized).
+fn same_path(a: &std::path::Path, b: &std::path::Path) -> bool {
+    a == b
+        || match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => false,
+        }
 }
 
 #[cfg(test)]

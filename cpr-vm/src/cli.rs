@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use cpr::config::{Incoming, Size, VmArgs};
+use cpr::config::{IncomingArg, Size, VmArgs};
 
 /// `cpr-vm`: a KVM VMM whose guest survives a process restart (CPR reboot mode).
 #[derive(Parser, Debug)]
@@ -32,9 +32,13 @@ pub struct Cli {
     /// Do not start the guest: stay in `prelaunch` until `cont` or `cpr-load`.
     #[arg(short = 'S')]
     pub no_start: bool,
-    /// Load state at start-up: a file (`file:<path>[,offset=N]` or a plain path), or `defer`.
+    /// Take state at start-up (QEMU's `-incoming`; may be given twice): a file
+    /// (`file:<path>[,offset=N]` or a plain path), `defer` (then `migrate-incoming`),
+    /// `unix:<path>` (the main channel of cpr-transfer), or a JSON channel such as
+    /// `{"channel-type": "cpr", "addr": {"transport": "socket", "type": "unix", "path": "..."}}`
+    /// (cpr-transfer's cpr channel, on which the old process hands over RAM and monitor).
     #[arg(long)]
-    pub incoming: Option<Incoming>,
+    pub incoming: Vec<IncomingArg>,
     /// Test double: pretend a migratable VFIO device of this name is attached (there is no
     /// real VFIO support yet; this exercises the cpr-reboot VFIO rule).
     #[arg(long = "x-vfio-test-device", hide = true)]

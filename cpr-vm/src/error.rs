@@ -10,6 +10,12 @@ pub enum AppError {
     /// The VMM failed (at start-up: RAM, RAM lock, KVM, `--incoming`, ...).
     #[error(transparent)]
     Vm(#[from] cpr::Error),
+    /// The `--incoming` arguments do not go together.
+    #[error("--incoming: {0}")]
+    Incoming(String),
+    /// The CPR state from the old process (cpr-transfer, cpr-exec) is unusable.
+    #[error(transparent)]
+    Handoff(#[from] cpr::vmm::HandoffError),
     /// The QMP monitor's socket could not be created.
     #[error("cannot create QMP socket {}", path.display())]
     QmpSocket {

@@ -83,7 +83,7 @@ pub enum OnOff {
     Off,
 }
 
-/// Where a `cpr-vm` takes its state from at start-up.
+/// Where a `cpr-vm` takes its state from at start-up (the main channel).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Incoming {
     /// `--incoming defer`: start in `inmigrate` and wait for `migrate-incoming`.
@@ -95,6 +95,127 @@ pub enum Incoming {
         /// Where the stream starts in the file (mainline's `offset=`).
         offset: u64,
     },
+    /// `--incoming unix:<path>`: listen on this UNIX socket for the stream of a
+    /// `cpr-transfer` migration.
+    Unix {
+        /// The socket path.
+        path: PathBuf,
+    },
+}
+
+/// One `--incoming` argument: the main channel, or QEMU's `cpr` channel (a JSON
+/// `MigrationChannel` of type `cpr`, whose address must be a UNIX socket).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IncomingArg {
+    /// The main channel (QEMU's URI syntax, or a JSON channel of type `main`).
+    Main(Incoming),
+    /// The `cpr` channel of `cpr-transfer`: the socket on which the old process hands over
+    /// its RAM (and monitor) descriptors.
+    Cpr {
+        /// The UNIX socket path.
+        path: PathBuf,
+    },
+}
+
+/// The `--incoming` arguments, checked: at most one main channel and one `cpr` channel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IncomingChannels {
+    /// The main channel.
+    pub main: Option<Incoming>,
+    /// The `cpr` channel's socket.
+    pub cpr: Option<PathBuf>,
+}
+
+impl IncomingChannels {
+    /// Gathers `--incoming` arguments; refuses two of a kind, and a `cpr` channel without a
+    /// main one (QEMU: the cpr channel only carries descriptors).
+    pub fn from_args(args: &[IncomingArg]) -> Result<IncomingChannels, String> {
+        let mut out = IncomingChannels::default();
+        for a in args {
+            match a {
+                IncomingArg::Main(m) if out.main.is_none() => out.main = Some(m.clone()),
+                IncomingArg::Main(_) => return Err("more than one main --incoming channel".into()),
+                IncomingArg::Cpr { path } if out.cpr.is_none() => out.cpr = Some(path.clone()),
+                IncomingArg::Cpr { .. } => {
+                    return Err("more than one cpr --incoming channel".into());
+                }
+            }
+        }
+        if out.cpr.is_some() && out.main.is_none() {
+            return Err(
+                "a cpr --incoming channel needs a main channel too (unix:PATH or defer)".into(),
+            );
+        }
+        Ok(out)
+    }
+}
+
+impl FromStr for IncomingArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim_start().starts_with('{') {
+            return parse_channel_json(s);
+        }
+        s.parse().map(IncomingArg::Main)
+    }
+}
+
+/// A JSON `MigrationChannel` as QEMU's `-incoming` takes it:
+/// `{"channel-type": "cpr", "addr": {"transport": "socket", "type": "unix", "path": "..."}}`.
+fn parse_channel_json(s: &str) -> Result<IncomingArg, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(s).map_err(|e| format!("invalid JSON channel '{s}': {e}"))?;
+    let kind = v.get("channel-type").and_then(serde_json::Value::as_str);
+    let addr = v
+        .get("addr")
+        .ok_or_else(|| "Parameter 'addr' is missing".to_string())?;
+    let transport = addr.get("transport").and_then(serde_json::Value::as_str);
+    let unix_path = || -> Option<PathBuf> {
+        (transport == Some("socket")
+            && addr.get("type").and_then(serde_json::Value::as_str) == Some("unix"))
+        .then(|| addr.get("path").and_then(serde_json::Value::as_str))
+        .flatten()
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+    };
+    match kind {
+        Some("cpr") => unix_path()
+            .map(|path| IncomingArg::Cpr { path })
+            .ok_or_else(|| "bad cpr channel address; must be unix".to_string()),
+        Some("main") => {
+            if let Some(path) = unix_path() {
+                return Ok(IncomingArg::Main(Incoming::Unix { path }));
+            }
+            match transport {
+                Some("file") => {
+                    let path = addr
+                        .get("filename")
+                        .and_then(serde_json::Value::as_str)
+                        .filter(|p| !p.is_empty())
+                        .ok_or_else(|| "Parameter 'filename' is missing".to_string())?;
+                    let offset = match addr.get("offset") {
+                        None => 0,
+                        Some(o) => o.as_u64().ok_or_else(|| {
+                            "Invalid parameter type for 'offset', expected: integer".to_string()
+                        })?,
+                    };
+                    Ok(IncomingArg::Main(Incoming::File {
+                        path: PathBuf::from(path),
+                        offset,
+                    }))
+                }
+                other => Err(format!(
+                    "unsupported main channel transport {}: use a unix socket or a file",
+                    other.unwrap_or("(none)")
+                )),
+            }
+        }
+        Some(other) => Err(format!(
+            "Parameter 'channel-type' does not accept value '{other}'"
+        )),
+        None => Err("Parameter 'channel-type' is missing".into()),
+    }
 }
 
 impl FromStr for Incoming {
@@ -103,6 +224,14 @@ impl FromStr for Incoming {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s == "defer" {
             return Ok(Incoming::Defer);
+        }
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(format!("'{s}' names no socket"));
+            }
+            return Ok(Incoming::Unix {
+                path: PathBuf::from(path),
+            });
         }
         let spec = s.strip_prefix("file:").unwrap_or(s);
         let (path, offset) = match spec.split_once(",offset=") {
@@ -121,6 +250,17 @@ impl FromStr for Incoming {
             offset,
         })
     }
+}
+
+/// Where guest RAM comes from when there is no `--mem-path`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, ValueEnum)]
+pub enum MemBackend {
+    /// Anonymous memory (QEMU's default `-m` RAM): volatile, lost with the process.
+    #[default]
+    Ram,
+    /// A memfd (QEMU's `memory-backend-memfd share=on`): no path on any file system; it
+    /// survives a process only by being handed over (`cpr-transfer`, `cpr-exec`).
+    Memfd,
 }
 
 /// `--global DRIVER.PROPERTY=VALUE` (QEMU's `-global`): only the `migration` object's
@@ -168,8 +308,13 @@ pub struct VmArgs {
     pub mem_size: Size,
     /// File that backs guest RAM (created and sized if missing; reused, never resized, if
     /// present). Without it RAM is anonymous, which cpr-save refuses as volatile.
-    #[arg(long = "mem-path")]
+    #[arg(long = "mem-path", conflicts_with = "mem_backend")]
     pub mem_path: Option<PathBuf>,
+    /// RAM without `--mem-path`: `ram` (anonymous, the default) or `memfd` (shared memory
+    /// with no path, which `cpr-transfer` and `cpr-exec` hand over by descriptor;
+    /// `cpr-reboot` refuses it: it cannot outlive the process).
+    #[arg(long = "mem-backend", value_enum)]
+    pub mem_backend: Option<MemBackend>,
     /// Map the RAM file shared (on, the default) or private (off; volatile, like QEMU's
     /// memory-backend-file share=off).
     #[arg(long = "mem-share", value_enum, default_value = "on")]
@@ -226,6 +371,38 @@ mod tests {
                 path: "/tmp/b".into(),
                 offset: 0
             })
+        );
+        assert_eq!(
+            "unix:/run/vm.sock".parse::<Incoming>(),
+            Ok(Incoming::Unix {
+                path: "/run/vm.sock".into()
+            })
+        );
+        let cpr = r#"{"channel-type": "cpr", "addr": {"transport": "socket", "type": "unix", "path": "/run/cpr.sock"}}"#;
+        assert_eq!(
+            cpr.parse::<IncomingArg>(),
+            Ok(IncomingArg::Cpr {
+                path: "/run/cpr.sock".into()
+            })
+        );
+        let tcp = r#"{"channel-type": "cpr", "addr": {"transport": "socket", "type": "inet", "host": "x", "port": "1"}}"#;
+        assert_eq!(
+            tcp.parse::<IncomingArg>(),
+            Err("bad cpr channel address; must be unix".to_string())
+        );
+        let both = [
+            IncomingArg::Cpr { path: "/a".into() },
+            IncomingArg::Main(Incoming::Defer),
+        ];
+        let ch = IncomingChannels::from_args(&both).expect("cpr + main");
+        assert_eq!(ch.main, Some(Incoming::Defer));
+        assert!(
+            IncomingChannels::from_args(&both[..1]).is_err(),
+            "cpr alone"
+        );
+        assert!(
+            IncomingChannels::from_args(&[both[1].clone(), both[1].clone()]).is_err(),
+            "two main channels"
         );
         assert_eq!(
             "file:".parse::<Incoming>(),

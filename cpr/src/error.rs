@@ -130,6 +130,15 @@ pub enum Error {
     /// The command line asks for a machine this VMM cannot build.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// cpr-transfer failed or was refused.
+    #[error(transparent)]
+    Transfer(crate::vmm::TransferError),
+    /// cpr-exec failed or was refused.
+    #[error(transparent)]
+    Exec(crate::vmm::ExecError),
+    /// The CPR state handed over by another process is unusable.
+    #[error(transparent)]
+    Handoff(#[from] crate::vmm::HandoffError),
 }
 
 impl Error {
@@ -236,6 +245,9 @@ pub enum ConfigError {
         /// The most the guest maps, in GiB.
         max_gib: u64,
     },
+    /// RAM handed over by the old process does not fit this command line.
+    #[error("{0}")]
+    HandedRam(String),
     /// `--serial FILE` cannot be opened.
     #[error("cannot open serial output {path}")]
     Serial {

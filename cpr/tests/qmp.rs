@@ -208,8 +208,8 @@ fn argument_validation_messages_and_no_side_effects() {
         ),
         (
             "migrate-set-parameters",
-            json!({"mode": "cpr-transfer"}),
-            "Parameter 'mode' does not accept value 'cpr-transfer'",
+            json!({"mode": "cpr-luo"}),
+            "Parameter 'mode' does not accept value 'cpr-luo'",
         ),
     ];
     for (cmd, args, desc) in cases {

@@ -116,11 +116,25 @@ impl VmProcess {
 
     /// Like [`spawn`](VmProcess::spawn), for a prepared command (e.g. `cpr-vm` run through
     /// `sh -c 'umask 000; exec "$0" "$@"'`).
-    pub fn spawn_command(
-        mut cmd: Command,
-        qmp_path: &Path,
+    pub fn spawn_command(cmd: Command, qmp_path: &Path, log: Option<&Path>) -> Result<VmProcess> {
+        let (child, spawned) = VmProcess::start_child(cmd, log)?;
+        VmProcess::connect(child, spawned, qmp_path)
+    }
+
+    /// Starts `binary args...` without connecting to its monitor (a cpr-transfer target
+    /// that serves the old process's socket only once it has taken over). Connect with
+    /// [`connect`](VmProcess::connect).
+    pub fn spawn_unconnected(
+        binary: &Path,
+        args: &[OsString],
         log: Option<&Path>,
-    ) -> Result<VmProcess> {
+    ) -> Result<(Child, Instant)> {
+        let mut cmd = Command::new(binary);
+        cmd.args(args);
+        VmProcess::start_child(cmd, log)
+    }
+
+    fn start_child(mut cmd: Command, log: Option<&Path>) -> Result<(Child, Instant)> {
         let binary = cmd.get_program().to_string_lossy().into_owned();
         let spawn_err = |source| HarnessError::Spawn {
             binary: binary.clone(),
@@ -136,11 +150,17 @@ impl VmProcess {
             None => Stdio::null(),
         };
         let spawned = Instant::now();
-        let mut child = cmd
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(stdout)
             .spawn()
             .map_err(spawn_err)?;
+        Ok((child, spawned))
+    }
+
+    /// Connects to the monitor of `child` (spawned at `spawned`) at `qmp_path`.
+    pub fn connect(mut child: Child, spawned: Instant, qmp_path: &Path) -> Result<VmProcess> {
+        let binary = format!("cpr-vm (pid {})", child.id());
         let deadline = spawned + Duration::from_secs(20);
         // Connect in short slices, so that a process that exits at start-up is reported
         // as such at once.
@@ -288,6 +308,22 @@ impl VmProcess {
         // The reply may or may not arrive before the process is gone; both are fine.
         let _ = self.qmp.execute("quit", json!({}));
         self.wait_exit(Duration::from_secs(20))
+    }
+
+    /// Connects again to the monitor at `qmp_path` (after a cpr-exec, whose `exec` closed
+    /// the old connection; the process is the same).
+    pub fn reconnect(&mut self, qmp_path: &Path) -> Result<()> {
+        // The monitor serves one client at a time: let go of this one first.
+        self.qmp.close();
+        self.qmp =
+            QmpClient::connect_with_retry(qmp_path, Duration::from_secs(20)).map_err(|source| {
+                HarnessError::Qmp {
+                    what: format!("reconnecting to {}", qmp_path.display()),
+                    source,
+                }
+            })?;
+        self.ready = Instant::now();
+        Ok(())
     }
 
     /// `quit`, and returns as soon as its reply arrives, while the process is still

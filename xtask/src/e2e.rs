@@ -15,6 +15,7 @@ use crate::e2e_mainline::{self as mainline, GuestState};
 use crate::e2e_monitor::{guest_failures, restart_on_reply, serial_mode};
 use crate::e2e_ownership as ownership;
 use crate::e2e_refusals::{disk_full, epochs, failed_saves, hostile_files};
+use crate::e2e_transfer as transfer;
 use cpr_harness::{HarnessError, Progress, VmProcess};
 use serde_json::json;
 
@@ -416,6 +417,54 @@ pub fn run(binary: &Path, cycles: u32, only: Option<&str>) -> (u64, u64, u64) {
         (
             "mainline: --incoming file: with --global",
             Box::new(move || mainline::incoming_with_globals(binary)),
+        ),
+        (
+            "transfer: running, 1 vCPU, same --qmp path",
+            Box::new(move || transfer::transfer(binary, GuestState::Running, 1, true)),
+        ),
+        (
+            "transfer: running, 2 vCPUs, own --qmp path",
+            Box::new(move || transfer::transfer(binary, GuestState::Running, 2, false)),
+        ),
+        (
+            "transfer: paused, 1 vCPU",
+            Box::new(move || transfer::transfer(binary, GuestState::Paused, 1, false)),
+        ),
+        (
+            "transfer: paused, 2 vCPUs",
+            Box::new(move || transfer::transfer(binary, GuestState::Paused, 2, true)),
+        ),
+        (
+            "transfer: suspended, 1 vCPU",
+            Box::new(move || transfer::transfer(binary, GuestState::Suspended, 1, true)),
+        ),
+        (
+            "transfer: suspended, 2 vCPUs",
+            Box::new(move || transfer::transfer(binary, GuestState::Suspended, 2, false)),
+        ),
+        (
+            "transfer: running, 1 vCPU, own --qmp path",
+            Box::new(move || transfer::transfer(binary, GuestState::Running, 1, false)),
+        ),
+        (
+            "transfer: the new process dies or refuses",
+            Box::new(move || transfer::transfer_failures(binary)),
+        ),
+        (
+            "transfer: refusals",
+            Box::new(move || transfer::transfer_refusals(binary)),
+        ),
+        (
+            "exec: running, 1 vCPU",
+            Box::new(move || transfer::exec(binary, 1)),
+        ),
+        (
+            "exec: running, 2 vCPUs",
+            Box::new(move || transfer::exec(binary, 2)),
+        ),
+        (
+            "exec: a command that cannot run",
+            Box::new(move || transfer::exec_failing(binary)),
         ),
         (
             "RAM ownership: a second process is refused",

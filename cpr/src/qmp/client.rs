@@ -151,6 +151,11 @@ impl QmpClient {
         Ok(c)
     }
 
+    /// Closes the connection (both directions); the client is unusable afterwards.
+    pub fn close(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+
     /// The greeting the server sent.
     pub fn greeting(&self) -> &Value {
         &self.greeting

@@ -20,8 +20,8 @@ use super::error::QmpError;
 use crate::machine::GuestFault;
 use crate::vmm::{
     CapabilityStatus, Command, CommandName, CprLoadArgs, CprMode, CprSaveArgs, Event, FileTarget,
-    MigMode, MigrateArgs, MigrateIncomingArgs, MigrationCapability, MigrationParameters,
-    MigrationTarget, Response, SetParameters, TargetError,
+    MigMode, MigrateArgs, MigrateIncomingArgs, MigrationAddress, MigrationCapability,
+    MigrationParameters, MigrationTarget, Response, SetParameters, TargetError,
 };
 
 fn str_arg<'a>(args: &'a Map<String, Value>, name: &str) -> &'a str {
@@ -85,13 +85,17 @@ pub(crate) fn parse(name: CommandName, args: &Map<String, Value>) -> Result<Comm
         }
         CommandName::QueryMigrateCapabilities => Command::QueryMigrateCapabilities,
         CommandName::QueryMigrateParameters => Command::QueryMigrateParameters,
-        CommandName::Migrate => Command::Migrate(MigrateArgs {
-            target: target(args),
-            detach: bool_arg(args, "detach"),
-            resume: bool_arg(args, "resume") == Some(true),
-        }),
+        CommandName::Migrate => {
+            let (target, cpr) = target(args, true);
+            Command::Migrate(MigrateArgs {
+                target,
+                cpr,
+                detach: bool_arg(args, "detach"),
+                resume: bool_arg(args, "resume") == Some(true),
+            })
+        }
         CommandName::MigrateIncoming => Command::MigrateIncoming(MigrateIncomingArgs {
-            target: target(args),
+            target: target(args, false).0,
             exit_on_error: bool_arg(args, "exit-on-error"),
         }),
     })
@@ -104,6 +108,16 @@ fn set_parameters(args: &Map<String, Value>) -> Result<SetParameters, QmpError> 
     for (name, v) in args {
         let r = match v {
             Value::String(mode) if name == "mode" => set.set_mode(mode),
+            // The schema checked that it is a list of strings.
+            Value::Array(items) if name == "cpr-exec-command" => {
+                set.cpr_exec_command = Some(
+                    items
+                        .iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect(),
+                );
+                Ok(())
+            }
             Value::Bool(on) => set.set_bool(name, *on),
             // QEMU takes a negative `uint64`/`size` modulo 2^64 (backward compatibility).
             v => match v.as_u64().or_else(|| v.as_i64().map(i64::cast_unsigned)) {
@@ -120,40 +134,84 @@ fn set_parameters(args: &Map<String, Value>) -> Result<SetParameters, QmpError> 
     Ok(set)
 }
 
-/// A `uri` or `channels` argument as a file target (QEMU's `file:` transport).
-pub(crate) fn target(args: &Map<String, Value>) -> MigrationTarget {
+/// A `uri` argument: `file:` or `unix:`.
+fn uri_address(uri: &str) -> MigrationTarget {
+    match uri.strip_prefix("unix:") {
+        Some(path) if !path.is_empty() => Ok(MigrationAddress::Unix(PathBuf::from(path))),
+        _ => FileTarget::from_uri(uri).map(MigrationAddress::File),
+    }
+}
+
+/// One channel's `addr` (QAPI `MigrationAddress`): `file`, or a UNIX `socket`.
+fn channel_address(addr: &Value) -> MigrationTarget {
+    match addr.get("transport").and_then(Value::as_str) {
+        Some("file") => {}
+        Some("socket") => {
+            return match addr.get("type").and_then(Value::as_str) {
+                Some("unix") => addr
+                    .get("path")
+                    .and_then(Value::as_str)
+                    .map(|p| MigrationAddress::Unix(PathBuf::from(p)))
+                    .ok_or(TargetError::Missing("path")),
+                Some(other) => Err(TargetError::UnsupportedTransport(format!("socket {other}"))),
+                None => Err(TargetError::Missing("type")),
+            };
+        }
+        Some(other) => return Err(TargetError::UnsupportedTransport(other.to_string())),
+        None => return Err(TargetError::Missing("transport")),
+    }
+    let path = addr
+        .get("filename")
+        .and_then(Value::as_str)
+        .ok_or(TargetError::Missing("filename"))?;
+    let offset = match addr.get("offset") {
+        None => 0,
+        Some(v) => v.as_u64().ok_or(TargetError::Type {
+            name: "offset",
+            expected: "integer",
+        })?,
+    };
+    Ok(MigrationAddress::File(FileTarget {
+        path: PathBuf::from(path),
+        offset,
+    }))
+}
+
+/// A `uri` or `channels` argument: the main channel's address, and the `cpr` channel's if
+/// `channels` has one (`migrate` only: `cpr_allowed`).
+pub(crate) fn target(
+    args: &Map<String, Value>,
+    cpr_allowed: bool,
+) -> (MigrationTarget, Option<MigrationTarget>) {
     match (args.get("uri"), args.get("channels")) {
-        (Some(_), Some(_)) | (None, None) => Err(TargetError::NeedUriOrChannels),
-        (Some(uri), None) => FileTarget::from_uri(uri.as_str().unwrap_or_default()),
+        (Some(_), Some(_)) | (None, None) => (Err(TargetError::NeedUriOrChannels), None),
+        (Some(uri), None) => (uri_address(uri.as_str().unwrap_or_default()), None),
         (None, Some(channels)) => {
             let list = channels.as_array().map(Vec::as_slice).unwrap_or_default();
-            let [ch] = list else {
-                return Err(TargetError::ChannelList);
-            };
-            if ch.get("channel-type").and_then(Value::as_str) != Some("main") {
-                return Err(TargetError::ChannelList);
+            if list.is_empty() || (!cpr_allowed && list.len() != 1) {
+                return (Err(TargetError::ChannelList), None);
             }
-            let addr = ch.get("addr").unwrap_or(&Value::Null);
-            match addr.get("transport").and_then(Value::as_str) {
-                Some("file") => {}
-                Some(other) => return Err(TargetError::UnsupportedTransport(other.to_string())),
-                None => return Err(TargetError::Missing("transport")),
+            let (mut main, mut cpr) = (None, None);
+            for ch in list {
+                let addr = ch.get("addr").unwrap_or(&Value::Null);
+                let (slot, name) = match ch.get("channel-type").and_then(Value::as_str) {
+                    Some("main") => (&mut main, "main"),
+                    Some("cpr") if cpr_allowed => (&mut cpr, "cpr"),
+                    Some("cpr") => return (Err(TargetError::CprChannelIncoming), None),
+                    Some(other) if cpr_allowed => {
+                        return (Err(TargetError::ChannelType(other.to_string())), None);
+                    }
+                    _ => return (Err(TargetError::ChannelList), None),
+                };
+                if slot.is_some() {
+                    return (Err(TargetError::DuplicateChannel(name)), None);
+                }
+                *slot = Some(channel_address(addr));
             }
-            let path = addr
-                .get("filename")
-                .and_then(Value::as_str)
-                .ok_or(TargetError::Missing("filename"))?;
-            let offset = match addr.get("offset") {
-                None => 0,
-                Some(v) => v.as_u64().ok_or(TargetError::Type {
-                    name: "offset",
-                    expected: "integer",
-                })?,
-            };
-            Ok(FileTarget {
-                path: PathBuf::from(path),
-                offset,
-            })
+            match main {
+                Some(main) => (main, cpr),
+                None => (Err(TargetError::NoMainChannel), None),
+            }
         }
     }
 }
@@ -233,6 +291,7 @@ fn parameters_value(p: &MigrationParameters) -> Value {
         "mode": MigMode::as_str(p.mode),
         "direct-io": p.direct_io,
         "x-vcpu-dirty-limit-period": p.x_vcpu_dirty_limit_period,
+        "cpr-exec-command": p.cpr_exec_command,
     })
 }
 
@@ -326,7 +385,11 @@ mod tests {
     #[test]
     fn file_targets() {
         let t = |v| match request("migrate", v) {
-            Ok(Command::Migrate(a)) => a.target.map_err(|e| e.to_string()),
+            Ok(Command::Migrate(a)) => match a.target {
+                Ok(MigrationAddress::File(f)) => Ok(f),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e.to_string()),
+            },
             other => panic!("{other:?}"),
         };
         assert_eq!(
@@ -364,8 +427,35 @@ mod tests {
             "Channel list must have exactly one entry, of type 'main'"
         );
         assert_eq!(
-            err(json!({"channels": [{"channel-type": "main", "addr": {"transport": "socket"}}]})),
-            "unknown migration protocol: socket (only 'file' channels are supported)"
+            err(json!({"channels": [{"channel-type": "main", "addr": {"transport": "rdma"}}]})),
+            "unknown migration protocol: rdma (only 'file' channels are supported)"
+        );
+        assert_eq!(
+            err(
+                json!({"channels": [{"channel-type": "cpr", "addr": {"transport": "file", "filename": "f"}}]})
+            ),
+            "Channel list has no main entry"
+        );
+        let main = json!({"channel-type": "main", "addr": {"transport": "socket", "type": "unix", "path": "/m"}});
+        let cpr = json!({"channel-type": "cpr", "addr": {"transport": "socket", "type": "unix", "path": "/c"}});
+        assert_eq!(
+            err(json!({"channels": [main.clone(), main.clone()]})),
+            "Channel list has more than one main entry"
+        );
+        let Ok(Command::Migrate(a)) = request("migrate", json!({"channels": [main, cpr.clone()]}))
+        else {
+            panic!("main + cpr");
+        };
+        assert_eq!(a.target, Ok(MigrationAddress::Unix("/m".into())));
+        assert_eq!(a.cpr, Some(Ok(MigrationAddress::Unix("/c".into()))));
+        let Ok(Command::MigrateIncoming(a)) =
+            request("migrate-incoming", json!({"channels": [cpr]}))
+        else {
+            panic!("migrate-incoming");
+        };
+        assert_eq!(
+            a.target.map_err(|e| e.to_string()),
+            Err("cpr channel can only be specified on the command line (-incoming)".to_string())
         );
         assert_eq!(
             err(json!({"channels": [{"channel-type": "main", "addr": {}}]})),

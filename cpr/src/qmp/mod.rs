@@ -150,4 +150,4 @@ pub use error::{ErrorClass, QmpError};
 pub use protocol::{Timestamp, VersionInfo, VersionTriple};
 pub use request::{Delivery, EventSender, QmpRequest, Queued, Reply, Responder};
 pub use schema::{ArgType, CommandDef, EnumType, Handler, Member, Schema, ServerCommand};
-pub use server::{CLAIMED_QEMU_VERSION, QmpServer, ServerConfig};
+pub use server::{CLAIMED_QEMU_VERSION, QmpServer, Release, ServerConfig};

@@ -166,7 +166,7 @@ pub(crate) static CPR_MODE: EnumType = EnumType {
     values: CprMode::NAMES,
 };
 
-/// `MigMode` (mainline 8.2; later modes not included).
+/// `MigMode` (mainline 8.2 `cpr-reboot`, 10.0 `cpr-transfer`, 10.2 `cpr-exec`).
 pub(crate) static MIG_MODE: EnumType = EnumType {
     name: "MigMode",
     values: MigMode::NAMES,
@@ -216,7 +216,7 @@ static SET_CAPS_ARGS: [Member; 1] = [req(
 )];
 
 /// `MigrateSetParameters` (subset; integer widths not checked).
-static SET_PARAMS_ARGS: [Member; 19] = [
+static SET_PARAMS_ARGS: [Member; 20] = [
     opt("announce-initial", ArgType::Int),
     opt("announce-max", ArgType::Int),
     opt("announce-rounds", ArgType::Int),
@@ -236,6 +236,7 @@ static SET_PARAMS_ARGS: [Member; 19] = [
     opt("mode", ArgType::Enum(&MIG_MODE)),
     opt("direct-io", ArgType::Bool),
     opt("x-vcpu-dirty-limit-period", ArgType::Int),
+    opt("cpr-exec-command", ArgType::List(&ArgType::Str)),
 ];
 
 static MIGRATE_ARGS: [Member; 4] = [
@@ -561,8 +562,8 @@ mod tests {
             Ok(())
         );
         assert_eq!(
-            check("migrate-set-parameters", json!({"mode": "cpr-exec"})),
-            Err("Parameter 'mode' does not accept value 'cpr-exec'".into())
+            check("migrate-set-parameters", json!({"mode": "cpr-luo"})),
+            Err("Parameter 'mode' does not accept value 'cpr-luo'".into())
         );
     }
 

@@ -201,6 +201,14 @@ pub(crate) struct Shared {
     /// The listener is closed ([`QmpServer::close_listener`]): the accept thread ends once
     /// its current client (if any) is gone, which keeps its connection.
     closed: AtomicBool,
+    /// Held across "still open?" and `accept`, so that once a hand-over has closed the
+    /// listener (see [`MonitorListener`]) this process accepts no further client.
+    accept_lock: Mutex<()>,
+    /// The socket's path is this server's to remove (not while it serves a listener
+    /// handed over by another process that has not let go of it, nor after handing it on).
+    owns_path: AtomicBool,
+    /// Accepting is held (cpr-exec): clients wait in the backlog.
+    held: AtomicBool,
 }
 
 impl fmt::Debug for Shared {
@@ -263,11 +271,57 @@ impl QmpServer {
         requests: Sender<QmpRequest>,
     ) -> io::Result<QmpServer> {
         let (listener, ident) = bind_socket(&config.path)?;
+        QmpServer::serve(config, listener, ident, requests, None, true)
+    }
+
+    /// Serves a listening socket another process handed over (cpr-transfer, cpr-exec),
+    /// bound at `config.path`. With `hold`, nothing is accepted (and the path is not this
+    /// server's to remove) until the returned release is called: in cpr-transfer, once the
+    /// old process has stopped accepting on it.
+    pub fn adopt(
+        config: ServerConfig,
+        listener: std::os::fd::OwnedFd,
+        requests: Sender<QmpRequest>,
+        hold: bool,
+    ) -> io::Result<(QmpServer, Option<Release>)> {
+        let md = fs::symlink_metadata(&config.path)?;
+        let ident = (md.dev(), md.ino());
+        let listener = UnixListener::from(listener);
+        let (release, held) = if hold {
+            let (tx, rx) = mpsc::channel::<()>();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let server = QmpServer::serve(config, listener, ident, requests, held, !hold)?;
+        let release = release.map(|tx| {
+            let shared = server.shared.clone();
+            Box::new(move || {
+                shared.owns_path.store(true, Ordering::SeqCst);
+                let _ = tx.send(());
+            }) as Release
+        });
+        Ok((server, release))
+    }
+
+    fn serve(
+        config: ServerConfig,
+        listener: UnixListener,
+        ident: (u64, u64),
+        requests: Sender<QmpRequest>,
+        held: Option<Receiver<()>>,
+        owns_path: bool,
+    ) -> io::Result<QmpServer> {
+        // Non-blocking: another process may accept a connection this one was woken for.
+        listener.set_nonblocking(true)?;
         let listener = Arc::new(listener);
         let shared = Arc::new(Shared {
             client: Mutex::new(None),
             stop: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            accept_lock: Mutex::new(()),
+            owns_path: AtomicBool::new(owns_path),
+            held: AtomicBool::new(false),
         });
         let path = config.path.clone();
         let ctx = Ctx {
@@ -278,11 +332,20 @@ impl QmpServer {
         let accept = listener.clone();
         let thread = thread::Builder::new()
             .name("qmp-server".into())
-            .spawn(move || accept_loop(&accept, ctx));
+            .spawn(move || {
+                if let Some(rx) = held
+                    && rx.recv().is_err()
+                {
+                    return;
+                }
+                accept_loop(&accept, ctx);
+            });
         let thread = match thread {
             Ok(t) => t,
             Err(e) => {
-                let _ = fs::remove_file(&path);
+                if owns_path {
+                    let _ = fs::remove_file(&path);
+                }
                 return Err(e);
             }
         };
@@ -292,6 +355,15 @@ impl QmpServer {
             listener: Some(listener),
             path,
             ident,
+        })
+    }
+
+    /// The listening socket as the VMM hands it over (cpr-transfer, cpr-exec).
+    pub fn monitor_listener(&self) -> Arc<dyn crate::vmm::MonitorListener> {
+        Arc::new(ListenerHandle {
+            shared: self.shared.clone(),
+            listener: self.listener.clone(),
+            path: self.path.clone(),
         })
     }
 
@@ -309,6 +381,11 @@ impl QmpServer {
             return;
         };
         self.shared.closed.store(true, Ordering::SeqCst);
+        if !self.shared.owns_path.load(Ordering::SeqCst) {
+            // Another process's socket (handed over to us and not yet ours, or handed on):
+            // neither shut down nor removed.
+            return;
+        }
         // Refuses connections from now on and wakes the accept thread's poll, which then
         // ends and drops the last reference (closing the descriptor) once its client is
         // gone.
@@ -452,6 +529,45 @@ fn bind_socket(path: &Path) -> io::Result<(UnixListener, (u64, u64))> {
     Ok((listener, (md.dev(), md.ino())))
 }
 
+/// Lets an adopted listener's server start accepting ([`QmpServer::adopt`]).
+pub type Release = Box<dyn FnOnce() + Send>;
+
+/// [`crate::vmm::MonitorListener`] over a server's listening socket.
+struct ListenerHandle {
+    shared: Arc<Shared>,
+    listener: Option<Arc<UnixListener>>,
+    path: PathBuf,
+}
+
+impl crate::vmm::MonitorListener for ListenerHandle {
+    fn listener(&self) -> Option<(PathBuf, std::os::fd::OwnedFd)> {
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return None;
+        }
+        let fd = self.listener.as_ref()?.as_fd().try_clone_to_owned().ok()?;
+        Some((self.path.clone(), fd))
+    }
+
+    fn handed_over(&self) {
+        let _guard = self
+            .shared
+            .accept_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.shared.owns_path.store(false, Ordering::SeqCst);
+        self.shared.closed.store(true, Ordering::SeqCst);
+    }
+
+    fn hold(&self, held: bool) {
+        let _guard = self
+            .shared
+            .accept_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.shared.held.store(held, Ordering::SeqCst);
+    }
+}
+
 /// What the accept thread owns.
 struct Ctx {
     config: ServerConfig,
@@ -471,10 +587,29 @@ fn accept_loop(listener: &UnixListener, ctx: Ctx) {
                 continue;
             }
         }
-        match listener.accept() {
+        let accepted = {
+            let _guard = ctx
+                .shared
+                .accept_lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if ctx.shared.closed.load(Ordering::SeqCst) {
+                break;
+            }
+            if ctx.shared.held.load(Ordering::SeqCst) {
+                Err(io::Error::from(io::ErrorKind::WouldBlock))
+            } else {
+                listener.accept()
+            }
+        };
+        match accepted {
             Ok((stream, _)) => {
                 next_id += 1;
+                let _ = stream.set_nonblocking(false);
                 serve_client(&ctx, stream, next_id);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(1))
             }
             // E.g. EMFILE: the listener stays readable; do not spin.
             Err(_) => thread::sleep(POLL_INTERVAL),

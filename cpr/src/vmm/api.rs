@@ -130,13 +130,31 @@ pub struct CprLoadArgs {
 /// Where `migrate`/`migrate-incoming` write or read: the `uri` or `channels` argument,
 /// parsed. A bad one is kept as its error, which the VMM reports at the step where QEMU
 /// looks at the target (after the run-state checks).
-pub type MigrationTarget = Result<FileTarget, TargetError>;
+pub type MigrationTarget = Result<MigrationAddress, TargetError>;
+
+/// A migration channel's address, as far as this VMM speaks them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MigrationAddress {
+    /// `file:PATH[,offset=N]`, or `{"transport": "file", ...}`.
+    File(FileTarget),
+    /// `unix:PATH`, or `{"transport": "socket", "type": "unix", "path": ...}`: the main
+    /// channel of `cpr-transfer`, or its `cpr` channel.
+    Unix(PathBuf),
+}
+
+impl From<FileTarget> for MigrationAddress {
+    fn from(f: FileTarget) -> Self {
+        MigrationAddress::File(f)
+    }
+}
 
 /// `migrate` arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrateArgs {
-    /// `uri` or `channels`.
+    /// `uri`, or the `main` entry of `channels`.
     pub target: MigrationTarget,
+    /// The `cpr` entry of `channels` (cpr-transfer), if there is one.
+    pub cpr: Option<MigrationTarget>,
     /// `detach` (ignored, as in QEMU).
     pub detach: Option<bool>,
     /// `resume`.
@@ -167,6 +185,18 @@ pub enum TargetError {
     /// Not exactly one channel, of type `main`.
     #[error("Channel list must have exactly one entry, of type 'main'")]
     ChannelList,
+    /// `migrate`'s channels: no `main` entry.
+    #[error("Channel list has no main entry")]
+    NoMainChannel,
+    /// `migrate`'s channels: two entries of one type.
+    #[error("Channel list has more than one {0} entry")]
+    DuplicateChannel(&'static str),
+    /// An unknown `channel-type`.
+    #[error("Parameter 'channel-type' does not accept value '{0}'")]
+    ChannelType(String),
+    /// A `migrate-incoming` `cpr` channel (QEMU: it is only given on the command line).
+    #[error("cpr channel can only be specified on the command line (-incoming)")]
+    CprChannelIncoming,
     /// A channel whose transport is not `file`.
     #[error("unknown migration protocol: {0} (only 'file' channels are supported)")]
     UnsupportedTransport(String),

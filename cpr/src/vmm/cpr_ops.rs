@@ -164,6 +164,9 @@ impl Vmm {
         let saved_vm_running = self.rs.is_running();
         // 1. Volatile RAM (checked for every mode).
         cpr_memory::check_ram_volatile(&self.blocks).map_err(Error::Volatile)?;
+        // Better than V7, whose volatile rule passes a shared memfd: a memfd dies with the
+        // process, so reboot mode cannot keep it.
+        self.refuse_memfd_for_reboot()?;
         // 2. x-colo: V7 refuses a VM with the capability on.
         if self.migration.cap(MigrationCapability::XColo) {
             return Err(Error::Colo);
@@ -392,6 +395,18 @@ impl Vmm {
         flavor: Flavor,
         has_ram: bool,
     ) -> Result<()> {
+        self.load_stream_with(open, flavor, has_ram, &mut |_| Ok(()))
+    }
+
+    /// [`load_stream`](Vmm::load_stream) with a `commit` step, run once everything is read
+    /// and checked and before anything changes (cpr-transfer's hand-over).
+    pub(super) fn load_stream_with(
+        &mut self,
+        open: impl FnMut() -> cpr_savevm::Result<QemuFile>,
+        flavor: Flavor,
+        has_ram: bool,
+        commit: &mut dyn FnMut(&mut Vmm) -> Result<()>,
+    ) -> Result<()> {
         self.refuse_running()?;
         // 5. Read and check everything (framing, versions, sections, machine shape,
         //    checksum) before anything changes. V7 checkpoints hold no RAM; mainline
@@ -403,7 +418,8 @@ impl Vmm {
         }
         let files = self.ram_files(|_| true);
         let ignore_shared = self.migration.cap(MigrationCapability::XIgnoreShared);
-        let mut io = GuestRamIo::new(&self.ram, ignore_shared, pristine).retag_on_write(files);
+        let mut io = GuestRamIo::new(&self.ram, ignore_shared || self.handed_ram, pristine)
+            .retag_on_write(files);
         let ram: Option<&mut dyn cpr_savevm::RamBlocks> = match flavor {
             Flavor::Mainline if has_ram => Some(&mut io),
             // V7's cpr-load takes cpr-save files only; a `ram` section is then refused.
@@ -448,13 +464,29 @@ impl Vmm {
         if check_transition(current, target).is_err() {
             return Err(Error::RunStateTransition { saved, current });
         }
-        // The new KVM machine over the same RAM; the old one (if any) goes only once the
-        // new one exists, so a failure here leaves the process as it was.
-        let machine =
-            Machine::restore(self.machine_config()?, &state).map_err(|e| Error::Load {
-                errno: Errno::EIO,
-                source: Box::new(e),
-            })?;
+        commit(self)?;
+        // The new KVM machine over the same RAM (the one built ahead, if there is one);
+        // the old one (if any) goes only once the new one exists, so a failure here leaves
+        // the process as it was.
+        let load_err = |e| Error::Load {
+            errno: Errno::EIO,
+            source: Box::new(e),
+        };
+        let machine = match self.spare.take() {
+            Some(mut m) => match m.restore_state(&state) {
+                Ok(()) => m,
+                Err(e) => {
+                    drop(m);
+                    // A half-restored machine is never reused: build a fresh one for the
+                    // next attempt, off this failure's path.
+                    if let Err(again) = self.build_spare() {
+                        log::warn!("cannot build a spare machine: {}", again.chain());
+                    }
+                    return Err(load_err(e));
+                }
+            },
+            None => Machine::restore(self.machine_config()?, &state).map_err(load_err)?,
+        };
         self.install_machine(machine);
         // Whatever was loaded, a deferred incoming migration is no longer waiting.
         self.migration.incoming_deferred = false;

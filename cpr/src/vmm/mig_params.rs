@@ -72,6 +72,8 @@ pub struct MigrationParameters {
     pub mode: MigMode,
     pub direct_io: bool,
     pub x_vcpu_dirty_limit_period: u64,
+    /// `cpr-exec-command` (10.2): the command `cpr-exec` runs in place of this process.
+    pub cpr_exec_command: Vec<String>,
 }
 
 impl Default for MigrationParameters {
@@ -96,6 +98,7 @@ impl Default for MigrationParameters {
             mode: MigMode::Normal,
             direct_io: false,
             x_vcpu_dirty_limit_period: 1000,
+            cpr_exec_command: Vec::new(),
         }
     }
 }
@@ -124,6 +127,7 @@ pub struct SetParameters {
     pub mode: Option<MigMode>,
     pub direct_io: Option<bool>,
     pub x_vcpu_dirty_limit_period: Option<u64>,
+    pub cpr_exec_command: Option<Vec<String>>,
 }
 
 /// `n` as a narrower QAPI integer type, or QEMU's visitor error.
@@ -248,6 +252,9 @@ impl MigrationParameters {
             direct_io,
             x_vcpu_dirty_limit_period
         );
+        if let Some(cmd) = &set.cpr_exec_command {
+            next.cpr_exec_command.clone_from(cmd);
+        }
         next.check()?;
         *self = next;
         Ok(())

@@ -33,8 +33,8 @@ use cpr_migration_file::{AtomicFile, QemuFile};
 
 use super::Vmm;
 use super::api::{
-    CapabilityStatus, Event, MigrateArgs, MigrateIncomingArgs, MigrationCapability, Response,
-    TargetError,
+    CapabilityStatus, Event, MigrateArgs, MigrateIncomingArgs, MigrationAddress,
+    MigrationCapability, Response, TargetError,
 };
 use super::cpr_ops::Flavor;
 use super::mig_params::{
@@ -52,17 +52,25 @@ pub enum MigMode {
     Normal,
     /// CPR reboot mode.
     CprReboot,
+    /// CPR transfer mode (10.0): a new process, started beforehand, takes the RAM by
+    /// descriptor over a `cpr` channel and the device state over the main channel.
+    CprTransfer,
+    /// CPR exec mode (10.2): the process saves and `exec`s `cpr-exec-command` in place.
+    CprExec,
 }
 
 impl MigMode {
     /// Every mode, in QAPI order.
-    pub const NAMES: &'static [&'static str] = &["normal", "cpr-reboot"];
+    pub const NAMES: &'static [&'static str] =
+        &["normal", "cpr-reboot", "cpr-transfer", "cpr-exec"];
 
     /// The wire name.
     pub fn as_str(self) -> &'static str {
         match self {
             MigMode::Normal => "normal",
             MigMode::CprReboot => "cpr-reboot",
+            MigMode::CprTransfer => "cpr-transfer",
+            MigMode::CprExec => "cpr-exec",
         }
     }
 
@@ -71,8 +79,15 @@ impl MigMode {
         match name {
             "normal" => Some(MigMode::Normal),
             "cpr-reboot" => Some(MigMode::CprReboot),
+            "cpr-transfer" => Some(MigMode::CprTransfer),
+            "cpr-exec" => Some(MigMode::CprExec),
             _ => None,
         }
+    }
+
+    /// A CPR mode (`migrate_mode_is_cpr`).
+    pub fn is_cpr(self) -> bool {
+        self != MigMode::Normal
     }
 }
 
@@ -103,6 +118,28 @@ pub enum MigrateError {
     /// `migrate-incoming` a second time.
     #[error("The incoming migration has already been started")]
     IncomingStarted,
+    /// cpr-transfer to a `file:` main channel.
+    #[error("Migration requires streamable transport (eg unix)")]
+    NeedsStream,
+    /// cpr-transfer without a `cpr` channel (and so from HMP, which cannot name one).
+    #[error("missing 'cpr' migration channel")]
+    MissingCprChannel,
+    /// A `cpr` channel that is not a UNIX socket.
+    #[error("bad cpr channel address; must be unix")]
+    BadCprChannel,
+    /// cpr-exec to a socket: nothing reads it across the exec.
+    #[error(
+        "cpr-exec needs a file main channel: the exec'd process reads the state after the exec"
+    )]
+    ExecNeedsFile,
+    /// A socket main channel outside cpr-transfer.
+    #[error("a unix main channel is only supported in cpr-transfer mode")]
+    SocketOutsideTransfer,
+    /// cpr-reboot over RAM that has no path.
+    #[error(
+        "Memory region {0} is a memfd: it cannot outlive this process, so cpr-reboot cannot keep it (use cpr-transfer or cpr-exec, or --mem-path)"
+    )]
+    MemfdReboot(String),
 }
 
 /// Where a migration stream goes or comes from.
@@ -160,6 +197,11 @@ impl MigrationState {
     /// The migration mode.
     pub(crate) fn mode(&self) -> MigMode {
         self.params.mode
+    }
+
+    /// The parameters.
+    pub(crate) fn params(&self) -> &MigrationParameters {
+        &self.params
     }
 
     /// `--global migration.<property>=<value>` (QEMU's `-global`), through the same
@@ -318,7 +360,7 @@ impl Vmm {
 
     /// Mainline's refusals for CPR modes (`migrate_mode_is_cpr` checks).
     fn check_cpr_options(&self) -> Result<()> {
-        if self.migration.mode() != MigMode::CprReboot {
+        if !self.migration.mode().is_cpr() {
             return Ok(());
         }
         for (cap, what) in [
@@ -333,8 +375,24 @@ impl Vmm {
                 return Err(MigrateError::NotWithCpr(what).into());
             }
         }
-        let state = self.rs.state();
-        self.vfio.check_cpr_reboot(state == RunState::Suspended)?;
+        if self.migration.mode() == MigMode::CprReboot {
+            self.refuse_memfd_for_reboot()?;
+            let state = self.rs.state();
+            self.vfio.check_cpr_reboot(state == RunState::Suspended)?;
+        }
+        Ok(())
+    }
+
+    /// cpr-reboot cannot keep RAM that has no path: the process's exit frees it.
+    pub(super) fn refuse_memfd_for_reboot(&self) -> Result<()> {
+        for b in self.ram.blocks() {
+            if matches!(
+                b.block().backing(),
+                cpr_memory::Backing::Memfd { .. } | cpr_memory::Backing::InheritedFd(_)
+            ) {
+                return Err(MigrateError::MemfdReboot(b.block().mr_name().to_string()).into());
+            }
+        }
         Ok(())
     }
 
@@ -363,7 +421,39 @@ impl Vmm {
             return Err(MigrateError::Unloadable(old).into());
         }
         let target = args.target.clone().map_err(ArgumentError::Target)?;
+        let mode = self.migration.mode();
+        // QEMU's transport check, then the cpr channel, then the blockers.
+        let target = match (target, mode) {
+            (MigrationAddress::File(_), MigMode::CprTransfer) => {
+                return Err(MigrateError::NeedsStream.into());
+            }
+            (MigrationAddress::Unix(_), MigMode::CprExec) => {
+                return Err(MigrateError::ExecNeedsFile.into());
+            }
+            (MigrationAddress::Unix(main), MigMode::CprTransfer) => {
+                let cpr = match args.cpr.clone() {
+                    None => return Err(MigrateError::MissingCprChannel.into()),
+                    Some(Err(e)) => return Err(ArgumentError::Target(e).into()),
+                    Some(Ok(MigrationAddress::Unix(p))) => p,
+                    Some(Ok(MigrationAddress::File(_))) => {
+                        return Err(MigrateError::BadCprChannel.into());
+                    }
+                };
+                self.check_cpr_options()?;
+                return self.migrate_transfer(&main, &cpr, old);
+            }
+            (MigrationAddress::Unix(_), _) => {
+                return Err(MigrateError::SocketOutsideTransfer.into());
+            }
+            (MigrationAddress::File(f), _) => f,
+        };
         self.check_cpr_options()?;
+        let exec = mode == MigMode::CprExec;
+        if exec {
+            super::exec::check_command(&self.migration.params().cpr_exec_command)
+                .map_err(Error::Exec)?;
+            self.handed_ram().map_err(Error::Transfer)?;
+        }
         let mut out = open_target(&target, &self.ram_identities())?;
         let start = Instant::now();
         self.migration.info = MigrationInfo::default();
@@ -383,7 +473,9 @@ impl Vmm {
         self.set_migration_status(MigrationStatus::Active);
         let setup_ms = stop.duration_since(start).as_millis();
         let ignore = self.migration.cap(MigrationCapability::XIgnoreShared);
-        let written = self.write_checkpoint(out.file(), old, Some(ignore));
+        // cpr-exec keeps all RAM mapped across the exec: a device-state stream, as V7's.
+        let ram_mode = if exec { None } else { Some(ignore) };
+        let written = self.write_checkpoint(out.file(), old, ram_mode);
         self.rs.machine_mut().ram.checkpoint_tagged();
         let written = written
             .and_then(|w| w.commit(|| out.finish()))
@@ -416,6 +508,9 @@ impl Vmm {
                 if let Err(e) = done {
                     log::error!("{}", Error::from(e).chain());
                 }
+                if exec {
+                    self.schedule_exec(old);
+                }
             }
             Err(e) => self.migration_failed(old, &e),
         }
@@ -425,7 +520,7 @@ impl Vmm {
     /// A failed outgoing migration: status `failed`, the error in `error-desc`, and the VM
     /// back in the state it was in (running again if it was running, as mainline's
     /// `migrate_fd_cleanup`; paused; or still suspended).
-    fn migration_failed(&mut self, old: RunState, e: &Error) {
+    pub(super) fn migration_failed(&mut self, old: RunState, e: &Error) {
         self.migration.info.error_desc = Some(e.chain());
         self.set_migration_status(MigrationStatus::Failed);
         let back = match old {
@@ -448,8 +543,10 @@ impl Vmm {
         if !self.migration.incoming_deferred || self.rs.state() != RunState::Inmigrate {
             return Err(MigrateError::IncomingStarted.into());
         }
-        let target = args.target.clone().map_err(ArgumentError::Target)?;
-        self.incoming(&target)
+        match args.target.clone().map_err(ArgumentError::Target)? {
+            MigrationAddress::File(target) => self.incoming(&target),
+            MigrationAddress::Unix(path) => self.listen_transfer(&path),
+        }
     }
 
     /// Loads a migration stream into this (`inmigrate`) VM: shared with `--incoming file:`.

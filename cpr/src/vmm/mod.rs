@@ -28,6 +28,8 @@
 pub(crate) mod api;
 mod cpr_ops;
 pub(crate) mod epoch;
+mod exec;
+pub mod handoff;
 mod mig_params;
 mod migration;
 mod ownership;
@@ -37,6 +39,7 @@ mod ram_io;
 mod rules_tests;
 mod slot;
 mod target;
+mod transfer;
 
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -46,17 +49,19 @@ use cpr_runstate::{RunState, VmRunState};
 use cpr_vfio_info::{VfioDevice, VfioDevices};
 
 use crate::checkpoint::{MachineLayout, RamBlockInfo};
-use crate::config::{Incoming, OnOff, VmArgs};
+use crate::config::{Incoming, MemBackend, OnOff, VmArgs};
 use crate::error::{CommandError, ConfigError, Error, Result};
 use crate::machine::{Machine, MachineConfig, MachineEvent, SerialOutput, ShutdownCause};
 use crate::qmp::{EventSender, QmpError, QmpRequest, Responder};
 
 pub use api::{
     CapabilityStatus, Command, CommandName, CprLoadArgs, CprSaveArgs, Event, MigrateArgs,
-    MigrateIncomingArgs, MigrationCapability, MigrationTarget, RamPersistenceInfo, Response,
-    TargetError,
+    MigrateIncomingArgs, MigrationAddress, MigrationCapability, MigrationTarget,
+    RamPersistenceInfo, Response, TargetError,
 };
 pub use cpr_ops::CprMode;
+pub use exec::{ExecError, ExecHelper};
+pub use handoff::{HandoffError, Received};
 pub use mig_params::{GlobalError, MigrationParameters, ParamError, SetParameters};
 pub use migration::MigrateError;
 pub(crate) use migration::MigrationState;
@@ -65,6 +70,7 @@ pub(crate) use ownership::RamOwnership;
 pub use ownership::{OwnershipError, is_locked_elsewhere};
 pub use query_migrate::{MigrationInfo, MigrationStats, MigrationStatus};
 pub(crate) use slot::{MachineSlot, SlotError};
+pub use transfer::{IncomingStream, MonitorListener, TransferError};
 
 /// Name of the main RAM block (QEMU's x86 `pc.ram`).
 pub const MAIN_RAM: &str = "pc.ram";
@@ -76,6 +82,8 @@ pub enum Msg {
     Qmp(QmpRequest),
     /// Something the machine reports.
     Machine(MachineEvent),
+    /// cpr-transfer: the old process's device state arrived on the main channel.
+    Transfer(std::result::Result<IncomingStream, HandoffError>),
 }
 
 /// The VMM.
@@ -97,6 +105,18 @@ pub struct Vmm {
     guest_reset: bool,
     /// No one has written guest RAM since it was mapped (no boot, no RAM loaded).
     ram_pristine: bool,
+    /// A machine built ahead, while this process waits for state (`-S`, `--incoming`):
+    /// the load or boot that follows only applies state to it.
+    spare: Option<Machine>,
+    /// This process's RAM came from another process by descriptor (cpr-transfer/exec):
+    /// it stays in place whatever `x-ignore-shared` says.
+    handed_ram: bool,
+    /// The monitor's listening socket, which cpr-transfer and cpr-exec hand over.
+    monitor: Option<std::sync::Arc<dyn MonitorListener>>,
+    /// cpr-transfer, incoming side: the main channel.
+    transfer: transfer::TransferState,
+    /// cpr-exec: what to do once `migrate`'s reply is out.
+    exec: Option<exec::ExecPlan>,
 }
 
 impl std::fmt::Debug for Vmm {
@@ -109,12 +129,33 @@ impl std::fmt::Debug for Vmm {
 }
 
 /// The RAM blocks `args` ask for: one `pc.ram` block, seen by the guest through QEMU's
-/// below-4G/above-4G windows.
-pub(crate) fn ram_blocks(args: &VmArgs) -> Result<RamBlockList> {
+/// below-4G/above-4G windows. A block the old process handed over (`handed`) is mapped
+/// from its descriptor; the command line must ask for the same kind of RAM.
+pub(crate) fn ram_blocks(args: &VmArgs, handed: Option<&mut Received>) -> Result<RamBlockList> {
     let size = args.mem_size.0;
-    let backing = match &args.mem_path {
-        Some(p) => Backing::File { path: p.clone() },
-        None => Backing::Anonymous,
+    let handed = handed.and_then(|h| h.take_ram(MAIN_RAM));
+    let backing = match (&args.mem_path, args.mem_backend, handed) {
+        (None, Some(MemBackend::Memfd), Some(h)) => {
+            if h.size != size {
+                return Err(ConfigError::HandedRam(format!(
+                    "the old process handed over {MAIN_RAM} with {} bytes; --mem-size asks for {size}",
+                    h.size
+                ))
+                .into());
+            }
+            Backing::InheritedFd(std::sync::Arc::new(h.fd))
+        }
+        (_, _, Some(_)) => {
+            return Err(ConfigError::HandedRam(format!(
+                "the old process handed over {MAIN_RAM} as a memfd; start this one with --mem-backend memfd, as the old one"
+            ))
+            .into());
+        }
+        (Some(p), _, None) => Backing::File { path: p.clone() },
+        (None, Some(MemBackend::Memfd), None) => Backing::Memfd {
+            name: MAIN_RAM.to_string(),
+        },
+        (None, _, None) => Backing::Anonymous,
     };
     let builder = RamBlock::builder(MAIN_RAM, size)
         .kind(RamKind::Ram)
@@ -125,21 +166,40 @@ pub(crate) fn ram_blocks(args: &VmArgs) -> Result<RamBlockList> {
     RamBlockList::from_blocks([block]).map_err(Error::Memory)
 }
 
+/// How a checkpoint names where a block's RAM is: a file's canonical path, or (RAM with
+/// no path) the memory object's inode, the same in every process that maps it.
+fn backing_identity(block: &cpr_memory::MappedBlock) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match block.block().backing() {
+        Backing::File { path } => std::fs::canonicalize(path)
+            .unwrap_or_else(|_| path.clone())
+            .display()
+            .to_string(),
+        Backing::Memfd { .. } | Backing::InheritedFd(_) => {
+            let ino = block
+                .fd()
+                .and_then(|fd| fd.try_clone_to_owned().ok())
+                .and_then(|fd| std::fs::File::from(fd).metadata().ok())
+                .map(|m| m.ino());
+            match ino {
+                Some(ino) => format!("memfd:{} (inode {ino})", block.block().idstr()),
+                None => format!("memfd:{}", block.block().idstr()),
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
 /// The layout recorded in (and demanded from) a checkpoint.
-pub(crate) fn machine_layout(args: &VmArgs, blocks: &RamBlockList) -> MachineLayout {
-    let ram = blocks
+pub(crate) fn machine_layout(args: &VmArgs, ram: &GuestRam) -> MachineLayout {
+    let ram = ram
+        .blocks()
         .iter()
         .map(|b| RamBlockInfo {
-            idstr: b.idstr().to_string(),
-            size: b.size(),
-            shared: b.shared(),
-            backing: match b.backing() {
-                Backing::File { path } => std::fs::canonicalize(path)
-                    .unwrap_or_else(|_| path.clone())
-                    .display()
-                    .to_string(),
-                other => other.to_string(),
-            },
+            idstr: b.block().idstr().to_string(),
+            size: b.block().size(),
+            shared: b.block().shared(),
+            backing: backing_identity(b),
             copied: false,
         })
         .collect();
@@ -154,6 +214,17 @@ impl Vmm {
     /// Maps guest RAM (reusing an existing RAM file, never resizing it) and sets up an
     /// unstarted VM in `prelaunch`. Machine events and QMP requests are to be sent to `msgs`.
     pub fn new(args: VmArgs, events: EventSender, msgs: Sender<Msg>) -> Result<Vmm> {
+        Vmm::with_handoff(args, events, msgs, None)
+    }
+
+    /// [`Vmm::new`] for a process that takes over from another (`cpr-transfer`,
+    /// `cpr-exec`): RAM comes from the descriptors in `handed`.
+    pub fn with_handoff(
+        args: VmArgs,
+        events: EventSender,
+        msgs: Sender<Msg>,
+        handed: Option<&mut Received>,
+    ) -> Result<Vmm> {
         let max_vcpus = crate::machine::layout::MAX_VCPUS;
         if args.smp == 0 || u64::from(args.smp) > max_vcpus {
             return Err(ConfigError::Smp {
@@ -172,9 +243,10 @@ impl Vmm {
         }
         let mut migration = MigrationState::default();
         migration.apply_globals(&args.globals)?;
-        let blocks = ram_blocks(&args)?;
+        let handed_ram = handed.as_ref().is_some_and(|h| !h.ram.is_empty());
+        let blocks = ram_blocks(&args, handed)?;
         let ram = GuestRam::map(&blocks, OpenMode::OpenOrCreate).map_err(Error::Memory)?;
-        let layout = machine_layout(&args, &blocks);
+        let layout = machine_layout(&args, &ram);
         let ram_pristine = ram_io::is_fresh(&ram);
         let vfio = VfioDevices::new();
         let mut rs = VmRunState::new(MachineSlot::default());
@@ -195,6 +267,11 @@ impl Vmm {
             quit_reply: None,
             guest_reset: false,
             ram_pristine,
+            spare: None,
+            handed_ram,
+            monitor: None,
+            transfer: transfer::TransferState::default(),
+            exec: None,
         })
     }
 
@@ -298,17 +375,39 @@ impl Vmm {
         // The RAM must be ours before the guest image is written into it; and no
         // checkpoint describes RAM a fresh guest is about to write.
         self.rs.machine_mut().ram.before_run()?;
-        let mut machine = Machine::new(self.machine_config()?)?;
+        let mut machine = match self.spare.take() {
+            Some(m) => m,
+            None => Machine::new(self.machine_config()?)?,
+        };
         self.ram_pristine = false;
         machine.boot()?;
         self.install_machine(machine);
         Ok(())
     }
 
+    /// Builds the machine ahead (KVM VM, memslots, irqchip, PIT, vCPU threads, devices)
+    /// while this process waits for state or for `cont`: the load or boot that follows
+    /// only applies state to it. Nothing is written to guest RAM.
+    pub(crate) fn build_spare(&mut self) -> Result<()> {
+        if self.spare.is_none() && self.machine().is_none() {
+            self.spare = Some(Machine::new(self.machine_config()?)?);
+        }
+        Ok(())
+    }
+
     /// Start-up: run the guest, stay in `prelaunch` (`-S`), or take state from
-    /// `--incoming`.
+    /// `--incoming`. A process that waits builds its machine first.
     pub fn start(&mut self, no_start: bool, incoming: Option<&Incoming>) -> Result<()> {
+        if no_start || incoming.is_some() {
+            self.build_spare()?;
+        }
         match incoming {
+            Some(Incoming::Unix { path }) => {
+                self.rs.runstate_set(RunState::Inmigrate)?;
+                self.autostart = !no_start;
+                self.migration.incoming_enabled = true;
+                self.listen_transfer(path)?;
+            }
             Some(Incoming::Defer) => {
                 self.rs.runstate_set(RunState::Inmigrate)?;
                 self.autostart = !no_start;
@@ -366,11 +465,21 @@ impl Vmm {
                 if quit && result.is_ok() {
                     // Answered by `finish_quit`, once the monitor's socket is gone.
                     self.quit_reply = Some(responder);
+                } else if self.exec.is_some() {
+                    // A cpr-exec follows: the reply must be out before the exec, and a
+                    // client that reconnects must wait for the new image.
+                    if let Some(m) = &self.monitor {
+                        m.hold(true);
+                    }
+                    responder
+                        .respond_queued(result.map_err(|e| QmpError::generic(e.chain())))
+                        .wait(std::time::Duration::from_secs(2));
                 } else {
                     responder.respond(result.map_err(|e| QmpError::generic(e.chain())));
                 }
             }
             Msg::Machine(event) => self.machine_event(event),
+            Msg::Transfer(got) => self.transfer_arrived(got),
         }
         if let Err(e) = self.rs.process_requests() {
             log::error!("{}", Error::from(e).chain());
@@ -700,8 +809,8 @@ mod tests {
                 "can't apply global migration.x-ignore-shared=maybe: 'maybe' is not a boolean (use 'on' or 'off', 'yes' or 'no', 'true' or 'false')",
             ),
             (
-                "migration.mode=cpr-exec",
-                "can't apply global migration.mode=cpr-exec: Parameter 'mode' does not accept value 'cpr-exec'",
+                "migration.mode=cpr-luo",
+                "can't apply global migration.mode=cpr-luo: Parameter 'mode' does not accept value 'cpr-luo'",
             ),
             (
                 "migration.x-downtime-limit=9999999",
@@ -726,7 +835,8 @@ mod tests {
         );
         let migrate = |uri: &str, resume: bool| {
             Command::Migrate(MigrateArgs {
-                target: FileTarget::from_uri(uri),
+                cpr: None,
+                target: FileTarget::from_uri(uri).map(MigrationAddress::from),
                 detach: None,
                 resume,
             })
@@ -742,7 +852,7 @@ mod tests {
         );
         let incoming = |uri: &str| {
             Command::MigrateIncoming(MigrateIncomingArgs {
-                target: FileTarget::from_uri(uri),
+                target: FileTarget::from_uri(uri).map(MigrationAddress::from),
                 exit_on_error: None,
             })
         };
@@ -795,7 +905,8 @@ mod tests {
             err(
                 &mut vm,
                 Command::Migrate(MigrateArgs {
-                    target: FileTarget::from_uri("file:/x"),
+                    cpr: None,
+                    target: FileTarget::from_uri("file:/x").map(MigrationAddress::from),
                     detach: Some(true),
                     resume: false,
                 })

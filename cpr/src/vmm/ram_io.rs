@@ -16,10 +16,12 @@ use vm_memory::{Bytes, GuestAddress};
 const ZERO_CHUNK: usize = 64 * 1024;
 
 /// Mainline's rule for which blocks stay in place: with `x-ignore-shared`, a block that is
-/// shared and backed by a named file (QEMU's `RAM_NAMED_FILE`, here any fd) sends no pages;
-/// everything else is copied.
+/// shared and backed by a named file (QEMU's `RAM_NAMED_FILE`) sends no pages; everything
+/// else is copied, memfd RAM included (it has no name to be found by after the process).
 pub(super) fn stays_in_place(block: &MappedBlock, ignore_shared: bool) -> bool {
-    ignore_shared && block.block().shared() && block.block().backing().has_fd()
+    ignore_shared
+        && block.block().shared()
+        && matches!(block.block().backing(), Backing::File { .. })
 }
 
 /// Whether every block of `ram` still reads as zeros because nothing wrote it since it

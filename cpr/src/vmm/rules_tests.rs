@@ -42,6 +42,7 @@ fn vmm(ram: Option<&Path>, shared: bool, tweak: impl FnOnce(&mut Setup)) -> (Vmm
     let args = VmArgs {
         mem_size: Size(64 << 20),
         mem_path: ram.map(Path::to_path_buf),
+        mem_backend: None,
         mem_share: if shared { OnOff::On } else { OnOff::Off },
         smp: 1,
         serial: "none".into(),
@@ -269,7 +270,8 @@ fn migrate_incoming_failure_is_reported_and_can_be_retried() {
     events_on(&mut vm);
     let incoming = |path: &Path| {
         Command::MigrateIncoming(MigrateIncomingArgs {
-            target: FileTarget::from_uri(&format!("file:{}", path.display())),
+            target: FileTarget::from_uri(&format!("file:{}", path.display()))
+                .map(MigrationAddress::from),
             exit_on_error: None,
         })
     };
@@ -343,6 +345,7 @@ fn migrate_refusals_come_before_the_target() {
     let state = files.path("vm.state");
     let migrate = |target: MigrationTarget, resume: bool| {
         Command::Migrate(MigrateArgs {
+            cpr: None,
             target,
             detach: None,
             resume,
@@ -350,7 +353,10 @@ fn migrate_refusals_come_before_the_target() {
     };
     let uri = format!("file:{}", state.display());
     assert_eq!(
-        refused(&mut vm, migrate(FileTarget::from_uri(&uri), true)),
+        refused(
+            &mut vm,
+            migrate(FileTarget::from_uri(&uri).map(MigrationAddress::from), true)
+        ),
         "Cannot resume if there is no paused migration"
     );
     assert_eq!(

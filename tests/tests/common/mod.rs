@@ -17,7 +17,7 @@ use cpr::config::{Incoming, OnOff, Size, VmArgs};
 use cpr::qmp::{EventSender, QmpRequest};
 use cpr::vmm::{
     CapabilityStatus, Command, CprLoadArgs, CprMode, CprSaveArgs, Event, FileTarget, MigrateArgs,
-    MigrateIncomingArgs, MigrationCapability, Msg, Response, Vmm,
+    MigrateIncomingArgs, MigrationAddress, MigrationCapability, Msg, Response, Vmm,
 };
 use cpr_runstate::RunState;
 
@@ -100,6 +100,7 @@ pub fn args(ram: Option<&Path>, smp: u32) -> VmArgs {
     VmArgs {
         mem_size: Size(64 << 20),
         mem_path: ram.map(Path::to_path_buf),
+        mem_backend: None,
         mem_share: OnOff::On,
         smp,
         serial: "none".into(),
@@ -285,7 +286,8 @@ pub fn load(path: &Path) -> Command {
 /// `migrate file:PATH`.
 pub fn migrate(path: &Path) -> Command {
     Command::Migrate(MigrateArgs {
-        target: Ok(file(path)),
+        cpr: None,
+        target: Ok(MigrationAddress::File(file(path))),
         detach: None,
         resume: false,
     })
@@ -294,7 +296,7 @@ pub fn migrate(path: &Path) -> Command {
 /// `migrate-incoming file:PATH`.
 pub fn migrate_incoming(path: &Path) -> Command {
     Command::MigrateIncoming(MigrateIncomingArgs {
-        target: Ok(file(path)),
+        target: Ok(MigrationAddress::File(file(path))),
         exit_on_error: None,
     })
 }
