@@ -66,45 +66,19 @@ pub fn run(cli: &Cli) -> Result<(), AppError> {
     let mut handed = handoff::take_exec_state()?;
     let from_exec = handed.is_some();
     let channels = IncomingChannels::from_args(&cli.incoming).map_err(AppError::Incoming)?;
-    // cpr-transfer: wait for the old process's CPR state before anything else (QEMU reads
-    // the cpr channel before its monitor starts).
-    let mut cpr_conn = None;
-    if let Some(path) = &channels.cpr {
-        log::info!("waiting for the CPR state on {}", path.display());
-        let (received, conn) = handoff::receive_on(path)?;
-        handed = Some(received);
-        cpr_conn = Some(conn);
-    }
     let (tx, rx) = channel_pair();
+    // cpr-transfer: a monitor on a path of its own is up at once; on the old process's
+    // path (where the old process still listens) it comes with the CPR state.
+    let monitor_busy = channels.cpr.is_some()
+        && cli
+            .qmp
+            .as_ref()
+            .is_some_and(|p| std::os::unix::net::UnixStream::connect(p).is_ok());
     let mut release_monitor = None;
-    let mut server = match &cli.qmp {
-        Some(path) => {
-            let mut cfg = ServerConfig::new(path);
-            cfg.vcpus = cli.vm.smp;
-            let (requests_tx, requests) = std::sync::mpsc::channel();
-            let handed_listener = handed
-                .as_mut()
-                .and_then(|h| h.monitor.take())
-                .filter(|(p, _)| same_path(p, path));
-            let started = match handed_listener {
-                // The old process's socket: served at once after an exec; after a
-                // transfer only once the old process has let go of it.
-                Some((_, fd)) => {
-                    QmpServer::adopt(cfg, fd, requests_tx, !from_exec).map(|(server, release)| {
-                        release_monitor = release;
-                        server
-                    })
-                }
-                None => QmpServer::start_with_sender(cfg, requests_tx),
-            };
-            let server = started.map_err(|source| AppError::QmpSocket {
-                path: path.clone(),
-                source,
-            })?;
-            forward(requests, tx.clone(), Msg::Qmp);
-            Some(server)
-        }
-        None => None,
+    let mut server = if monitor_busy {
+        None
+    } else {
+        start_monitor(cli, handed.as_mut(), from_exec, &tx, &mut release_monitor)?
     };
     let events = server
         .as_ref()
@@ -113,21 +87,51 @@ pub fn run(cli: &Cli) -> Result<(), AppError> {
         .as_mut()
         .and_then(|h| h.helper.take())
         .map(ExecHelper::from);
-    let mut vmm = Vmm::with_handoff(cli.vm.clone(), events, tx, handed.as_mut())?;
+    let mut vmm = if channels.cpr.is_some() {
+        // The machine is built before the old process hands anything over: a memfd's
+        // address space is only reserved until then.
+        Vmm::awaiting_handoff(cli.vm.clone(), events, tx.clone())?
+    } else {
+        Vmm::with_handoff(cli.vm.clone(), events, tx.clone(), handed.as_mut())?
+    };
+    if let Some(h) = handed.as_mut() {
+        // A listening socket handed over and not adopted (another path) is closed at once.
+        h.monitor = None;
+    }
     if let Some(server) = &server {
         vmm.set_monitor_listener(server.monitor_listener());
-    }
-    if let Some(release) = release_monitor {
-        vmm.on_takeover(release);
     }
     for name in &cli.vfio_test_devices {
         vmm.attach_vfio(Box::new(TestVfioDevice { name: name.clone() }));
     }
     vmm.start(cli.no_start, channels.main.as_ref())?;
-    if let Some(conn) = cpr_conn {
+    if let Some(path) = &channels.cpr {
+        log::info!("waiting for the CPR state on {}", path.display());
+        let (mut received, conn) = handoff::receive_on(path)?;
+        let t = std::time::Instant::now();
+        vmm.bind_handoff(&mut received)?;
+        log::debug!("cpr-transfer: RAM bound in {:?}", t.elapsed());
+        if monitor_busy {
+            server = start_monitor(cli, Some(&mut received), false, &tx, &mut release_monitor)?;
+            if let Some(server) = &server {
+                vmm.set_events(server.events());
+                vmm.set_monitor_listener(server.monitor_listener());
+            }
+        }
+        // A listening socket handed over and not adopted is closed here: holding it would
+        // leave clients of the old path waiting on a socket no one serves.
+        drop(received);
+        let adopted = release_monitor.is_some();
+        if let Some(release) = release_monitor.take() {
+            vmm.on_takeover(release);
+        }
         // The machine is built and the main channel listens: the old process may stop
         // its guest now.
-        handoff::ready(conn)?;
+        handoff::ready(conn, adopted)?;
+        log::debug!(
+            "cpr-transfer: ready {:?} after the CPR state arrived",
+            t.elapsed()
+        );
     }
     if let Some(helper) = helper {
         // This image runs: the old one can be torn down (in its helper, off this path).
@@ -165,6 +169,40 @@ pub fn run(cli: &Cli) -> Result<(), AppError> {
     // Leave without tearing the VM down by hand: the kernel does that when the process
     // exits, and nobody waits for it. The client sees EOF then.
     std::process::exit(i32::from(status))
+}
+
+/// Starts the QMP monitor (if `--qmp`): on the listening socket the old process handed
+/// over when it is for the same path (served at once after an exec; after a transfer
+/// only once `release` is called), else on a socket of its own.
+fn start_monitor(
+    cli: &Cli,
+    handed: Option<&mut handoff::Received>,
+    from_exec: bool,
+    tx: &std::sync::mpsc::Sender<Msg>,
+    release: &mut Option<cpr::qmp::Release>,
+) -> Result<Option<QmpServer>, AppError> {
+    let Some(path) = &cli.qmp else {
+        return Ok(None);
+    };
+    let mut cfg = ServerConfig::new(path);
+    cfg.vcpus = cli.vm.smp;
+    let (requests_tx, requests) = std::sync::mpsc::channel();
+    let handed_listener = handed
+        .and_then(|h| h.monitor.take())
+        .filter(|(p, _)| same_path(p, path));
+    let started = match handed_listener {
+        Some((_, fd)) => QmpServer::adopt(cfg, fd, requests_tx, !from_exec).map(|(server, r)| {
+            *release = r;
+            server
+        }),
+        None => QmpServer::start_with_sender(cfg, requests_tx),
+    };
+    let server = started.map_err(|source| AppError::QmpSocket {
+        path: path.clone(),
+        source,
+    })?;
+    forward(requests, tx.clone(), Msg::Qmp);
+    Ok(Some(server))
 }
 
 /// Whether two socket paths name the same place (as given, or once canonicalized).

@@ -66,9 +66,26 @@ pub struct DemoArgs {
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1)]
     pub smp: u32,
-    /// How many save/quit/start/load cycles to run.
+    /// How many hand-offs (or save/quit/start/load cycles) to run.
     #[arg(long, default_value_t = 3)]
     pub cycles: u32,
+    /// How the guest moves to a new process: `transfer` (cpr-transfer: a new process,
+    /// started first, takes the RAM by descriptor; the fastest), `exec` (cpr-exec: the
+    /// process execs itself), or `reboot` (V7 cpr-save, quit, a new process cpr-loads;
+    /// what survives a host reboot).
+    #[arg(long, value_enum, default_value = "transfer")]
+    pub mode: DemoMode,
+}
+
+/// The demo's ways of moving the guest.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoMode {
+    /// cpr-transfer.
+    Transfer,
+    /// cpr-exec.
+    Exec,
+    /// V7 reboot mode (cpr-save / cpr-load).
+    Reboot,
 }
 
 #[cfg(test)]

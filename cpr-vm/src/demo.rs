@@ -1,17 +1,26 @@
 //! `cpr-vm demo`: the main job, on nothing but the built-in guest and a temporary directory.
 //!
-//! Boots the guest in a `cpr-vm` process, lets it work, and then, cycle after cycle:
-//! `cpr-save` over QMP, `quit`, start a new `cpr-vm` with the same arguments plus `-S`,
-//! `cpr-load`, and show that the guest carried on (its progress continues from where it
-//! was, its timer still ticks, its RAM check finds nothing wrong), with the blackout time.
+//! Boots the guest in a `cpr-vm` process, lets it work, and then moves it to a new process,
+//! again and again, in one of three ways (`--mode`):
+//!
+//! * `transfer` (the default, the fastest): a new `cpr-vm`, started with a `cpr` channel and
+//!   a main channel, builds its machine; `migrate` in `cpr-transfer` mode hands it the
+//!   memfd RAM and the device state; the guest pauses for about a millisecond;
+//! * `exec`: `migrate` in `cpr-exec` mode saves and execs `cpr-vm` in the same process;
+//! * `reboot`: V7's `cpr-save`, `quit`, a new `cpr-vm -S` started on the reply, `cpr-load`
+//!   (what survives a host reboot).
+//!
+//! Each time it shows that the guest carried on (its progress continues from where it
+//! was, its timer still ticks, its RAM check finds nothing wrong), with the times.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::AppError;
-use cpr_harness::{VmFiles, VmProcess, cycle, sibling_binary};
+use cpr_harness::handoff::{HandoffRun, exec_cycle, transfer_cycle};
+use cpr_harness::{Progress, VmFiles, VmProcess, cycle, sibling_binary};
 
-use crate::cli::DemoArgs;
+use crate::cli::{DemoArgs, DemoMode};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -37,13 +46,54 @@ pub fn run(args: &DemoArgs) -> Result<(), AppError> {
     result
 }
 
+/// What the guest did across one move, as the demo prints it.
+fn carried_on(n: u32, before: &Progress, after: &Progress) -> bool {
+    let continued = after.progress >= before.progress;
+    println!(
+        "         progress {} -> {} ({}), ticks {} -> {}, RAM errors {}",
+        before.progress,
+        after.progress,
+        if continued { "carried on" } else { "RESTARTED" },
+        before.ticks,
+        after.ticks,
+        after.errors
+    );
+    let _ = n;
+    continued && after.errors == 0
+}
+
+fn opt_ms(d: Option<Duration>) -> String {
+    d.map_or_else(|| "-".into(), |d| format!("{:.2} ms", ms(d)))
+}
+
+fn print_handoff(n: u32, mode: &str, r: &HandoffRun) {
+    match mode {
+        "cpr-transfer" => println!(
+            "{mode} {n}: migrate answered {:.2} ms | guest ran on until STOP {} | guest paused {} (STOP -> RESUME) | progress seen in the new process {:.2} ms after migrate | old process gone {} later, off the critical path",
+            ms(r.migrate),
+            opt_ms(r.until_stop),
+            opt_ms(r.guest_pause),
+            ms(r.blackout),
+            opt_ms(r.old_gone)
+        ),
+        _ => println!(
+            "{mode} {n}: migrate answered {:.2} ms (then exec, same pid) | progress seen in the new image {:.2} ms after migrate",
+            ms(r.migrate),
+            ms(r.blackout)
+        ),
+    }
+}
+
 fn run_in(dir: &Path, args: &DemoArgs) -> Result<(), AppError> {
     let binary = sibling_binary("cpr-vm");
     let files = VmFiles::in_dir(dir);
     let mem = args.mem_size.to_string();
+    if args.mode != DemoMode::Reboot {
+        return run_handoff(&binary, &files, args);
+    }
     let vm_args = files.args(&mem, args.smp, &[]);
     println!(
-        "cpr-vm demo: {} of guest RAM in {}, {} vCPU(s), state file {}",
+        "cpr-vm demo (reboot mode): {} of guest RAM in {}, {} vCPU(s), state file {}",
         mem,
         files.ram.display(),
         args.smp,
@@ -104,6 +154,70 @@ fn run_in(dir: &Path, args: &DemoArgs) -> Result<(), AppError> {
     if failures.is_empty() {
         println!(
             "the guest survived {} process restarts: its progress never restarted ({} pages now), its timer kept ticking ({} ticks), and its RAM check found {} errors",
+            args.cycles, last.progress, last.ticks, last.errors
+        );
+        Ok(())
+    } else {
+        Err(AppError::DemoFailed { cycles: failures })
+    }
+}
+
+/// The hand-off modes: memfd RAM, handed over by descriptor.
+fn run_handoff(binary: &Path, files: &VmFiles, args: &DemoArgs) -> Result<(), AppError> {
+    let mem = args.mem_size.to_string();
+    let mut vm_args = files.args(&mem, args.smp, &["--mem-backend", "memfd"]);
+    if let Some(i) = vm_args.iter().position(|a| a == "--mem-path") {
+        vm_args.drain(i..i + 2);
+    }
+    let mode = match args.mode {
+        DemoMode::Exec => "cpr-exec",
+        _ => "cpr-transfer",
+    };
+    println!(
+        "cpr-vm demo ({mode}): {mem} of guest RAM in a memfd (no file anywhere), {} vCPU(s)",
+        args.smp
+    );
+    let mut vm = VmProcess::spawn(binary, &vm_args, &files.qmp, None)?;
+    let p = vm.wait_progress(0, Some(10), Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let p2 = vm.progress()?;
+    println!(
+        "booted: the guest's workload has processed {} pages, seen {} timer ticks, {} RAM errors (first report: {} pages)",
+        p2.progress, p2.ticks, p2.errors, p.progress
+    );
+    let mut qmp = files.qmp.clone();
+    let mut failures = Vec::new();
+    for n in 1..=args.cycles {
+        let pid = vm.pid();
+        let run = if args.mode == DemoMode::Exec {
+            let (next, run) = exec_cycle(binary, vm, files, &vm_args, &qmp)?;
+            vm = next;
+            run
+        } else {
+            let (next, next_qmp, run) = transfer_cycle(binary, vm, files, &vm_args, &qmp)?;
+            // The next hand-off starts from the new process, on its monitor path.
+            if let Some(i) = vm_args.iter().position(|a| a == "--qmp") {
+                vm_args[i + 1] = next_qmp.clone().into();
+            }
+            (vm, qmp) = (next, next_qmp);
+            run
+        };
+        print_handoff(n, mode, &run);
+        println!("         pid {pid} -> {}", vm.pid());
+        if !carried_on(n, &run.before, &run.after) {
+            failures.push(n);
+        }
+        let t = vm.progress()?.ticks;
+        let later = vm.wait_progress(run.after.progress, Some(t), Duration::from_secs(20))?;
+        if later.errors > 0 {
+            failures.push(n);
+        }
+    }
+    let last = vm.progress()?;
+    vm.quit()?;
+    if failures.is_empty() {
+        println!(
+            "the guest survived {} hand-offs ({mode}): its progress never restarted ({} pages now), its timer kept ticking ({} ticks), and its RAM check found {} errors",
             args.cycles, last.progress, last.ticks, last.errors
         );
         Ok(())

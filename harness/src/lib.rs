@@ -3,6 +3,7 @@
 //! part of the `cpr` library (`publish = false`).
 
 mod cycle;
+pub mod handoff;
 
 pub use cycle::{Cycle, VmFiles, cycle};
 
@@ -59,6 +60,10 @@ pub struct Progress {
     /// Per vCPU.
     #[serde(default)]
     pub vcpus: Vec<VcpuProgress>,
+    /// The workload's counters read from guest RAM by this process (moves as the guest
+    /// runs, with no report); absent while the process has no machine.
+    #[serde(default, rename = "ram-progress")]
+    pub ram_progress: Option<u64>,
 }
 
 /// One vCPU's part of [`Progress`].

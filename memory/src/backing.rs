@@ -45,6 +45,10 @@ pub enum Origin {
     Reused,
     /// An inherited descriptor: holds whatever its previous user left.
     Inherited,
+    /// Address space reserved for a memfd another process will hand over
+    /// ([`GuestRam::reserve`](crate::GuestRam::reserve)): nothing is mapped
+    /// there yet (`PROT_NONE`) until [`GuestRam::bind`](crate::GuestRam::bind).
+    Reserved,
 }
 
 /// A block's backing, opened and size-checked, ready to be mapped.

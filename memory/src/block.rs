@@ -118,6 +118,15 @@ pub struct RamBlock {
 }
 
 impl RamBlock {
+    /// The same block over another backing (a descriptor bound over a
+    /// reservation).
+    pub(crate) fn with_backing(&self, backing: Backing) -> RamBlock {
+        RamBlock {
+            backing,
+            ..self.clone()
+        }
+    }
+
     /// Start describing a block named `idstr` (e.g. `"pc.ram"`) of `size`
     /// bytes. Defaults: memory-region name = `idstr`, guest address 0,
     /// [`RamKind::Ram`], [`Backing::Anonymous`], not shared.

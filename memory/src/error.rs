@@ -215,6 +215,16 @@ pub enum Error {
         source: MmapRegionError,
     },
 
+    /// [`GuestRam::bind`](crate::GuestRam::bind) on a block that is not
+    /// reserved, or with a descriptor that does not fit it.
+    #[error("RAM block {block}: cannot bind a descriptor: {why}")]
+    Bind {
+        /// Block name (`idstr`).
+        block: String,
+        /// Why.
+        why: String,
+    },
+
     /// vm-memory refused the set of regions.
     #[error("cannot build guest memory from the RAM blocks")]
     GuestMemory(#[source] GuestRegionCollectionError),

@@ -274,9 +274,26 @@ impl GuestRam {
     /// An existing file whose size differs from the block's is refused with
     /// [`Error::FileSizeMismatch`] and left untouched.
     pub fn map(blocks: &RamBlockList, mode: OpenMode) -> Result<Self> {
+        GuestRam::map_inner(blocks, mode, false)
+    }
+
+    /// Like [`GuestRam::map`], except that a memfd block is not created:
+    /// its windows only reserve their address ranges (`PROT_NONE`, no
+    /// memory), [`Origin::Reserved`], until [`GuestRam::bind`] maps the
+    /// memfd another process hands over onto them, at the same addresses.
+    /// A VMM can so build its whole machine (KVM memslots record host
+    /// addresses, not mappings) before the RAM it will run on arrives.
+    pub fn reserve(blocks: &RamBlockList, mode: OpenMode) -> Result<Self> {
+        GuestRam::map_inner(blocks, mode, true)
+    }
+
+    fn map_inner(blocks: &RamBlockList, mode: OpenMode, reserve: bool) -> Result<Self> {
         let mapped = blocks
             .iter()
-            .map(|b| map_block(b, mode))
+            .map(|b| match b.backing() {
+                crate::Backing::Memfd { .. } if reserve => reserve_block(b),
+                _ => map_block(b, mode),
+            })
             .collect::<Result<Vec<_>>>()?;
         let mut by_addr: Vec<Arc<GuestRegionMmap>> = mapped
             .iter()
@@ -298,6 +315,73 @@ impl GuestRam {
     /// The mapped blocks, largest first.
     pub fn blocks(&self) -> &[MappedBlock] {
         &self.blocks
+    }
+
+    /// Maps `fd` (a memfd, or any shared-memory file of exactly the block's
+    /// size) onto the reserved block `idstr`, window by window at the same
+    /// host addresses (`MAP_FIXED`), shared; the block then has
+    /// [`Backing::InheritedFd`](crate::Backing::InheritedFd) and
+    /// [`Origin::Inherited`]. Refused for a block that is not reserved.
+    pub fn bind(&mut self, idstr: &str, fd: std::os::fd::OwnedFd) -> Result<()> {
+        let bind_err = |why: String| Error::Bind {
+            block: idstr.to_owned(),
+            why,
+        };
+        let mb = self
+            .blocks
+            .iter_mut()
+            .find(|m| m.block.idstr() == idstr)
+            .ok_or_else(|| bind_err("no such block".into()))?;
+        if mb.origin != Origin::Reserved {
+            return Err(bind_err("it is not reserved".into()));
+        }
+        let file = File::from(fd);
+        let meta = file
+            .metadata()
+            .map_err(|e| bind_err(format!("cannot examine the descriptor: {e}")))?;
+        if !meta.file_type().is_file() || meta.len() != mb.block.size() {
+            return Err(bind_err(format!(
+                "the descriptor is not shared memory of {} bytes",
+                mb.block.size()
+            )));
+        }
+        for w in &mb.windows {
+            let len = std::num::NonZeroUsize::new(w.region.size())
+                .ok_or_else(|| bind_err("empty window".into()))?;
+            let addr = std::num::NonZeroUsize::new(w.region.as_ptr() as usize);
+            let offset = i64::try_from(w.window.offset_in_block)
+                .map_err(|_| bind_err("window offset too large".into()))?;
+            // SAFETY: `addr..addr+len` is exactly the reservation `w.region` owns (a
+            // PROT_NONE anonymous mapping nothing reads or writes: the block is
+            // `Reserved`); MAP_FIXED replaces it in place with a shared mapping of
+            // `file` of the same length, which `w.region` then owns and unmaps as before.
+            let mapped = unsafe {
+                nix::sys::mman::mmap(
+                    addr,
+                    len,
+                    nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+                    nix::sys::mman::MapFlags::MAP_SHARED
+                        | nix::sys::mman::MapFlags::MAP_FIXED
+                        | nix::sys::mman::MapFlags::MAP_NORESERVE,
+                    file.as_fd(),
+                    offset,
+                )
+            }
+            .map_err(|e| bind_err(format!("mmap: {e}")))?;
+            if Some(mapped.as_ptr() as usize) != addr.map(std::num::NonZeroUsize::get) {
+                return Err(bind_err("the kernel mapped it elsewhere".into()));
+            }
+        }
+        let fd = std::os::fd::OwnedFd::from(
+            file.try_clone()
+                .map_err(|e| bind_err(format!("cannot duplicate the descriptor: {e}")))?,
+        );
+        mb.block = mb
+            .block
+            .with_backing(crate::Backing::InheritedFd(Arc::new(fd)));
+        mb.file = Some(Arc::new(file));
+        mb.origin = Origin::Inherited;
+        Ok(())
     }
 
     /// Look a mapped block up by name.
@@ -347,6 +431,29 @@ fn map_block(block: &RamBlock, mode: OpenMode) -> Result<MappedBlock> {
     })
 }
 
+/// A memfd block's windows as address-space reservations (see
+/// [`GuestRam::reserve`]).
+fn reserve_block(block: &RamBlock) -> Result<MappedBlock> {
+    let opened = Opened {
+        file: None,
+        origin: Origin::Reserved,
+        char_device: false,
+        hugetlbfs: false,
+    };
+    let windows = block
+        .windows()
+        .iter()
+        .map(|w| map_window(block, &opened, w))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(MappedBlock {
+        block: block.clone(),
+        windows,
+        file: None,
+        origin: Origin::Reserved,
+        char_device: false,
+    })
+}
+
 fn map_window(block: &RamBlock, opened: &Opened, window: &RamWindow) -> Result<MappedWindow> {
     let name = || block.idstr().to_owned();
     // Fits: a window lies inside the block, whose size the builder checked.
@@ -359,8 +466,16 @@ fn map_window(block: &RamBlock, opened: &Opened, window: &RamWindow) -> Result<M
     } else {
         libc::MAP_PRIVATE
     };
-    let builder = MmapRegionBuilder::new(size).with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE);
+    let prot = if opened.origin == Origin::Reserved {
+        libc::PROT_NONE
+    } else {
+        libc::PROT_READ | libc::PROT_WRITE
+    };
+    let builder = MmapRegionBuilder::new(size).with_mmap_prot(prot);
     let builder = match &opened.file {
+        None if opened.origin == Origin::Reserved => {
+            builder.with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE | libc::MAP_ANONYMOUS)
+        }
         None => builder.with_mmap_flags(share | libc::MAP_NORESERVE | libc::MAP_ANONYMOUS),
         Some(file) => builder
             .with_mmap_flags(share | libc::MAP_NORESERVE)

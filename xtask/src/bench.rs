@@ -31,12 +31,12 @@ struct Row {
     cycles: Vec<Cycle>,
 }
 
-fn ms(d: Duration) -> f64 {
+pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
 /// Median, min and max of `values`.
-fn stats(mut values: Vec<f64>) -> (f64, f64, f64) {
+pub fn stats(mut values: Vec<f64>) -> (f64, f64, f64) {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     if n == 0 {
@@ -257,13 +257,21 @@ fn run_copy_case(
 }
 
 /// Runs the benchmark and prints the table and the JSON (also written to `json_out`).
-pub fn run(binary: &Path, runs: u32, sizes: &[String], json_out: &Path) -> Result<(), String> {
+pub fn run(
+    binary: &Path,
+    runs: u32,
+    sizes: &[String],
+    only: &[String],
+    json_out: &Path,
+) -> Result<(), String> {
     if !Path::new("/dev/kvm").exists() {
         return Err("bench needs /dev/kvm, which is absent on this machine".into());
     }
+    let wanted = |table: &str| only.is_empty() || only.iter().any(|o| o == table);
     let scratch = PathBuf::from(format!("/dev/shm/cpr-bench-{}", std::process::id()));
     let mut rows = Vec::new();
-    for mem in sizes {
+    let reboot_sizes: &[String] = if wanted("reboot") { sizes } else { &[] };
+    for mem in reboot_sizes {
         for smp in [1, 2] {
             eprintln!("bench: {mem} RAM, {smp} vCPU(s), {runs} runs...");
             let row = run_config(binary, &scratch, mem, smp, runs).map_err(|e| e.to_string());
@@ -289,11 +297,23 @@ pub fn run(binary: &Path, runs: u32, sizes: &[String], json_out: &Path) -> Resul
         }
         println!();
     }
-    let copy = run_copy_case(binary, &scratch, sizes, runs.min(3));
+    let handoff = if wanted("handoff") {
+        crate::bench_handoff::run(binary, &scratch, sizes, runs)
+    } else {
+        Ok(Value::Null)
+    };
+    let _ = std::fs::remove_dir_all(&scratch);
+    let handoff = handoff?;
+    let copy = if wanted("copy") {
+        run_copy_case(binary, &scratch, sizes, runs.min(3))
+    } else {
+        Ok(Value::Null)
+    };
     let _ = std::fs::remove_dir_all(&scratch);
     let copy = copy?;
     let doc = json!({"benchmark": "cpr-reboot-blackout", "runs": runs,
                      "results": rows.iter().map(row_json).collect::<Vec<_>>(),
+                     "handoff": handoff,
                      "mainline_in_place_vs_copied": copy});
     let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
     println!();

@@ -11,6 +11,7 @@
 //! Every step echoes the command it runs, so a failure can be reproduced by hand.
 
 mod bench;
+mod bench_handoff;
 mod ci;
 mod e2e;
 mod e2e_files;
@@ -49,6 +50,10 @@ enum Command {
         /// RAM sizes to measure.
         #[arg(long, value_delimiter = ',', default_value = "256M,1G,4G,16G")]
         sizes: Vec<String>,
+        /// Measure only these tables: reboot (V7 cpr-save/cpr-load), handoff (cpr-transfer
+        /// and cpr-exec), copy (mainline, RAM in place vs copied). Default: all.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Real cpr-vm processes over QMP: save/quit/start/load scenarios, one line each.
     E2e {
@@ -69,12 +74,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ci { no_lint } => ci::run(!no_lint),
-        Command::Bench { runs, sizes } => ci::build_vm().and_then(|binary| {
+        Command::Bench { runs, sizes, only } => ci::build_vm().and_then(|binary| {
             let out = ci::workspace_root()
                 .join("target")
                 .join("bench")
                 .join("cpr-bench.json");
-            bench::run(&binary, runs, &sizes, &out)
+            bench::run(&binary, runs, &sizes, &only, &out)
         }),
         Command::E2e {
             cycles,

@@ -242,6 +242,9 @@ pub(crate) fn response_value(response: &Response) -> Result<Value, QmpError> {
             if let Some(f) = &p.fatal {
                 out["fatal"] = json!({"vcpu": f.vcpu, "vector": f.vector, "rip": f.rip});
             }
+            if let Some(r) = p.ram_progress {
+                out["ram-progress"] = json!(r);
+            }
             out
         }
         Response::RamPersistence(blocks) => Value::Array(

@@ -256,7 +256,12 @@ impl Vmm {
         // Only RAM left in place matters here: RAM copied into the stream travels with it.
         let mut warnings = Vec::new();
         let mut durable = 0;
-        for b in self.ram.blocks() {
+        // cpr-transfer and cpr-exec hand the RAM over mapped: it need not survive anything.
+        let handed_over = matches!(
+            self.migration.mode(),
+            super::MigMode::CprTransfer | super::MigMode::CprExec
+        );
+        for b in self.ram.blocks().iter().filter(|_| !handed_over) {
             if ignore_shared.is_some_and(|i| !stays_in_place(b, i)) {
                 continue;
             }

@@ -32,8 +32,12 @@ use serde::{Deserialize, Serialize};
 /// The environment variable that names the memfd holding the CPR state across `exec`.
 pub const EXEC_STATE_ENV: &str = "CPR_VM_EXEC_STATE";
 
-/// The new process has built its machine and listens on its main channel.
+/// The new process has built its machine and listens on its main channel; it will serve
+/// the monitor socket it was handed.
 pub const READY: u8 = b'R';
+/// As [`READY`], but the new process has a monitor socket of its own: the old one keeps
+/// (and at exit removes) its own.
+pub const READY_OWN_MONITOR: u8 = b'r';
 
 const MAGIC: &[u8; 4] = b"CPRS";
 const VERSION: u32 = 1;
@@ -501,9 +505,17 @@ pub fn receive_on(path: &std::path::Path) -> Result<(Received, UnixStream)> {
 }
 
 /// Tells the old process that this one has built its machine and listens on its main
-/// channel (QEMU: the new process closes the cpr channel).
-pub fn ready(conn: UnixStream) -> Result<()> {
-    send_byte(&conn, READY)
+/// channel (QEMU: the new process closes the cpr channel), and whether it adopted the
+/// monitor socket it was handed.
+pub fn ready(conn: UnixStream, adopted_monitor: bool) -> Result<()> {
+    send_byte(
+        &conn,
+        if adopted_monitor {
+            READY
+        } else {
+            READY_OWN_MONITOR
+        },
+    )
 }
 
 /// A one-byte message, with a deadline.

@@ -225,6 +225,23 @@ impl Vmm {
         msgs: Sender<Msg>,
         handed: Option<&mut Received>,
     ) -> Result<Vmm> {
+        Vmm::build(args, events, msgs, handed, false)
+    }
+
+    /// [`Vmm::new`] for a cpr-transfer target whose RAM is a memfd the old process will
+    /// hand over: the RAM's address space is only reserved, so the whole machine can be
+    /// built (`start`) before the descriptors arrive ([`Vmm::bind_handoff`]).
+    pub fn awaiting_handoff(args: VmArgs, events: EventSender, msgs: Sender<Msg>) -> Result<Vmm> {
+        Vmm::build(args, events, msgs, None, true)
+    }
+
+    fn build(
+        args: VmArgs,
+        events: EventSender,
+        msgs: Sender<Msg>,
+        handed: Option<&mut Received>,
+        reserve: bool,
+    ) -> Result<Vmm> {
         let max_vcpus = crate::machine::layout::MAX_VCPUS;
         if args.smp == 0 || u64::from(args.smp) > max_vcpus {
             return Err(ConfigError::Smp {
@@ -245,7 +262,12 @@ impl Vmm {
         migration.apply_globals(&args.globals)?;
         let handed_ram = handed.as_ref().is_some_and(|h| !h.ram.is_empty());
         let blocks = ram_blocks(&args, handed)?;
-        let ram = GuestRam::map(&blocks, OpenMode::OpenOrCreate).map_err(Error::Memory)?;
+        let ram = if reserve {
+            GuestRam::reserve(&blocks, OpenMode::OpenOrCreate)
+        } else {
+            GuestRam::map(&blocks, OpenMode::OpenOrCreate)
+        }
+        .map_err(Error::Memory)?;
         let layout = machine_layout(&args, &ram);
         let ram_pristine = ram_io::is_fresh(&ram);
         let vfio = VfioDevices::new();
@@ -273,6 +295,46 @@ impl Vmm {
             transfer: transfer::TransferState::default(),
             exec: None,
         })
+    }
+
+    /// Maps the RAM the old process handed over (`received`) onto this process's
+    /// reserved RAM ([`Vmm::awaiting_handoff`]), where the machine built ahead expects it.
+    pub fn bind_handoff(&mut self, received: &mut Received) -> Result<()> {
+        let reserved: Vec<String> = self
+            .ram
+            .blocks()
+            .iter()
+            .filter(|b| b.origin() == cpr_memory::Origin::Reserved)
+            .map(|b| b.block().idstr().to_string())
+            .collect();
+        for idstr in reserved {
+            let handed = received.take_ram(&idstr).ok_or_else(|| {
+                ConfigError::HandedRam(format!(
+                    "the old process handed over no memfd for {idstr}: start both with --mem-backend memfd"
+                ))
+            })?;
+            self.ram.bind(&idstr, handed.fd).map_err(Error::Memory)?;
+        }
+        if let Some(extra) = received.ram.first() {
+            return Err(ConfigError::HandedRam(format!(
+                "the old process handed over {} as a memfd; start this one with --mem-backend memfd, as the old one",
+                extra.idstr
+            ))
+            .into());
+        }
+        self.blocks =
+            RamBlockList::from_blocks(self.ram.blocks().iter().map(|b| b.block().clone()))
+                .map_err(Error::Memory)?;
+        self.layout = machine_layout(&self.args, &self.ram);
+        self.rs.machine_mut().ram = RamOwnership::new(&self.ram)?;
+        self.handed_ram = true;
+        self.ram_pristine = false;
+        Ok(())
+    }
+
+    /// Where events go from now on (a monitor started after the VMM).
+    pub fn set_events(&mut self, events: EventSender) {
+        self.events = events;
     }
 
     /// Attaches a VFIO device: the VMM's caller owns the devices (none can be bound by this
@@ -591,7 +653,11 @@ impl Vmm {
             }
             Command::QueryGuestProgress => Ok(Response::GuestProgress(
                 self.machine()
-                    .map(Machine::guest_progress)
+                    .map(|m| {
+                        let mut p = m.guest_progress();
+                        p.ram_progress = m.guest_ram_progress().ok().map(|v| v.iter().sum());
+                        p
+                    })
                     .unwrap_or_default(),
             )),
             Command::QueryRamPersistence => self.ram_persistence(),

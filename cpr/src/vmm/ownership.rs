@@ -82,6 +82,8 @@ struct RamFile {
     file: File,
     /// Mapped shared (the guest writes the file): exclusive lock; else a shared one.
     shared: bool,
+    /// A file with a path, which carries the epoch tags (a memfd has none).
+    tagged: bool,
 }
 
 /// The RAM files of one VM: their lock and their epoch tags.
@@ -99,9 +101,15 @@ impl RamOwnership {
     pub(crate) fn new(ram: &GuestRam) -> Result<RamOwnership, OwnershipError> {
         let mut files = Vec::new();
         for b in ram.blocks() {
-            let (Backing::File { path }, Some(fd)) = (b.block().backing(), b.fd()) else {
+            let Some(fd) = b.fd() else {
                 continue;
             };
+            // A memfd (no path) is locked too: in cpr-transfer two processes map it.
+            let (path, tagged) = match b.block().backing() {
+                Backing::File { path } => (path.clone(), true),
+                _ => (PathBuf::from(format!("memfd:{}", b.block().idstr())), false),
+            };
+            let path = &path;
             let descriptor = |source| OwnershipError::Descriptor {
                 path: path.clone(),
                 source,
@@ -112,6 +120,7 @@ impl RamOwnership {
                 path: path.clone(),
                 file,
                 shared: b.block().shared(),
+                tagged,
             });
         }
         Ok(RamOwnership {
@@ -121,9 +130,13 @@ impl RamOwnership {
         })
     }
 
-    /// The RAM files' paths.
+    /// The RAM files' paths (those that carry epoch tags).
     pub(crate) fn paths(&self) -> Vec<PathBuf> {
-        self.files.iter().map(|f| f.path.clone()).collect()
+        self.files
+            .iter()
+            .filter(|f| f.tagged)
+            .map(|f| f.path.clone())
+            .collect()
     }
 
     /// Whether this process holds the RAM.

@@ -45,7 +45,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
 use super::cpr_ops::Flavor;
-use super::handoff::{self, HandoffError, READY};
+use super::handoff::{self, HandoffError, READY, READY_OWN_MONITOR};
 use super::query_migrate::{MigrationInfo, MigrationStatus};
 use super::{Msg, Vmm};
 use crate::error::{Error, Result};
@@ -187,6 +187,7 @@ impl Vmm {
         old: RunState,
     ) -> Result<()> {
         // Refused before anything happens: RAM the new process could not take over.
+        let t = Instant::now();
         let ram = self.handed_ram().map_err(Error::Transfer)?;
         let monitor = self.monitor.as_ref().and_then(|m| m.listener());
         // 1. The cpr state, while the guest runs on.
@@ -203,16 +204,22 @@ impl Vmm {
         };
         handoff::send(&cpr_conn, &out).map_err(|e| Error::Transfer(TransferError::NotReady(e)))?;
         // 2. The new process builds its machine; the guest still runs.
-        match handoff::recv_byte(&cpr_conn, READY_TIMEOUT, "building the new machine") {
-            Ok(Some(READY)) => {}
+        let adopted = match handoff::recv_byte(&cpr_conn, READY_TIMEOUT, "building the new machine")
+        {
+            Ok(Some(READY)) => true,
+            Ok(Some(READY_OWN_MONITOR)) => false,
             Ok(_) => {
                 return Err(Error::Transfer(TransferError::NotReady(
                     HandoffError::Closed("before it was ready"),
                 )));
             }
             Err(e) => return Err(Error::Transfer(TransferError::NotReady(e))),
-        }
+        };
         drop(cpr_conn);
+        log::debug!(
+            "cpr-transfer: the new process was ready after {:?}",
+            t.elapsed()
+        );
         let conn = connect_retry(main, CONNECT_TIMEOUT).map_err(|source| {
             Error::Transfer(TransferError::ConnectMain {
                 path: main.to_path_buf(),
@@ -233,6 +240,7 @@ impl Vmm {
             return Ok(());
         }
         let stop = Instant::now();
+        log::debug!("cpr-transfer: stopped after {:?}", t.elapsed());
         self.set_migration_status(MigrationStatus::Active);
         match self.hand_over(&conn, old) {
             Ok(()) => {
@@ -250,7 +258,8 @@ impl Vmm {
                     log::error!("{}", Error::from(e).chain());
                 }
                 // 5. The monitor socket is the new process's now.
-                if monitor.is_some()
+                if adopted
+                    && monitor.is_some()
                     && let Some(m) = &self.monitor
                 {
                     m.handed_over();

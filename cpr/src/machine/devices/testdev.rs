@@ -75,6 +75,9 @@ pub struct GuestProgress {
     pub per_vcpu: Vec<VcpuProgress>,
     /// The first fatal exception the guest reported, if any.
     pub fatal: Option<GuestFatal>,
+    /// The vCPUs' progress counters read from guest RAM (no report needed; moves as the
+    /// guest runs), summed; filled in by the VMM.
+    pub ram_progress: Option<u64>,
 }
 
 /// Saved state of the test device.
@@ -209,6 +212,7 @@ impl TestDevice {
             reports: per_vcpu.iter().map(|v| v.reports).sum(),
             per_vcpu,
             fatal: self.state.fatal,
+            ram_progress: None,
         }
     }
 
