@@ -65,6 +65,7 @@ pub fn run(cli: &Cli) -> Result<(), AppError> {
     // starts, and removed from the environment).
     let mut handed = handoff::take_exec_state()?;
     let from_exec = handed.is_some();
+    let t_start = std::time::Instant::now();
     let channels = IncomingChannels::from_args(&cli.incoming).map_err(AppError::Incoming)?;
     let (tx, rx) = channel_pair();
     // cpr-transfer: a monitor on a path of its own is up at once; on the old process's
@@ -104,7 +105,9 @@ pub fn run(cli: &Cli) -> Result<(), AppError> {
     for name in &cli.vfio_test_devices {
         vmm.attach_vfio(Box::new(TestVfioDevice { name: name.clone() }));
     }
+    log::debug!("start-up: VMM set up after {:?}", t_start.elapsed());
     vmm.start(cli.no_start, channels.main.as_ref())?;
+    log::debug!("start-up: started after {:?}", t_start.elapsed());
     if let Some(path) = &channels.cpr {
         log::info!("waiting for the CPR state on {}", path.display());
         let (mut received, conn) = handoff::receive_on(path)?;

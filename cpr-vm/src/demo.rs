@@ -69,10 +69,11 @@ fn opt_ms(d: Option<Duration>) -> String {
 fn print_handoff(n: u32, mode: &str, r: &HandoffRun) {
     match mode {
         "cpr-transfer" => println!(
-            "{mode} {n}: migrate answered {:.2} ms | guest ran on until STOP {} | guest paused {} (STOP -> RESUME) | progress seen in the new process {:.2} ms after migrate | old process gone {} later, off the critical path",
+            "{mode} {n}: migrate answered {:.2} ms | guest ran on until STOP {} | guest paused {} (STOP -> RESUME) | running in the new process {} after migrate was sent | progress seen {:.2} ms after | old process gone {} later, off the critical path",
             ms(r.migrate),
             opt_ms(r.until_stop),
             opt_ms(r.guest_pause),
+            opt_ms(r.until_resume),
             ms(r.blackout),
             opt_ms(r.old_gone)
         ),

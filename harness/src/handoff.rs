@@ -4,9 +4,12 @@
 //! * **Guest pause**: from the old process's STOP event to the new one's RESUME, by the
 //!   processes' own event timestamps (cpr-transfer only: after an exec the new image's
 //!   RESUME goes out before a client can reconnect).
+//! * **Until RESUME**, as a client sees it: from `migrate` sent (the client's clock) to the
+//!   new process's RESUME (its timestamp), cpr-transfer only.
 //! * **Blackout**, as a client sees it: from `migrate` sent until the guest's own progress
 //!   counter (read from guest RAM by the new process, `ram-progress`) is seen to move in the
-//!   new process.
+//!   new process. The built-in guest advances in bursts a few milliseconds apart (every
+//!   interrupt runs in emulated kernel mode on this host), which this includes.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -30,7 +33,12 @@ pub struct HandoffRun {
     /// `migrate` sent until the old process stopped the guest (cpr-transfer: the new
     /// process took the descriptors and built its machine meanwhile, the guest running).
     pub until_stop: Option<Duration>,
-    /// `migrate` sent until the guest moved in the new process.
+    /// `migrate` sent (client's clock) until RESUME in the new process (its event
+    /// timestamp): when the guest runs again, as a client sees it (cpr-transfer).
+    pub until_resume: Option<Duration>,
+    /// `migrate` sent until the guest's RAM progress counter was seen to move in the new
+    /// process. The built-in guest advances in bursts (its interrupts run in emulated
+    /// kernel mode on this host), so this is `until_resume` plus up to one burst period.
     pub blackout: Duration,
     /// `quit` sent to the old process until it was gone (off the critical path).
     pub old_gone: Option<Duration>,
@@ -188,6 +196,7 @@ pub fn transfer_cycle(
             migrate,
             guest_pause: Some(micros(resume - stop)),
             until_stop: Some(micros(stop - sent)),
+            until_resume: Some(micros(resume - sent)),
             blackout,
             old_gone: Some(old_gone),
         },
@@ -239,6 +248,7 @@ pub fn exec_cycle(
             migrate,
             guest_pause: None,
             until_stop: None,
+            until_resume: None,
             blackout,
             old_gone: None,
         },

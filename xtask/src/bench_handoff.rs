@@ -4,8 +4,11 @@
 //! Columns: `migrate` (sent until its reply), `until STOP` (sent until the old process
 //! stopped the guest: the new process took the descriptors and built its machine while
 //! the guest ran), `guest pause` (STOP in the old process to RESUME in the new one, by
-//! their event timestamps), `blackout` (sent until the guest's RAM progress counter moved
-//! in the new process), `old gone` (the old process's exit, off the critical path).
+//! their event timestamps), `until RESUME` (sent, by the client's clock, until the new
+//! process's RESUME: when the guest runs again as a client sees it), `progress seen` (sent
+//! until the guest's RAM progress counter moved in the new process: `until RESUME` plus up
+//! to one of the built-in guest's bursts, a few ms apart on this host), `old gone` (the old
+//! process's exit, off the critical path).
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -90,11 +93,12 @@ fn run_config(
 
 type Column = (&'static str, fn(&HandoffRun) -> Option<Duration>);
 
-const COLUMNS: [Column; 5] = [
+const COLUMNS: [Column; 6] = [
     ("migrate", |r| Some(r.migrate)),
     ("until STOP", |r| r.until_stop),
     ("guest pause", |r| r.guest_pause),
-    ("blackout", |r| Some(r.blackout)),
+    ("until RESUME", |r| r.until_resume),
+    ("progress seen", |r| Some(r.blackout)),
     ("old gone", |r| r.old_gone),
 ];
 
