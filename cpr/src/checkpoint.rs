@@ -49,7 +49,7 @@
 //!   | section | what the saver always writes |
 //!   |---|---|
 //!   | `globalstate` | a run state in [`SAVED_RUN_STATES`] (`running`, `paused`, `suspended`): `cpr-save` and `migrate` refuse every other |
-//!   | `cpr-machine` | each RAM block once; a block is `copied` exactly when the stream has a `ram` section whose block list sends its pages (a V7 `cpr-save` never copies, a `migrate` always writes the section); an epoch only for RAM left in place, and never `running`, the tag of RAM a guest runs on |
+//!   | `cpr-machine` | each RAM block once; a block is `copied` exactly when the stream has a `ram` section that sends its pages (the vmdesc's `"ram"` entry, which `cpr_savevm` checks against this machine's blocks; a V7 `cpr-save` never copies, a `migrate` always writes the section); an epoch only for RAM left in place, and never `running`, the tag of RAM a guest runs on |
 //!   | `cpu` | KVM's MSR list (non-empty, each index once) and CPUID table (non-empty) |
 //!   | `i8259` | instance 0 is the master PIC (chip id 0), instance 1 the slave (chip id 1) |
 //!   | `ioapic` | chip id 2 (the IOAPIC) |

@@ -51,8 +51,11 @@
 //! `query-migrate`, MIGRATION events (`vmm/migration.rs`). It writes and reads the same
 //! checkpoint sections through the same loader; what mainline adds is RAM that is not
 //! shared: it is copied into the stream as QEMU's `ram` section ([`cpr_savevm::RamBlocks`],
-//! `vmm/ram_io.rs`), page by page with bounded memory, leaving out zero pages and pages
-//! the guest never populated, and loaded only after the whole file has been checked.
+//! `vmm/ram_io.rs`), after QEMU's configuration section, both as QEMU 10 writes them, page
+//! by page with bounded memory (a zero page is one ZERO record; pages the guest never
+//! populated are left out and load as zeros), and loaded only after the whole file has
+//! been checked. QEMU's `scripts/analyze-migration.py` reads every stream `cpr-vm` writes
+//! (e2e "QEMU's analyze-migration.py reads every stream").
 //!
 //! ## The V7 checklist, and where we differ
 //!
@@ -85,7 +88,10 @@
 //!   `query-ram-persistence` reports each block's lifetime; RAM on a disk file is msynced
 //!   before the save reports success.
 //! * **No configuration section, but a `cpr-machine` section** with the vCPU count and RAM
-//!   layout: V7 does not validate the machine at all.
+//!   layout: V7 does not validate the machine at all. (A mainline stream opens with QEMU's
+//!   configuration section, machine type `cpr-vm`, as QEMU writes it; which blocks stay in
+//!   place and the epoch are still ours, in `cpr-machine` and the vmdesc. QEMU's own
+//!   loader refuses our files at the machine type, or at `cpr-machine`.)
 //! * **Ticks** are kvmclock here (QEMU's kvmclock state-change hook): the built-in guest
 //!   uses the LAPIC timer and the TSC, which KVM keeps running while the VM is stopped;
 //!   guest time simply stops while no process runs it (this host has no TSC scaling and no

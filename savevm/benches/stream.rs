@@ -84,6 +84,9 @@ impl RamBlocks for Ram {
     fn blocks(&self) -> Vec<RamBlockDesc> {
         vec![RamBlockDesc::copied("pc.ram", self.0.len() as u64)]
     }
+    fn ignore_shared(&self) -> bool {
+        false
+    }
     fn populated(
         &self,
         _b: usize,

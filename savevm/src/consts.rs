@@ -1,6 +1,6 @@
 //! Stream constants (QEMU's `migration/savevm.h` and `migration/savevm.c`,
 //! the RAM record flags of `migration/ram.c`) and the few this crate adds
-//! (vmdesc limit, checksum trailer, RAM chunk sizes).
+//! (machine type, vmdesc limit, checksum trailer, RAM chunk sizes).
 
 /// `QEMU_VM_FILE_MAGIC`: the first four bytes of every stream, `"QEVM"`.
 pub const QEMU_VM_FILE_MAGIC: u32 = 0x5145_564d;
@@ -24,8 +24,9 @@ pub const QEMU_VM_SECTION_FULL: u8 = 0x04;
 pub const QEMU_VM_SUBSECTION: u8 = 0x05;
 /// `QEMU_VM_VMDESCRIPTION`: the JSON description written after EOF.
 pub const QEMU_VM_VMDESCRIPTION: u8 = 0x06;
-/// `QEMU_VM_CONFIGURATION`: the configuration section (not written by
-/// V7's `cpr-save`, nor by this crate).
+/// `QEMU_VM_CONFIGURATION`: the configuration section right after the
+/// header (machine type, capabilities). Written in a stream with RAM, as
+/// mainline QEMU writes it; never by V7's `cpr-save` (device state only).
 pub const QEMU_VM_CONFIGURATION: u8 = 0x07;
 /// `QEMU_VM_COMMAND`: a migration command record.
 pub const QEMU_VM_COMMAND: u8 = 0x08;
@@ -41,8 +42,18 @@ pub const MAX_VMDESC_LEN: u32 = 1 << 20;
 
 /// Tag opening this crate's checksum trailer: ASCII `"CPRC"`.
 pub const TRAILER_TAG: [u8; 4] = *b"CPRC";
-/// Total length of the trailer: tag plus be32 CRC-32.
-pub const TRAILER_LEN: usize = 8;
+/// Total length of the trailer: the tag, then the CRC-32 as 8 lowercase hex
+/// digits (ASCII, so that the trailer holds no NUL byte:
+/// `analyze-migration.py` finds the vmdesc by the last NUL of the file).
+pub const TRAILER_LEN: usize = 12;
+
+/// The machine type named by the configuration section (QEMU writes its
+/// machine class name, e.g. `pc-q35-10.0`; a QEMU loader refuses any other
+/// name, which is right: this is not one of QEMU's machines).
+pub const MACHINE_TYPE: &str = "cpr-vm";
+/// The capability the configuration section announces when guest RAM in
+/// shared named files stays in place (QEMU's `MigrationCapability_str`).
+pub const CAP_X_IGNORE_SHARED: &str = "x-ignore-shared";
 
 /// `VMSTATE_INSTANCE_ID_ANY` in QEMU is `-1`; as a `u32` it is reserved.
 pub const RESERVED_INSTANCE_ID: u32 = u32::MAX;
@@ -59,8 +70,7 @@ pub const RAM_VERSION_ID: u32 = 4;
 /// Low bits of a RAM record's be64 word that hold flags; the rest is a
 /// page-aligned offset (QEMU keeps flags below `TARGET_PAGE_SIZE`).
 pub const RAM_SAVE_FLAG_MASK: u64 = TARGET_PAGE_SIZE as u64 - 1;
-/// `RAM_SAVE_FLAG_ZERO`: a zero page. **Extended here**: followed by a be64
-/// run length in pages instead of QEMU's one fill byte.
+/// `RAM_SAVE_FLAG_ZERO`: a zero page, followed by one fill byte (always 0).
 pub const RAM_SAVE_FLAG_ZERO: u64 = 0x02;
 /// `RAM_SAVE_FLAG_MEM_SIZE`: the block list (total size in the offset bits).
 pub const RAM_SAVE_FLAG_MEM_SIZE: u64 = 0x04;
@@ -71,7 +81,13 @@ pub const RAM_SAVE_FLAG_EOS: u64 = 0x10;
 /// `RAM_SAVE_FLAG_CONTINUE`: same block as the previous record (no idstr).
 pub const RAM_SAVE_FLAG_CONTINUE: u64 = 0x20;
 
-/// Page data carried by one RAM PART section at most (1 MiB).
+/// The address written after each block's length when `x-ignore-shared` is
+/// announced (QEMU writes the block's memory-region address: 0 for
+/// `pc.ram`, which it maps through aliases, as the VMM maps its windows).
+pub const RAM_BLOCK_ADDR: u64 = 0;
+
+/// Record bytes (pages and zero records) one RAM PART section carries at
+/// most, about 1 MiB.
 pub const RAM_PART_MAX_DATA: usize = 1 << 20;
 /// Bytes of guest RAM read at a time while saving (64 pages).
 pub const RAM_READ_BATCH: usize = 64 * TARGET_PAGE_SIZE as usize;

@@ -123,7 +123,8 @@ pub enum Error {
         offset: u64,
     },
     /// A section type QEMU knows, but that a V7 device-state stream never
-    /// holds (START/PART/END/COMMAND/CONFIGURATION/...).
+    /// holds (START/PART/END/COMMAND/CONFIGURATION/...; a stream with RAM
+    /// holds a configuration section first, then the `ram` section).
     #[error("section type {ty} ({name}) is not valid in a device-state stream")]
     UnexpectedSectionType {
         /// The byte read.
@@ -163,6 +164,48 @@ pub enum Error {
         idstr: String,
         /// Its instance id.
         instance_id: u32,
+    },
+
+    // ------------------------------------------------ configuration section
+    /// A stream with RAM does not open with the configuration section
+    /// (`qemu_loadvm_state` when the machine sends one).
+    #[error("Configuration section missing")]
+    MissingConfiguration {
+        /// The section type byte found instead.
+        found: u8,
+        /// Its offset.
+        offset: u64,
+    },
+    /// The configuration names another machine type
+    /// (`configuration_post_load`).
+    #[error("Machine type received is '{received}' and local is '{local}'")]
+    MachineTypeMismatch {
+        /// The machine type in the stream.
+        received: String,
+        /// This side's ([`MACHINE_TYPE`](crate::consts::MACHINE_TYPE)).
+        local: &'static str,
+    },
+    /// A validated capability is on at one end only
+    /// (`configuration_validate_capabilities`).
+    #[error(
+        "Capability {capability} is {}, but received capability is {}",
+        on_off(*.local),
+        on_off(*.received)
+    )]
+    CapabilityMismatch {
+        /// The capability (`x-ignore-shared`).
+        capability: &'static str,
+        /// Whether it is on here.
+        local: bool,
+        /// Whether the stream announces it.
+        received: bool,
+    },
+    /// The configuration announces a capability this loader does not know
+    /// (`get_capability`).
+    #[error("Received unknown capability {name}")]
+    UnknownCapability {
+        /// The capability's name in the stream.
+        name: String,
     },
 
     // ------------------------------------------------------- vmstate payload
@@ -349,12 +392,13 @@ pub enum Error {
         /// What differs.
         reason: String,
     },
-    /// The checksum trailer is absent or has a wrong tag.
+    /// The checksum trailer is absent, has a wrong tag, or its checksum is
+    /// not 8 lowercase hex digits.
     #[error("missing checksum trailer at offset {offset}")]
     MissingTrailer {
         /// Where the trailer was expected.
         offset: u64,
-        /// The bytes found instead (fewer than four at end of file).
+        /// The bytes found instead (fewer than the trailer's at end of file).
         found: Vec<u8>,
     },
     /// The trailer's CRC-32 does not match the stream.
@@ -431,12 +475,12 @@ pub enum Error {
         /// used_length of the local block.
         local: u64,
     },
-    /// A block is ignored (kept in place) on one side only
-    /// (`configuration_validate_capabilities`' wording, per block).
+    /// A block is kept in place (ignored, `x-ignore-shared`) on one side
+    /// only, as the vmdesc's `"ram"` entry says of the source.
     #[error(
-        "Capability x-ignore-shared is {}, but received capability is {} for ramblock \"{idstr}\"",
-        on_off(*.local_ignored),
-        on_off(*.stream_ignored)
+        "ramblock \"{idstr}\" is {} here, but the source {}",
+        if *.local_ignored { "kept in place" } else { "copied" },
+        if *.stream_ignored { "left it in place" } else { "copied it" }
     )]
     RamIgnoredMismatch {
         /// The block's idstr.
@@ -451,6 +495,18 @@ pub enum Error {
     MissingRamBlock {
         /// The local block's idstr.
         idstr: String,
+    },
+    /// With `x-ignore-shared`, a block's address in the block list is not
+    /// the one the saver writes (0, the address QEMU sends for `pc.ram`,
+    /// whose RAM it maps through aliases as the VMM maps its windows).
+    #[error("Mismatched GPAs for block {idstr} {remote}!= {local}")]
+    RamBlockAddrMismatch {
+        /// The block's idstr.
+        idstr: String,
+        /// The address in the stream.
+        remote: u64,
+        /// The address expected.
+        local: u64,
     },
     /// The MEM_SIZE block list is malformed.
     #[error("bad ram block list at offset {offset}: {reason}")]
@@ -509,35 +565,28 @@ pub enum Error {
         /// Offset of the record.
         offset: u64,
     },
-    /// A zero run of 0 pages.
-    #[error("ramblock \"{idstr}\": zero-page run of 0 pages at 0x{addr:x}")]
-    BadZeroRun {
+    /// A ZERO record whose fill byte is not 0.
+    #[error("Found a zero page with value {value}")]
+    ZeroPageValue {
         /// The block's idstr.
         idstr: String,
         /// The record's page offset in the block.
         addr: u64,
+        /// The fill byte.
+        value: u8,
         /// Offset of the record.
         offset: u64,
     },
-    /// A record does not continue its block where the previous one ended.
-    #[error("ramblock \"{idstr}\": page 0x{addr:x} out of order, expected 0x{expected:x}")]
+    /// A record does not come after the previous record of its block (the
+    /// saver writes each block's pages once, in offset order).
+    #[error("ramblock \"{idstr}\": page 0x{addr:x} out of order, expected 0x{expected:x} or later")]
     RamPageOrder {
         /// The block's idstr.
         idstr: String,
         /// The record's page offset.
         addr: u64,
-        /// The next offset the block needed.
+        /// The lowest offset the block's next record may have.
         expected: u64,
-    },
-    /// At END, pages of a block whose pages are sent were never covered.
-    #[error("ramblock \"{idstr}\": pages 0x{from:x}..0x{to:x} are missing from the stream")]
-    RamPagesMissing {
-        /// The block's idstr.
-        idstr: String,
-        /// First missing offset.
-        from: u64,
-        /// End of the block.
-        to: u64,
     },
     /// The VMM's [`RamBlocks`](crate::RamBlocks) failed.
     #[error("ramblock \"{idstr}\": {op} at 0x{offset:x} failed")]

@@ -32,43 +32,50 @@
 //!
 //! ```text
 //! "QEVM" (be32 0x5145564d) | be32 3
-//! [ram section, only when saved with RAM (save_state), see below]
+//! [configuration and ram sections, only when saved with RAM (save_state)]
 //! per needed section, in registry order:
 //!   0x04 | be32 section_id | str idstr | be32 instance_id | be32 version_id
 //!   fields (scalars big-endian, bool 1 byte, buffers raw, arrays by element)
 //!   per needed subsection: 0x05 | str name | be32 version | fields ...
 //!   0x7e | be32 section_id                                  (footer)
 //! 0x00                                                      (EOF)
-//! 0x06 | be32 len | len bytes of compact JSON               (vmdesc)
-//! "CPRC" | be32 CRC-32 of every byte from the magic to the end of the JSON
+//! 0x06 | be32 len | len bytes of compact JSON [+ spaces]    (vmdesc)
+//! "CPRC" | 8 lowercase hex digits: CRC-32 of every byte from the magic
+//!          to the end of the JSON
 //! ```
 //!
-//! The `ram` section (mainline QEMU's `cpr-reboot` copies guest RAM into
+//! A stream with RAM (mainline QEMU's `cpr-reboot` copies guest RAM into
 //! the file unless a block is shared and `x-ignore-shared` is on) is
-//! QEMU's iterative framing, in QEMU's order — RAM first, then device
-//! state. A record word is a page offset ORed with flags (ZERO 0x02,
-//! MEM_SIZE 0x04, PAGE 0x08, EOS 0x10, CONTINUE 0x20):
+//! written as QEMU 10 writes a migration stream: the configuration section,
+//! then the `ram` section in QEMU's iterative framing, then device state.
+//! A record word is a page offset ORed with flags (ZERO 0x02, MEM_SIZE
+//! 0x04, PAGE 0x08, EOS 0x10, CONTINUE 0x20):
 //!
 //! ```text
+//! 0x07 | be32 len | machine type "cpr-vm"                       (CONFIGURATION)
+//!   [0x05 | str "configuration/capabilities" | be32 1 |
+//!    be32 1 | str "x-ignore-shared"]                            (x-ignore-shared on)
 //! 0x01 | be32 sid | str "ram" | be32 0 | be32 4                 (START)
-//!   be64 total|0x04 | per block: str idstr, be64 used_length, u8 ignored
+//!   be64 total|0x04 | per block: str idstr, be64 used_length
+//!                     [, be64 0 with x-ignore-shared]
 //!   be64 0x10 | 0x7e | be32 sid
-//! per up to 1 MiB of page data:
+//! per about 1 MiB of records:
 //! 0x02 | be32 sid                                               (PART)
 //!   be64 offset|0x08[|0x20] [str idstr] | 4096 bytes            page
-//!   be64 offset|0x02[|0x20] [str idstr] | be64 npages           zero run
+//!   be64 offset|0x02[|0x20] [str idstr] | u8 0                  zero page
 //!   be64 0x10 | 0x7e | be32 sid
 //! 0x03 | be32 sid | be64 0x10 | 0x7e | be32 sid                 (END)
 //! ```
 //!
-//! Blocks flagged `ignored` (kept in place) carry no pages. The guest's
-//! RAM is reached through the VMM's [`RamBlocks`]; [`ram`] details the
-//! format and its extensions.
+//! Blocks kept in place carry no pages, and pages never populated at the
+//! source are left out (they load as zeros). The guest's RAM is reached
+//! through the VMM's [`RamBlocks`]; [`ram`] details the format.
 //!
-//! There is no configuration section: V7's `cpr-save` writes none.
+//! V7's `cpr-save` writes no configuration section, and neither does
+//! [`save_device_state`].
 //!
 //! [`probe`] tells a caller which of the two kinds a file holds (device
-//! state only, or a `ram` section first: [`StreamKind`]) from its first
+//! state only, or RAM: a configuration section first, [`StreamKind`]) from its first
 //! bytes, without consuming them, and refuses a file that is not a vmstate
 //! stream as the loader does; a VMM needs no byte offsets of its own.
 //!
@@ -200,14 +207,19 @@
 //!   stream before guest RAM is written or anything applied.
 //! * **Checksum trailer.** A CRC-32 over the whole stream catches any
 //!   corruption the framing would not; a missing trailer, a bad CRC or
-//!   bytes after the trailer are refused.
+//!   bytes after the trailer are refused. It is written as hex digits:
+//!   `analyze-migration.py` finds the vmdesc by the file's last NUL byte,
+//!   which a binary CRC would hold once in about 65 saves.
 //! * **vmdesc after EOF**, although V7's `cpr-save` writes none, so that
-//!   `scripts/analyze-migration.py`-style tools can describe the file. It
-//!   is compact JSON with arrays recorded once (`array_len`). The
-//!   [`FieldReader`] records the fields it reads as the [`FieldWriter`]
-//!   records those it writes, and the loader refuses a vmdesc that is not,
-//!   byte for byte, the one the saver writes for the sections read
-//!   (QEMU skips the vmdesc on load).
+//!   QEMU's `scripts/analyze-migration.py` can describe the file (`-d
+//!   state`) and extract its RAM (`-x`). It is compact JSON recorded as
+//!   `vmstate_save_state` records it (an array of two or more elements once,
+//!   with `array_len`; of one element as a plain field; an empty one not at
+//!   all), padded with spaces when its length would hold a `{` byte (see
+//!   [`vmdesc`]). The [`FieldReader`] records the fields it reads as the
+//!   [`FieldWriter`] records those it writes, and the loader refuses a
+//!   vmdesc that is not, byte for byte, the one the saver writes for the
+//!   sections read (QEMU skips the vmdesc on load).
 //! * **Required hooks.** Every [`VmState`] and [`SectionHandler`] hook
 //!   that touches state is a required method, and each registry entry
 //!   states whether it must be present on load ([`OnLoad`]).
@@ -215,42 +227,61 @@
 //!   duplicate sections and section types that a device-state stream never
 //!   holds (START/PART/END/COMMAND/CONFIGURATION) are errors.
 //! * **Guest RAM with bounded memory, loaded in two passes.**
-//!   [`save_state`] streams RAM a few pages at a time and never writes zero
-//!   pages: a run of them is one ZERO record with a be64 page count (QEMU
-//!   writes one record and a fill byte per zero page), so a sparse 16 GiB
-//!   guest costs a few bytes. [`load_state`] first checks the whole file —
-//!   block list against the local blocks, every page in range and covered
-//!   once, device sections, vmdesc, checksum — skipping page data, and only
-//!   then re-reads it to write guest RAM: a corrupt file (or one for the
-//!   wrong machine) never half-overwrites a shared RAM file.
-//! * **The ignored flag.** Each block in the RAM block list carries a byte
-//!   saying whether it is kept in place (`x-ignore-shared`; QEMU's first
-//!   x-ignore-shared version wrote the same byte), and a destination that
-//!   disagrees about a block refuses the stream with QEMU's capability
-//!   wording, instead of silently loading a block it expected to share or
-//!   keeping stale memory it expected to receive.
+//!   [`save_state`] streams RAM a few pages at a time. A zero page it reads
+//!   is one ZERO record, as in QEMU, but pages the VMM knows were never
+//!   populated are not written at all, so a sparse 16 GiB guest costs a few
+//!   bytes; the loader zeroes what no record covers. [`load_state`] first
+//!   checks the whole file — configuration, block list against the local
+//!   blocks, every record in range and in order, device sections, vmdesc,
+//!   checksum — skipping page data, and only then re-reads it to write
+//!   guest RAM: a corrupt file (or one for the wrong machine) never
+//!   half-overwrites a shared RAM file.
+//! * **Which blocks stay in place.** QEMU's block list does not say (each
+//!   side decides from its own blocks and capability); the vmdesc's `"ram"`
+//!   entry does, and a destination that disagrees about a block refuses the
+//!   stream, instead of silently loading a block it expected to share or
+//!   keeping stale memory it expected to receive. The capability itself is
+//!   checked as QEMU checks it, from the configuration section.
 //!
 //! # Compatibility with QEMU
 //!
-//! Without RAM, the bytes up to EOF are exactly what QEMU frames, and the
-//! vmdesc is QEMU's record. With RAM, the framing (section headers and
-//! footers, record words, CONTINUE, EOS) is QEMU's, but the ignored byte
-//! and the zero-run count are extensions that QEMU's `ram_load` does not
-//! read, and the vmdesc gains a top-level `"ram"` entry (not a device, so
-//! that `analyze-migration.py` keeps decoding `ram` by name). V7's `cpr-load` (`qemu_load_device_state` after reading
-//! the magic and version itself) reads sections up to EOF and stops: it
-//! never looks at the vmdesc or the trailer. The generic
-//! `qemu_loadvm_state` reads to EOF, then expects `0x06` + vmdesc, which it
-//! finds and skips, and ignores what follows — the trailer (like V7's own
-//! `cpr-save` files, our files carry no configuration section, which that
-//! loader demands when the machine sends one). The other way round,
-//! QEMU-written device-state files (no vmdesc, no trailer) are refused by
-//! this loader, as is anything it cannot fully verify.
+//! Every stream this crate writes is one QEMU's own
+//! `scripts/analyze-migration.py` (QEMU 10) reads to the end: `-d state`
+//! lists every section, `-x` extracts RAM identical to the guest's (the
+//! e2e scenario `QEMU's analyze-migration.py` runs it on each kind of
+//! stream `cpr-vm` writes). Without RAM, the bytes up to EOF are exactly
+//! what QEMU frames, and the vmdesc is QEMU's record. With RAM, the
+//! configuration and `ram` sections are written as QEMU 10 writes them;
+//! the vmdesc gains a top-level `"ram"` entry (not a device, so that
+//! `analyze-migration.py` keeps decoding `ram` by name).
+//!
+//! What changed to get there (files written by earlier versions of this
+//! crate are refused): the trailer's CRC was 4 binary bytes (the script
+//! took a NUL among them for the vmdesc's start); the vmdesc described an
+//! empty array as an entry with `array_len` 0 (the script read one element,
+//! then the footer for the next field); a stream with RAM had no
+//! configuration section (`Configuration section missing`), a byte after
+//! each block's length saying whether it stays in place (QEMU stopped
+//! writing one in 2019), and zero pages as runs with a be64 page count
+//! (QEMU writes one record and a fill byte per page).
+//!
+//! QEMU's own loader still refuses our files, as it should: they are not
+//! the state of a QEMU machine. `qemu_loadvm_state` stops at the
+//! configuration section (`Machine type received is 'cpr-vm' ...`), and
+//! past that, or on a device-state file (V7's `qemu_load_device_state`,
+//! which reads sections up to EOF), at the first of our device names
+//! QEMU has no handler for: `cpr-machine`, then our KVM sections (`cpu`
+//! holds KVM's registers, not QEMU's `X86CPU` fields) — `Unknown savevm
+//! section or instance 'cpr-machine' 0`. Neither loader looks at the
+//! vmdesc or the trailer. The other way round, QEMU-written files (no
+//! vmdesc on device-state files, no trailer) are refused by this loader, as
+//! is anything it cannot fully verify.
 
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
 mod channel;
+mod config;
 pub mod consts;
 mod error;
 mod handler;

@@ -2,18 +2,20 @@
 
 use cpr_migration_file::QemuFile;
 
-use crate::consts::{QEMU_VM_SECTION_START, RAM_IDSTR};
+use crate::consts::{QEMU_VM_CONFIGURATION, QEMU_VM_SECTION_START, RAM_IDSTR};
 use crate::error::{Error, Result};
 use crate::stream::read_stream_header;
 
 /// The two kinds of stream this crate writes, told apart by their first
-/// section.
+/// section: a stream with RAM opens with QEMU's configuration section, which
+/// V7's `cpr-save` never writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamKind {
     /// Device state only (V7's `cpr-save`, [`save_device_state`](crate::save_device_state)):
     /// guest RAM stays in place. Load it without RAM.
     DeviceState,
-    /// The first section is QEMU's `ram` START section: guest RAM travels in
+    /// The first section is QEMU's configuration section (or, as in streams
+    /// written before it was, the `ram` START section): guest RAM travels in
     /// the stream (mainline `migrate` to a file,
     /// [`save_state`](crate::save_state) with RAM). Load it with
     /// [`load_state`](crate::load_state) and the VMM's RAM.
@@ -61,10 +63,11 @@ pub fn probe(f: &mut QemuFile) -> Result<StreamKind> {
     // The loader's own header check, over the bytes looked at.
     read_stream_header(&mut QemuFile::from_bytes(head.clone(), &name)).map_err(not_vmstate)?;
     let first = head.get(8..).unwrap_or_default();
+    let configuration = first.first() == Some(&QEMU_VM_CONFIGURATION);
     let ram_start = first.first() == Some(&QEMU_VM_SECTION_START)
         && first.get(5).map(|&len| usize::from(len)) == Some(RAM_IDSTR.len())
         && first.get(6..) == Some(RAM_IDSTR.as_bytes());
-    Ok(if ram_start {
+    Ok(if configuration || ram_start {
         StreamKind::WithRam
     } else {
         StreamKind::DeviceState
@@ -98,6 +101,9 @@ mod tests {
     fn the_first_section_tells_the_kind() {
         let kind = |ty, idstr| probe_bytes(&with_section(ty, idstr)).expect("a vmstate stream");
         assert_eq!(kind(QEMU_VM_SECTION_START, "ram"), StreamKind::WithRam);
+        let mut config = header(QEMU_VM_FILE_MAGIC, 3);
+        config.extend_from_slice(b"\x07\x00\x00\x00\x06cpr-vm");
+        assert_eq!(probe_bytes(&config).expect("probe"), StreamKind::WithRam);
         assert!(kind(QEMU_VM_SECTION_START, "ram").has_ram());
         assert_eq!(kind(QEMU_VM_SECTION_FULL, "ram"), StreamKind::DeviceState);
         assert_eq!(

@@ -7,55 +7,64 @@
 //!
 //! # Wire format
 //!
-//! All integers big-endian; "str" is a counted string. A RAM record starts
-//! with a be64 word: a page-aligned offset in the block ORed with flags in
-//! the low 12 bits ([`RAM_SAVE_FLAG_MASK`]). The `ram` section comes right
-//! after magic and version, before the FULL device sections:
+//! As QEMU 10 writes it (migration/ram.c, without multifd, mapped-ram or
+//! postcopy). All integers big-endian; "str" is a counted string. A RAM
+//! record starts with a be64 word: a page-aligned offset in the block ORed
+//! with flags in the low 12 bits ([`RAM_SAVE_FLAG_MASK`]). The `ram`
+//! section comes right after the configuration section
+//! ([`QEMU_VM_CONFIGURATION`](crate::consts::QEMU_VM_CONFIGURATION), which
+//! announces `x-ignore-shared` when [`RamBlocks::ignore_shared`]), before
+//! the FULL device sections:
 //!
 //! ```text
 //! START  0x01 | be32 sid | str "ram" | be32 0 | be32 4
 //!          be64 total | 0x04 (MEM_SIZE)     total = sum of used_length
-//!          per block: str idstr | be64 used_length | u8 ignored (0 | 1)
+//!          per block: str idstr | be64 used_length [| be64 0, with x-ignore-shared]
 //!          be64 0x10 (EOS)
 //!        0x7e | be32 sid
-//! PART   0x02 | be32 sid                      (up to 1 MiB of page data each)
+//! PART   0x02 | be32 sid                      (about 1 MiB of records each)
 //!          records ...
 //!          be64 0x10 (EOS)
 //!        0x7e | be32 sid
 //! END    0x03 | be32 sid | be64 0x10 (EOS) | 0x7e | be32 sid
 //!
 //! record: be64 offset | 0x08 (PAGE) [| 0x20 CONTINUE] [str idstr] | 4096 bytes
-//!         be64 offset | 0x02 (ZERO) [| 0x20 CONTINUE] [str idstr] | be64 npages
+//!         be64 offset | 0x02 (ZERO) [| 0x20 CONTINUE] [str idstr] | u8 0
 //! ```
 //!
 //! The idstr follows unless CONTINUE says "same block as the previous
 //! record of this section", exactly as QEMU. `sid` is the registry's next
 //! free section id (QEMU registers `ram` first, so its id is lower there).
+//! With `x-ignore-shared`, the be64 after a block's length is its memory
+//! region's address, [`RAM_BLOCK_ADDR`](crate::consts::RAM_BLOCK_ADDR): 0,
+//! what QEMU sends for `pc.ram`.
 //!
-//! # Beyond QEMU (documented extensions)
+//! QEMU's `scripts/analyze-migration.py` reads these sections (`-d state`)
+//! and extracts each block's pages into a file of the block's length
+//! (`-x`): pages without a record read as zeros there, as they do after a
+//! load.
 //!
-//! * **The `ignored` byte** after each block's length: 1 when the block is
-//!   shared and kept in place (`x-ignore-shared`), so no page of it
-//!   follows; 0 when its pages follow. QEMU's x-ignore-shared commit
-//!   (fbd162e629) wrote the same byte after the block's memory-region
-//!   address; mainline keeps only the address, which a VMM-agnostic stream
-//!   does not carry. A flag that disagrees with the loading side is refused
-//!   with QEMU's capability wording ([`Error::RamIgnoredMismatch`]).
-//! * **Zero runs.** Zero pages are never written; a run of them is one
-//!   ZERO record whose be64 page count replaces QEMU's fill byte, so 16 GiB
-//!   of sparse RAM costs a few bytes.
-//! * **Strict coverage.** Within each block, records come in offset order,
-//!   each page exactly once, and every page of a block whose pages are sent
-//!   is covered by the END (QEMU accepts any order and leaves missing pages
-//!   as they were). CONTINUE never crosses a section boundary. An EOS
-//!   record is the bare flag (QEMU ignores the rest of the word).
+//! # Choices within QEMU's format
+//!
+//! * **Blocks kept in place.** Which blocks stay in place is not in QEMU's
+//!   block list (each side decides from its own blocks); the source records
+//!   it in the vmdesc's `"ram"` entry, and a destination that disagrees
+//!   about a block refuses the stream ([`Error::RamIgnoredMismatch`]),
+//!   instead of silently loading a block it expected to share or keeping
+//!   stale memory it expected to receive. A block kept in place carries no
+//!   page.
+//! * **Untouched pages cost nothing.** A page that reads as zero is one ZERO
+//!   record, as in QEMU; pages the VMM knows were never populated
+//!   ([`RamBlocks::populated`]) are not written at all, so 16 GiB of sparse
+//!   RAM costs a few bytes. The loader zeroes every page of a copied block
+//!   that no record covers.
+//! * **Strict order.** Within each block, records come in offset order,
+//!   each page at most once (QEMU accepts any order). CONTINUE never
+//!   crosses a section boundary. An EOS record is the bare flag (QEMU
+//!   ignores the rest of the word). A ZERO record's fill byte is 0 (as QEMU
+//!   10 requires).
 //! * **Two-pass load.** See [`load_state`]: a corrupt
 //!   file never changes guest RAM.
-//!
-//! The vmdesc lists the block list under a top-level `"ram"` key rather
-//! than in `"devices"`: `scripts/analyze-migration.py` decodes the `ram`
-//! section by name and would misparse it as a VMState device if it were
-//! listed there.
 
 use crate::consts::{RAM_SAVE_FLAG_MASK, TARGET_PAGE_SIZE};
 use crate::error::{BoxError, Error, Result};
@@ -81,7 +90,7 @@ pub struct RamBlockDesc {
     pub used_length: u64,
     /// Whether the block is shared and kept in place (`x-ignore-shared`):
     /// its pages are neither saved nor loaded, only its presence and length
-    /// are checked.
+    /// are checked. Only with [`RamBlocks::ignore_shared`].
     pub ignored: bool,
 }
 
@@ -118,6 +127,7 @@ impl RamBlockDesc {
 ///
 /// impl RamBlocks for Ram {
 ///     fn blocks(&self) -> Vec<RamBlockDesc> { vec![self.desc.clone()] }
+///     fn ignore_shared(&self) -> bool { false }
 ///     fn populated(&self, _b: usize) -> Result<Option<Vec<std::ops::Range<u64>>>, BoxError> {
 ///         Ok(None)
 ///     }
@@ -146,7 +156,7 @@ impl RamBlockDesc {
 ///
 /// let mut f = QemuFile::memory_writer("cpr-save");
 /// let stats = save_state(&mut f, &mut registry, Some(&src))?;
-/// assert_eq!((stats.ram_pages, stats.ram_zero_pages), (1, 255));
+/// assert_eq!((stats.ram_pages, stats.ram_zero_pages), (1, 255)); // 255 ZERO records
 /// let bytes = f.into_bytes().expect("memory file");
 ///
 /// let mut dst = Ram { desc, mem: vec![0xff; 1 << 20] };
@@ -159,6 +169,11 @@ impl RamBlockDesc {
 pub trait RamBlocks {
     /// The blocks, in the order they are saved.
     fn blocks(&self) -> Vec<RamBlockDesc>;
+    /// The `x-ignore-shared` capability: announced by the configuration
+    /// section when saving, and compared with the stream's when loading
+    /// ([`Error::CapabilityMismatch`]). A block may be
+    /// [`ignored`](RamBlockDesc::ignored) only with it on.
+    fn ignore_shared(&self) -> bool;
     /// Copy `buf.len()` bytes at `offset` of `block` into `buf` (`&self`,
     /// so a paused guest's RAM can be read while the VMM holds other
     /// references).
@@ -185,9 +200,9 @@ pub trait RamBlocks {
 }
 
 /// Check a block list from [`RamBlocks::blocks`]: names 1..=255 bytes and
-/// unique, lengths non-zero page multiples, total without overflow.
-/// Returns the total length.
-pub(crate) fn validate_blocks(blocks: &[RamBlockDesc]) -> Result<u64> {
+/// unique, lengths non-zero page multiples, total without overflow, blocks
+/// kept in place only with `ignore_shared`. Returns the total length.
+pub(crate) fn validate_blocks(blocks: &[RamBlockDesc], ignore_shared: bool) -> Result<u64> {
     let invalid = |b: &RamBlockDesc, reason| Error::InvalidRamBlock {
         idstr: b.idstr.clone(),
         reason,
@@ -201,6 +216,12 @@ pub(crate) fn validate_blocks(blocks: &[RamBlockDesc]) -> Result<u64> {
             return Err(invalid(
                 b,
                 "used_length must be a non-zero multiple of the 4096-byte target page",
+            ));
+        }
+        if b.ignored && !ignore_shared {
+            return Err(invalid(
+                b,
+                "a block is kept in place only with x-ignore-shared",
             ));
         }
         if blocks.iter().take(i).any(|o| o.idstr == b.idstr) {
@@ -252,7 +273,11 @@ mod tests {
             RamBlockDesc::copied("a", 8192),
             RamBlockDesc::ignored("b", 4096),
         ];
-        assert_eq!(validate_blocks(&ok).ok(), Some(12288));
+        assert_eq!(validate_blocks(&ok, true).ok(), Some(12288));
+        assert!(matches!(
+            validate_blocks(&ok, false),
+            Err(Error::InvalidRamBlock { .. })
+        ));
         for bad in [
             vec![RamBlockDesc::copied("", 4096)],
             vec![RamBlockDesc::copied("x".repeat(256), 4096)],
@@ -268,7 +293,10 @@ mod tests {
             ],
         ] {
             assert!(
-                matches!(validate_blocks(&bad), Err(Error::InvalidRamBlock { .. })),
+                matches!(
+                    validate_blocks(&bad, true),
+                    Err(Error::InvalidRamBlock { .. })
+                ),
                 "{bad:?}"
             );
         }

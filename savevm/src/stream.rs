@@ -7,6 +7,7 @@ use std::any::Any;
 
 use cpr_migration_file::QemuFile;
 
+use crate::config::write_configuration;
 use crate::consts::*;
 use crate::error::{Error, Result};
 use crate::handler::{Saved, Staged};
@@ -158,7 +159,8 @@ fn io(op: &'static str) -> impl FnOnce(cpr_migration_file::Error) -> Error {
 /// V7's `qemu_save_device_state`, plus vmdesc and trailer: magic, version,
 /// a FULL section for every needed entry in registry order, EOF, then
 /// `0x06` + be32 length + compact vmdesc JSON, then the trailer `"CPRC"` +
-/// be32 CRC-32 of every byte from the magic through the JSON.
+/// the CRC-32 of every byte from the magic through the JSON, as 8 lowercase
+/// hex digits.
 ///
 /// A handler error stops the save ([`Error::SaveSection`]); the partial
 /// stream must be discarded (the path helper does so).
@@ -166,11 +168,14 @@ pub fn save_device_state(f: &mut QemuFile, registry: &mut Registry) -> Result<Sa
     save_state(f, registry, None)
 }
 
-/// [`save_device_state`] with guest RAM: when `ram` is given, the `ram`
-/// section (START with the block list, PARTs with pages and zero runs,
-/// END; see the [crate docs](crate#the-stream)) comes right after magic
-/// and version, and the vmdesc describes its blocks under `"ram"`. Guest
-/// RAM is read a few pages at a time: memory use does not grow with it.
+/// [`save_device_state`] with guest RAM: when `ram` is given, the
+/// configuration section (machine type, `x-ignore-shared` when
+/// [`RamBlocks::ignore_shared`]) and the `ram` section (START with the
+/// block list, PARTs with pages and zero pages, END; see the
+/// [crate docs](crate#the-stream)) come right after magic and version, and
+/// the vmdesc describes the configuration and, under `"ram"`, the blocks.
+/// Guest RAM is read a few pages at a time: memory use does not grow with
+/// it.
 ///
 /// Without `ram` the bytes are exactly [`save_device_state`]'s. A
 /// [`RamBlocks::read`] error is [`Error::RamAccess`]; a block list that
@@ -187,9 +192,12 @@ pub fn save_state(
     f.reset_crc();
     let start = f.position();
     write_stream_header(f);
-    let ram = match ram {
-        Some(ram) => Some(save_ram_section(f, ram, registry.next_section_id())?),
-        None => None,
+    let (configuration, ram) = match ram {
+        Some(ram) => (
+            Some(write_configuration(f, ram.ignore_shared())?),
+            Some(save_ram_section(f, ram, registry.next_section_id())?),
+        ),
+        None => (None, None),
     };
     let mut devices = Vec::new();
     for entry in &mut registry.entries {
@@ -228,6 +236,7 @@ pub fn save_state(
 
     let sections = devices.len();
     let json = VmDesc {
+        configuration,
         page_size: TARGET_PAGE_SIZE,
         ram: ram.as_ref().map(|r| RamDesc::new(&r.blocks)),
         devices,
@@ -246,7 +255,7 @@ pub fn save_state(
 
     let crc32 = f.crc32();
     f.put_buffer(&TRAILER_TAG);
-    f.put_u32(crc32);
+    f.put_buffer(format!("{crc32:08x}").as_bytes());
     f.flush().map_err(io("writing the stream"))?;
     Ok(SaveStats {
         sections,
@@ -438,6 +447,10 @@ pub(crate) fn parse_stream(
         file: file.to_owned(),
         source: Box::new(e),
     })?;
+    let configuration = match ram.as_deref_mut() {
+        Some(r) => Some(r.configuration(f)?),
+        None => None,
+    };
     let (sections, ram_end) = load_sections(f, registry, ram.as_deref_mut())?;
 
     for entry in &registry.entries {
@@ -478,7 +491,13 @@ pub(crate) fn parse_stream(
         .collect();
     let ram = ram.and_then(|r| r.summary());
     let ram_blocks = ram.as_ref().map(|r| r.blocks.as_slice());
-    let vmdesc = vmdesc::check(&json, json_offset, &devices, ram_blocks)?;
+    let vmdesc = vmdesc::check(
+        &json,
+        json_offset,
+        configuration.as_ref(),
+        &devices,
+        ram_blocks,
+    )?;
 
     check_trailer(f)?;
     let loaded = LoadedState {
@@ -631,7 +650,22 @@ fn check_trailer(f: &mut QemuFile) -> Result<()> {
         };
         return Err(Error::MissingTrailer { offset, found });
     }
-    let stored = get(f, "trailer checksum", QemuFile::get_u32)?;
+    let mut hex = [0u8; TRAILER_LEN - TRAILER_TAG.len()];
+    get(f, "trailer checksum", |f| f.get_buffer(&mut hex))?;
+    // Exactly the saver's 8 lowercase hex digits.
+    let stored = std::str::from_utf8(&hex)
+        .ok()
+        .filter(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+        .and_then(|h| u32::from_str_radix(h, 16).ok());
+    let Some(stored) = stored else {
+        return Err(Error::MissingTrailer {
+            offset,
+            found: [&tag[..], &hex].concat(),
+        });
+    };
     if stored != computed {
         return Err(Error::ChecksumMismatch { stored, computed });
     }

@@ -10,8 +10,29 @@
 //!    "subsections":[{"vmsd_name":"timer/x","version":1,"fields":[...]}]}]}
 //! ```
 //!
-//! Arrays are recorded once with `array_len` and the size of one element,
-//! as QEMU's compressed form; `subsections` is omitted when empty.
+//! Arrays are recorded as `vmstate_save_state` records them: an array of
+//! two or more elements once, with `array_len` and the size of one element
+//! (QEMU's compressed form); an array of one element as a plain field; an
+//! empty array not at all (QEMU's loop over the elements records nothing,
+//! and `analyze-migration.py` would read one element for any entry).
+//! `subsections` is omitted when empty.
+//!
+//! A stream with RAM opens with QEMU's configuration section, which QEMU
+//! describes first, under `"configuration"`:
+//!
+//! ```json
+//! {"configuration":{"vmsd_name":"configuration","version":1,
+//!   "fields":[{"name":"len","type":"uint32","size":4},
+//!             {"name":"name","type":"buffer","size":6}],
+//!   "subsections":[{"vmsd_name":"configuration/capabilities","version":1,
+//!     "fields":[{"name":"caps_count","type":"uint32","size":4},
+//!               {"name":"capabilities","type":"capability","size":16}]}]},
+//!  "page_size":4096, ...}
+//! ```
+//!
+//! The JSON is followed by spaces when its be32 length would hold a `{`
+//! byte: `analyze-migration.py` finds the JSON as the first `{` after the
+//! file's last NUL byte, which lies in that length.
 //!
 //! A stream with a `ram` section also has a top-level `"ram"` key (absent
 //! otherwise, so device-state streams are unchanged):
@@ -23,7 +44,11 @@
 //!
 //! It is not one of the `"devices"`: QEMU does not list `ram` there, and
 //! `scripts/analyze-migration.py` would then decode the section as a
-//! VMState device instead of with its RAM parser.
+//! VMState device instead of with its RAM parser (which ignores this key).
+//! `ignored` is where the source says which blocks stay in place: QEMU's
+//! `ram` section does not carry it (each side decides from its own blocks),
+//! and the loader refuses a stream whose blocks this side would treat
+//! otherwise ([`Error::RamIgnoredMismatch`]).
 
 use std::borrow::Cow;
 
@@ -82,6 +107,13 @@ impl VmsdDesc {
         ty: &'static str,
         size: usize,
     ) {
+        // As vmsd_desc_field_start: one entry per array, `array_len` only
+        // when there is more than one element, nothing for none.
+        let array_len = match array_len {
+            Some(0) => return,
+            Some(1) => None,
+            n => n,
+        };
         self.fields.push(FieldDesc {
             name,
             array_len,
@@ -154,6 +186,10 @@ impl RamDesc {
 /// The whole description.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VmDesc {
+    /// The configuration section, when the stream has one (first, as QEMU
+    /// writes it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub configuration: Option<VmsdDesc>,
     /// Target page size.
     pub page_size: u32,
     /// The `ram` section, when the stream has one.
@@ -164,21 +200,30 @@ pub struct VmDesc {
 }
 
 impl VmDesc {
-    /// Compact JSON (no whitespace).
+    /// Compact JSON, as written after `0x06` and its be32 length: no
+    /// whitespace, except spaces at the end while a byte of the length
+    /// would be `{` (see the [module docs](self)).
     pub fn to_json(&self) -> Vec<u8> {
         // Serializing plain structs with string keys cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        let mut json = serde_json::to_vec(self).unwrap_or_default();
+        while u32::try_from(json.len()).is_ok_and(|len| len.to_be_bytes().contains(&b'{')) {
+            json.push(b' ');
+        }
+        json
     }
 }
 
 /// Check that `json` is exactly the vmdesc the saver writes for a stream
-/// holding `sections` (in stream order, each described by the fields its
-/// handler read) and `ram` (no `ram` entry when `None`): its `devices` list
-/// names the sections, its `ram` entry describes `ram`, and, byte for byte,
-/// it is [`VmDesc::to_json`] of them. Returns the parsed value.
+/// holding `configuration` (as read), `sections` (in stream order, each
+/// described by the fields its handler read) and `ram` (the local blocks;
+/// no `ram` entry when `None`): its `devices` list names the sections, its
+/// `ram` entry keeps in place the blocks this side keeps in place
+/// ([`Error::RamIgnoredMismatch`] otherwise), and, byte for byte, it is
+/// [`VmDesc::to_json`] of them. Returns the parsed value.
 pub(crate) fn check(
     json: &[u8],
     offset: u64,
+    configuration: Option<&VmsdDesc>,
     sections: &[DeviceDesc],
     ram: Option<&[RamBlockDesc]>,
 ) -> Result<Value> {
@@ -208,6 +253,7 @@ pub(crate) fn check(
     }
     check_ram(&value, ram)?;
     let expected = VmDesc {
+        configuration: configuration.cloned(),
         page_size: crate::consts::TARGET_PAGE_SIZE,
         ram: ram.map(RamDesc::new),
         devices: sections.to_vec(),
@@ -245,6 +291,24 @@ fn check_ram(value: &Value, ram: Option<&[RamBlockDesc]>) -> Result<()> {
             "no \"ram\" entry, the stream has a ram section".into(),
         ));
     };
+    // Which blocks stay in place is not in QEMU's ram section (QEMU decides
+    // it on each side): the source says it here, and both sides must agree.
+    let listed = found.get("blocks").and_then(Value::as_array);
+    for b in blocks {
+        let entry = listed.and_then(|l| {
+            l.iter()
+                .find(|e| e.get("name").and_then(Value::as_str) == Some(b.idstr.as_str()))
+        });
+        if let Some(stream_ignored) = entry.and_then(|e| e.get("ignored")?.as_bool())
+            && stream_ignored != b.ignored
+        {
+            return Err(Error::RamIgnoredMismatch {
+                idstr: b.idstr.clone(),
+                local_ignored: b.ignored,
+                stream_ignored,
+            });
+        }
+    }
     let expected = serde_json::to_value(RamDesc::new(blocks)).unwrap_or_default();
     if *found != expected {
         return Err(mismatch(format!(

@@ -220,8 +220,18 @@ impl<'a> FieldWriter<'a> {
         self.out.extend_from_slice(v);
         self.record(Cow::Borrowed(name), None, "buffer", v.len());
     }
+    /// A `capability` field (QEMU's `vmstate_info_capability`): a length
+    /// byte and the capability's name.
+    pub(crate) fn capability(&mut self, name: &'static str, cap: &str) -> Result<()> {
+        let len = check_name(cap)?;
+        self.out.push(len);
+        self.out.extend_from_slice(cap.as_bytes());
+        self.record(Cow::Borrowed(name), None, "capability", 1 + cap.len());
+        Ok(())
+    }
     /// An array whose length both sides know: the elements only, recorded
-    /// once with `array_len`.
+    /// once with `array_len` (as a plain field when it has one element, not
+    /// at all when it has none: see [`crate::vmdesc`]).
     pub fn array_fixed<T: Scalar>(&mut self, name: &'static str, v: &[T]) -> Result<()> {
         let len = self.array_len(name, v.len())?;
         for &x in v {
@@ -479,6 +489,12 @@ impl<'a> FieldReader<'a> {
         self.f.get_buffer(buf).map_err(self.field_err(name))?;
         self.record(Cow::Borrowed(name), None, "buffer", buf.len());
         Ok(())
+    }
+    /// A `capability` field written by `FieldWriter::capability`.
+    pub(crate) fn capability(&mut self, name: &'static str) -> Result<String> {
+        let cap = self.f.get_counted_string().map_err(self.field_err(name))?;
+        self.record(Cow::Borrowed(name), None, "capability", 1 + cap.len());
+        Ok(cap)
     }
     /// An array of `len` elements written by [`FieldWriter::array_fixed`].
     pub fn array_fixed<T: Scalar>(&mut self, name: &'static str, len: usize) -> Result<Vec<T>> {

@@ -59,7 +59,7 @@ fn flip_in_payload_is_caught_by_the_checksum() {
 #[test]
 fn missing_trailer_is_refused() {
     let bytes = Machine::golden().save();
-    let cut = &bytes[..bytes.len() - 8];
+    let cut = &bytes[..bytes.len() - cpr_savevm::consts::TRAILER_LEN];
     match fresh().parse(cut) {
         Err(e @ Error::MissingTrailer { .. }) => {
             assert_eq!(
@@ -99,5 +99,27 @@ fn stream_without_vmdesc_is_refused() {
             assert_eq!(e.to_string(), "Expected vmdescription section, but got 66");
         }
         other => panic!("expected MissingVmdesc, got {other:?}"),
+    }
+}
+
+/// The checksum is exactly the saver's 8 lowercase hex digits: the same value in capitals,
+/// or digits that are not hex, are not a trailer.
+#[test]
+fn trailer_checksum_is_lowercase_hex_only() {
+    let bytes = Machine::golden().save();
+    let at = bytes.len() - cpr_savevm::consts::TRAILER_LEN;
+    assert_eq!(&bytes[at..at + 4], b"CPRC");
+    let upper: Vec<u8> = bytes[at + 4..].to_ascii_uppercase();
+    assert_ne!(upper, bytes[at + 4..], "the golden CRC has a letter");
+    for digits in [upper, b"+1e41ee2".to_vec(), b"1e41ee2 ".to_vec()] {
+        let mut b = bytes.clone();
+        b[at + 4..].copy_from_slice(&digits);
+        match fresh().parse(&b) {
+            Err(Error::MissingTrailer { offset, found }) => {
+                assert_eq!(offset, at as u64);
+                assert_eq!(found[4..], digits);
+            }
+            other => panic!("{digits:?}: expected MissingTrailer, got {other:?}"),
+        }
     }
 }

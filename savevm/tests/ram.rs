@@ -60,7 +60,8 @@ fn round_trip_restores_ram_and_devices() {
         dst.block("shared").iter().all(|&b| b == 0x77),
         "ignored block written"
     );
-    // 21 pages written, the zero pages of pc.ram in runs: [1..5), [7..10), [11..63).
+    // 21 pages written, the zero pages of pc.ram (one ZERO record each) zeroed in three
+    // calls: [1..5), [7..10), [11..63).
     assert_eq!((dst.writes, dst.zeros), (21, 3));
 
     let ram = loaded.ram().expect("ram summary");
@@ -78,16 +79,17 @@ fn round_trip_restores_ram_and_devices() {
 }
 
 #[test]
-fn stream_is_framed_as_qemu_and_zero_pages_cost_nothing() {
+fn stream_is_framed_as_qemu_with_a_zero_record_per_zero_page() {
     let src = source_ram();
     let (bytes, stats) = save(&mut Registry::new(), &src);
     let (blocks, parts, end) = walk(&bytes);
+    // x-ignore-shared is on ("shared" stays in place): each block's address follows.
     assert_eq!(
         blocks,
         [
-            ("pc.ram".into(), 64 * PAGE as u64, false),
-            ("vram".into(), 16 * PAGE as u64, false),
-            ("shared".into(), 8 * PAGE as u64, true),
+            ("pc.ram".into(), 64 * PAGE as u64, Some(0)),
+            ("vram".into(), 16 * PAGE as u64, Some(0)),
+            ("shared".into(), 8 * PAGE as u64, Some(0)),
         ]
     );
     assert_eq!(parts.len(), 1);
@@ -95,17 +97,16 @@ fn stream_is_framed_as_qemu_and_zero_pages_cost_nothing() {
     let pc = |o: u64| ("pc.ram".to_string(), o * p);
     assert_eq!(parts[0].pages[..5], [pc(0), pc(5), pc(6), pc(10), pc(63)]);
     assert_eq!(parts[0].pages.len(), 21);
-    assert_eq!(
-        parts[0].zero_runs,
-        [
-            ("pc.ram".into(), p, 4),
-            ("pc.ram".into(), 7 * p, 3),
-            ("pc.ram".into(), 11 * p, 52)
-        ]
-    );
+    let zeros: Vec<_> = [1, 2, 3, 4, 7, 8, 9]
+        .into_iter()
+        .chain(11..63)
+        .map(pc)
+        .collect();
+    assert_eq!(parts[0].zero_pages, zeros);
     // Right after the ram section: EOF (no devices), as QEMU orders it.
     assert_eq!(bytes[end], 0x00);
-    assert_eq!(stats.ram_bytes, end as u64 - 8);
+    let config = CONFIG.len() + CONFIG_CAPS.len();
+    assert_eq!(stats.ram_bytes, (end - 8 - config) as u64);
 }
 
 #[test]
@@ -190,18 +191,18 @@ fn without_ram_the_bytes_are_the_device_state_streams() {
 #[test]
 fn ram_stream_needs_ram_to_load_into() {
     let (bytes, _) = save(&mut Registry::new(), &source_ram());
-    // The device-state loader refuses it exactly as before.
+    // The device-state loader refuses it at its configuration section.
     let mut f = QemuFile::from_bytes(bytes.clone(), "t");
     match load_device_state(&mut f, &Registry::new()) {
         Err(Error::UnexpectedSectionType {
-            ty: 1, offset: 8, ..
+            ty: 7, offset: 8, ..
         }) => {}
         other => panic!("{other:?}"),
     }
     let opens = Cell::new(0);
     match load_state(opener(&bytes, &opens), &Registry::new(), None) {
         Err(Error::UnexpectedSectionType {
-            ty: 1, offset: 8, ..
+            ty: 7, offset: 8, ..
         }) => {}
         other => panic!("{other:?}"),
     }
@@ -270,6 +271,9 @@ fn write_failures_are_the_vmms_errors() {
     impl RamBlocks for ReadOnly {
         fn blocks(&self) -> Vec<RamBlockDesc> {
             self.0.blocks()
+        }
+        fn ignore_shared(&self) -> bool {
+            self.0.ignore_shared()
         }
         fn populated(
             &self,
@@ -341,8 +345,8 @@ fn save_refuses_bad_block_lists_and_reports_read_errors() {
     }
 }
 
-/// The VMM's populated-ranges hint: pages outside it are saved as zeros without a single
-/// read, and load back as zeros.
+/// The VMM's populated-ranges hint: pages outside it are left out of the stream without a
+/// single read, and load back as zeros.
 #[test]
 fn populated_hint_skips_reading_never_populated_pages() {
     struct Hinted {
@@ -353,6 +357,9 @@ fn populated_hint_skips_reading_never_populated_pages() {
     impl RamBlocks for Hinted {
         fn blocks(&self) -> Vec<RamBlockDesc> {
             self.inner.blocks()
+        }
+        fn ignore_shared(&self) -> bool {
+            self.inner.ignore_shared()
         }
         fn populated(
             &self,
@@ -394,6 +401,15 @@ fn populated_hint_skips_reading_never_populated_pages() {
         2 + 16,
         "pc.ram pages 5 and 6, and all of vram"
     );
+    assert_eq!(stats.ram_zero_pages, 62, "the rest of pc.ram");
+    let (_, parts, _) = walk(&bytes);
+    let pc: Vec<_> = parts
+        .iter()
+        .flat_map(|p| p.pages.iter().chain(&p.zero_pages))
+        .filter(|(b, _)| b == "pc.ram")
+        .map(|(_, o)| o / page)
+        .collect();
+    assert_eq!(pc, [5, 6], "no record for a page outside the hint");
     let mut dst = MemRam::filled(&layout(), 0xee);
     let m2 = Machine::new(Timer::default(), Dev::default());
     load(&bytes, &m2.registry, &mut dst).expect("load");

@@ -1,7 +1,8 @@
 //! Golden bytes of a tiny RAM stream, written out byte by byte: no device,
-//! one block "pc.ram" of three pages — data (0x11), zero, data (0x33). The
-//! trailer CRC was computed independently (Python's `zlib.crc32` over the
-//! bytes 0..8494 built with `struct.pack`).
+//! one block "pc.ram" of three pages — data (0x11), zero, data (0x33) —
+//! framed as QEMU 10 frames a migration stream. The trailer CRC was
+//! computed independently (Python's `zlib.crc32` over the bytes 0..8647
+//! built with `struct.pack`).
 
 mod ram_common;
 
@@ -14,7 +15,12 @@ use ram_common::*;
 const HEAD: &[u8] = &[
     0x51, 0x45, 0x56, 0x4d,             // magic "QEVM"
     0x00, 0x00, 0x00, 0x03,             // stream version 3
-    // ---- START of "ram": header and block list                  @8
+    // ---- configuration                                          @8
+    0x07,                               // QEMU_VM_CONFIGURATION
+    0x00, 0x00, 0x00, 0x06,             // len 6
+    b'c', b'p', b'r', b'-', b'v', b'm', // machine type "cpr-vm"
+                                        // (x-ignore-shared off: no subsection)
+    // ---- START of "ram": header and block list                  @19
     0x01,                               // QEMU_VM_SECTION_START
     0x00, 0x00, 0x00, 0x00,             // section id 0 (empty registry)
     0x03, b'r', b'a', b'm',             // idstr "ram"
@@ -26,30 +32,28 @@ const HEAD: &[u8] = &[
     b'r', b'a', b'm',                   // block idstr "pc.ram"
     0x00, 0x00, 0x00, 0x00,
     0x00, 0x00, 0x30, 0x00,             // used_length 0x3000
-    0x00,                               // ignored: 0, its pages follow
     0x00, 0x00, 0x00, 0x00,
     0x00, 0x00, 0x00, 0x10,             // RAM_SAVE_FLAG_EOS
     0x7e,                               // QEMU_VM_SECTION_FOOTER
     0x00, 0x00, 0x00, 0x00,             // footer section id 0
-    // ---- PART: the pages                                         @62
+    // ---- PART: the pages                                         @72
     0x02,                               // QEMU_VM_SECTION_PART
     0x00, 0x00, 0x00, 0x00,             // section id 0
     0x00, 0x00, 0x00, 0x00,
     0x00, 0x00, 0x00, 0x08,             // offset 0 | RAM_SAVE_FLAG_PAGE
     0x06, b'p', b'c', b'.',
     b'r', b'a', b'm',                   // idstr "pc.ram" (first record)
-    // 4096 bytes of 0x11 follow (page 0)                           @82
+    // 4096 bytes of 0x11 follow (page 0)                           @92
 ];
 
 #[rustfmt::skip]
 const MIDDLE: &[u8] = &[
     0x00, 0x00, 0x00, 0x00,
     0x00, 0x00, 0x10, 0x22,             // offset 0x1000 | ZERO | CONTINUE
-    0x00, 0x00, 0x00, 0x00,
-    0x00, 0x00, 0x00, 0x01,             // run of 1 zero page (our extension)
+    0x00,                               // fill byte 0
     0x00, 0x00, 0x00, 0x00,
     0x00, 0x00, 0x20, 0x28,             // offset 0x2000 | PAGE | CONTINUE
-    // 4096 bytes of 0x33 follow (page 2)                           @4202
+    // 4096 bytes of 0x33 follow (page 2)                           @4205
 ];
 
 #[rustfmt::skip]
@@ -58,7 +62,7 @@ const TAIL: &[u8] = &[
     0x00, 0x00, 0x00, 0x10,             // RAM_SAVE_FLAG_EOS
     0x7e,                               // QEMU_VM_SECTION_FOOTER
     0x00, 0x00, 0x00, 0x00,             // footer section id 0
-    // ---- END                                                     @8311
+    // ---- END                                                     @8314
     0x03,                               // QEMU_VM_SECTION_END
     0x00, 0x00, 0x00, 0x00,             // section id 0
     0x00, 0x00, 0x00, 0x00,
@@ -68,21 +72,21 @@ const TAIL: &[u8] = &[
     // ----
     0x00,                               // QEMU_VM_EOF
     0x06,                               // QEMU_VM_VMDESCRIPTION
-    0x00, 0x00, 0x00, 0x9f,             // JSON length 159
+    0x00, 0x00, 0x01, 0x35,             // JSON length 309
 ];
 
 const VMDESC: &str = concat!(
-    r#"{"page_size":4096,"#,
+    r#"{"configuration":{"vmsd_name":"configuration","version":1,"fields":["#,
+    r#"{"name":"len","type":"uint32","size":4},"#,
+    r#"{"name":"name","type":"buffer","size":6}]},"#,
+    r#""page_size":4096,"#,
     r#""ram":{"name":"ram","instance_id":0,"version":4,"total":12288,"#,
     r#""blocks":[{"name":"pc.ram","used_length":12288,"ignored":false}]},"#,
     r#""devices":[]}"#,
 );
 
-#[rustfmt::skip]
-const TRAILER: &[u8] = &[
-    b'C', b'P', b'R', b'C',             // trailer tag
-    0xb3, 0xe7, 0x67, 0x73,             // CRC-32 of bytes 0..8494
-];
+/// Tag, then the CRC-32 of bytes 0..8647 in hex.
+const TRAILER: &[u8] = b"CPRCa75c515b";
 
 fn golden() -> Vec<u8> {
     [
@@ -119,18 +123,19 @@ fn ram_golden_save_produces_exact_bytes() {
         Ok(VMDESC)
     );
     assert_eq!(bytes, g);
-    assert_eq!(bytes.len(), 8502);
+    assert_eq!(bytes.len(), 8659);
     assert_eq!((stats.ram_pages, stats.ram_zero_pages), (2, 1));
-    assert_eq!(stats.ram_bytes, 8311 + 18 - 8);
-    assert_eq!(stats.crc32, 0xb3e7_6773);
+    assert_eq!(stats.ram_bytes, 8314 + 18 - 19);
+    assert_eq!(stats.crc32, 0xa75c_515b);
 }
 
 #[test]
 fn ram_golden_trailer_crc_is_crc32_of_everything_before() {
     let g = golden();
+    let covered = &g[..g.len() - TRAILER.len()];
     assert_eq!(
-        crc32fast::hash(&g[..g.len() - 8]).to_be_bytes(),
-        TRAILER[4..]
+        format!("{:08x}", crc32fast::hash(covered)).as_bytes(),
+        &TRAILER[4..]
     );
 }
 
@@ -144,23 +149,25 @@ fn ram_golden_loads() {
     assert_eq!((ram.section_id, ram.pages, ram.zero_pages), (0, 2, 1));
 }
 
-/// QEMU's own zero-page record (one fill byte instead of a run length) is
-/// not this format: the fill byte and the next record's first bytes read
-/// as a run of 0x20 pages, which the loader refuses before writing.
+/// A stream as this crate wrote it before it followed QEMU 10 (no configuration
+/// section) is refused before anything is written.
 #[test]
-fn ram_golden_with_qemus_fill_byte_is_refused() {
+fn ram_golden_without_configuration_is_refused() {
     let mut g = golden();
-    let run = HEAD.len() + PAGE + 8;
-    g.splice(run..run + 8, [0x00]);
+    g.drain(8..19);
     let mut dst = MemRam::filled(&blocks(), 0xee);
     let opens = Cell::new(0);
     let e = load_state(opener(&g, &opens), &Registry::new(), Some(&mut dst))
-        .expect_err("QEMU zero record");
+        .expect_err("no configuration");
     assert_eq!(dst.touched(), 0, "{e}");
-    assert_eq!(
-        chain(&e),
-        "error while loading state section id 0(ram): Illegal RAM offset 1000"
-    );
+    assert_eq!(chain(&e), "Configuration section missing");
+    assert!(matches!(
+        e,
+        Error::MissingConfiguration {
+            found: 0x01,
+            offset: 8
+        }
+    ));
 }
 
 fn chain(e: &dyn std::error::Error) -> String {

@@ -125,17 +125,17 @@ fn truncated_files_are_refused() {
     }
     // Everything but the trailer, then everything but its last byte.
     assert_eq!(
-        msgs[n - 8],
+        msgs[n - 12],
         format!(
             "{}missing checksum trailer at offset {}",
             s.load_error(),
-            n - 8
+            n - 12
         )
     );
     assert!(
         msgs[n - 1].contains(&format!(
             "failed to read trailer checksum at offset {}",
-            n - 4
+            n - 8
         )),
         "{}",
         msgs[n - 1]
@@ -176,7 +176,8 @@ fn single_bit_flips_are_refused() {
     );
     let mut b = good.clone();
     let last = b.len() - 1;
-    b[last] ^= 0x01;
+    // Another hex digit (a flipped bit may make it no hex digit: no trailer at all).
+    b[last] = if b[last] == b'0' { b'1' } else { b'0' };
     let msg = s.refused(&b);
     assert!(
         msg.starts_with(&format!(
@@ -337,11 +338,11 @@ fn with_runstate(checkpoint: &[u8], state: RunState) -> Vec<u8> {
     b
 }
 
-/// Recomputes the checksum trailer of an edited stream.
+/// Recomputes the checksum trailer ("CPRC" and 8 hex digits) of an edited stream.
 fn reseal(b: &mut [u8]) {
-    let body = b.len() - 8;
+    let body = b.len() - 12;
     let crc = crc32(&b[..body]);
-    b[body + 4..].copy_from_slice(&crc.to_be_bytes());
+    b[body + 4..].copy_from_slice(format!("{crc:08x}").as_bytes());
 }
 
 /// CRC-32 (IEEE), as the savevm trailer uses; bitwise, no table.

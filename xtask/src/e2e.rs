@@ -14,6 +14,7 @@ use crate::e2e_files::{killed_saves, planted_symlinks, ram_target};
 use crate::e2e_mainline::{self as mainline, GuestState};
 use crate::e2e_monitor::{guest_failures, restart_on_reply, serial_mode};
 use crate::e2e_ownership as ownership;
+use crate::e2e_qemu_tools::analyze_migration;
 use crate::e2e_refusals::{disk_full, epochs, failed_saves, hostile_files};
 use crate::e2e_transfer as transfer;
 use cpr_harness::{HarnessError, Progress, VmProcess};
@@ -477,6 +478,10 @@ pub fn run(binary: &Path, cycles: u32, only: Option<&str>) -> (u64, u64, u64) {
         (
             "RAM ownership: migrate hands the RAM over",
             Box::new(move || ownership::mainline_hand_over(binary)),
+        ),
+        (
+            "QEMU's analyze-migration.py reads every stream",
+            Box::new(move || analyze_migration(binary)),
         ),
     ];
     if let Some(only) = only {

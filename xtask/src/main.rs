@@ -18,6 +18,7 @@ mod e2e_files;
 mod e2e_mainline;
 mod e2e_monitor;
 mod e2e_ownership;
+mod e2e_qemu_tools;
 mod e2e_refusals;
 mod e2e_transfer;
 

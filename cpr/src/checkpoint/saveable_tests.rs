@@ -152,6 +152,10 @@ impl TestRam {
 }
 
 impl RamBlocks for TestRam {
+    /// x-ignore-shared is on exactly when the block stays in place.
+    fn ignore_shared(&self) -> bool {
+        self.ignored
+    }
     fn blocks(&self) -> Vec<RamBlockDesc> {
         let len = RAM_PAGES * PAGE;
         vec![if self.ignored {
@@ -239,11 +243,11 @@ fn v7_with(edit: impl FnOnce(&mut MachineLayout, &mut RunState, &mut MachineStat
 /// Recomputes the trailer's CRC-32 (every byte from the magic to the end of the vmdesc)
 /// after `bytes` were edited.
 fn fix_crc(bytes: &mut [u8]) {
-    let body = bytes.len() - 8;
+    let body = bytes.len() - cpr_savevm::consts::TRAILER_LEN;
     let mut f = QemuFile::memory_writer("crc");
     f.put_buffer(&bytes[..body]);
     let crc = f.crc32();
-    bytes[body + 4..].copy_from_slice(&crc.to_be_bytes());
+    bytes[body + 4..].copy_from_slice(format!("{crc:08x}").as_bytes());
 }
 
 #[test]

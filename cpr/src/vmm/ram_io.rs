@@ -118,6 +118,10 @@ impl<'a> GuestRamIo<'a> {
 }
 
 impl RamBlocks for GuestRamIo<'_> {
+    fn ignore_shared(&self) -> bool {
+        self.ignore_shared
+    }
+
     fn blocks(&self) -> Vec<RamBlockDesc> {
         self.ram
             .blocks()

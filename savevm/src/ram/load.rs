@@ -1,13 +1,15 @@
 //! Reading the `ram` section. The same [`RamLoader`] runs twice: without a
 //! sink (pass 1: check everything, skip page data) and with one (pass 2:
-//! write pages and zero runs into guest RAM).
+//! write pages into guest RAM and zero the rest).
 
 use cpr_migration_file::QemuFile;
 
 use super::{PAGE, PAGE64, RamBlockDesc, RamBlocks, validate_blocks};
+use crate::config::read_configuration;
 use crate::consts::*;
 use crate::error::{Error, Result};
 use crate::stream::{check_section_footer, get, read_full_header};
+use crate::vmdesc::VmsdDesc;
 
 /// What the `ram` section of a loaded stream held.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +22,8 @@ pub struct RamSummary {
     pub blocks: Vec<RamBlockDesc>,
     /// Pages whose data the stream carries.
     pub pages: u64,
-    /// Zero pages (in zero runs).
+    /// Zero pages: ZERO records, and pages of copied blocks that no record
+    /// covers (never populated at the source).
     pub zero_pages: u64,
 }
 
@@ -46,6 +49,9 @@ struct StreamBlock {
 /// local block list.
 pub(crate) struct RamLoader<'r> {
     local: Vec<RamBlockDesc>,
+    /// This side's `x-ignore-shared` (the stream's, once its configuration
+    /// has been checked).
+    ignore_shared: bool,
     sink: Option<&'r mut dyn RamBlocks>,
     phase: Phase,
     blocks: Vec<StreamBlock>,
@@ -54,16 +60,20 @@ pub(crate) struct RamLoader<'r> {
     page: Vec<u8>,
     pages: u64,
     zero_pages: u64,
+    /// Pages to zero not yet handed to the sink: (local block, start, end).
+    pending_zero: Option<(usize, u64, u64)>,
 }
 
 impl<'r> RamLoader<'r> {
-    /// A loader for `local` (validated); with a `sink`, pages are written
-    /// there, otherwise skipped.
+    /// A loader for `local` (validated) with `x-ignore-shared` as
+    /// `ignore_shared`; with a `sink`, pages are written there and the
+    /// pages no record covers zeroed, otherwise skipped.
     pub(crate) fn new(
         local: Vec<RamBlockDesc>,
+        ignore_shared: bool,
         sink: Option<&'r mut dyn RamBlocks>,
     ) -> Result<Self> {
-        validate_blocks(&local)?;
+        validate_blocks(&local, ignore_shared)?;
         let page = if sink.is_some() {
             vec![0; PAGE]
         } else {
@@ -71,6 +81,7 @@ impl<'r> RamLoader<'r> {
         };
         Ok(RamLoader {
             local,
+            ignore_shared,
             sink,
             phase: Phase::Idle,
             blocks: Vec::new(),
@@ -78,7 +89,25 @@ impl<'r> RamLoader<'r> {
             page,
             pages: 0,
             zero_pages: 0,
+            pending_zero: None,
         })
+    }
+
+    /// Read the configuration section that opens the stream and check it
+    /// against this side (see [`read_configuration`]); returns its
+    /// description. A device-state stream (a device section or EOF first)
+    /// is [`Error::MissingRamSection`].
+    pub(crate) fn configuration(&self, f: &mut QemuFile) -> Result<VmsdDesc> {
+        let offset = f.position();
+        let next = f.peek_u8().map_err(|source| Error::Read {
+            what: "section type",
+            offset,
+            source,
+        })?;
+        if matches!(next, QEMU_VM_SECTION_FULL | QEMU_VM_EOF) {
+            return Err(Error::MissingRamSection);
+        }
+        read_configuration(f, self.ignore_shared).map(|(_, desc)| desc)
     }
 
     /// Whether START has been read but END has not.
@@ -192,7 +221,7 @@ impl<'r> RamLoader<'r> {
         self.last = None;
         self.records(f).map_err(wrap)?;
         if ty == QEMU_VM_SECTION_END {
-            self.check_complete().map_err(wrap)?;
+            self.finish().map_err(wrap)?;
         }
         check_section_footer(f, RAM_IDSTR, section_id)?;
         if ty == QEMU_VM_SECTION_END {
@@ -202,7 +231,8 @@ impl<'r> RamLoader<'r> {
     }
 
     /// The MEM_SIZE record: be64 total | MEM_SIZE, then per block idstr,
-    /// be64 used_length, u8 ignored, until the lengths add up to total.
+    /// be64 used_length and, with `x-ignore-shared`, be64 address, until the
+    /// lengths add up to total.
     fn block_list(&mut self, f: &mut QemuFile) -> Result<()> {
         let at = f.position();
         let word = get(f, "ram block list", QemuFile::get_u64)?;
@@ -225,16 +255,16 @@ impl<'r> RamLoader<'r> {
                 source,
             })?;
             let len = get(f, "ramblock length", QemuFile::get_u64)?;
-            let ignored = match get(f, "ramblock ignored flag", QemuFile::get_u8)? {
-                0 => false,
-                1 => true,
-                v => {
-                    return Err(Error::BadRamBlockList {
-                        offset: at,
-                        reason: format!("ramblock \"{idstr}\" has ignored flag {v}, not 0 or 1"),
+            if self.ignore_shared {
+                let addr = get(f, "ramblock address", QemuFile::get_u64)?;
+                if addr != RAM_BLOCK_ADDR {
+                    return Err(Error::RamBlockAddrMismatch {
+                        idstr,
+                        remote: addr,
+                        local: RAM_BLOCK_ADDR,
                     });
                 }
-            };
+            }
             let Some((local, desc)) = self
                 .local
                 .iter()
@@ -254,13 +284,6 @@ impl<'r> RamLoader<'r> {
                     idstr,
                     stream: len,
                     local: desc.used_length,
-                });
-            }
-            if ignored != desc.ignored {
-                return Err(Error::RamIgnoredMismatch {
-                    idstr,
-                    local_ignored: desc.ignored,
-                    stream_ignored: ignored,
                 });
             }
             left = left
@@ -306,76 +329,116 @@ impl<'r> RamLoader<'r> {
             let Some(desc) = self.local.get(local) else {
                 return Err(Error::RamNoPreviousBlock { offset: at });
             };
-            let idstr = || desc.idstr.clone();
-            if desc.ignored {
+            let (ignored, used_length) = (desc.ignored, desc.used_length);
+            // The block's name, for errors only (no allocation per record).
+            let idstr = |l: &Self| {
+                l.local
+                    .get(local)
+                    .map(|d| d.idstr.clone())
+                    .unwrap_or_default()
+            };
+            if ignored {
                 return Err(Error::RamBlockNotMigrated {
-                    idstr: idstr(),
+                    idstr: idstr(self),
                     offset: at,
                 });
             }
-            let pages = if kind == RAM_SAVE_FLAG_PAGE {
-                1
-            } else {
-                get(f, "zero run length", QemuFile::get_u64)?
-            };
-            if pages == 0 {
-                return Err(Error::BadZeroRun {
-                    idstr: idstr(),
-                    addr,
-                    offset: at,
-                });
-            }
-            let end = pages
-                .checked_mul(PAGE64)
-                .and_then(|len| addr.checked_add(len))
-                .filter(|&end| end <= desc.used_length);
-            let Some(end) = end else {
+            let Some(end) = addr.checked_add(PAGE64).filter(|&end| end <= used_length) else {
                 return Err(Error::IllegalRamOffset {
-                    idstr: idstr(),
+                    idstr: idstr(self),
                     addr,
                     offset: at,
                 });
             };
-            if addr != cursor {
+            if addr < cursor {
                 return Err(Error::RamPageOrder {
-                    idstr: idstr(),
+                    idstr: idstr(self),
                     addr,
                     expected: cursor,
                 });
             }
-            let len = end - addr;
-            let access = |op, source| Error::RamAccess {
-                op,
-                idstr: idstr(),
-                offset: addr,
-                source,
-            };
+            // Pages skipped since the previous record read as zeros.
+            self.zero(local, cursor, addr)?;
             if kind == RAM_SAVE_FLAG_PAGE {
                 self.pages += 1;
+                self.flush_zero()?;
                 let data_at = f.position();
                 let read = |source| Error::Read {
                     what: "ram page",
                     offset: data_at,
                     source,
                 };
-                match self.sink.as_deref_mut() {
+                let written = match self.sink.as_deref_mut() {
                     Some(sink) => {
                         f.get_buffer(&mut self.page).map_err(read)?;
                         sink.write(local, addr, &self.page)
-                            .map_err(|e| access("write", e))?;
                     }
-                    None => f.skip(PAGE64).map_err(read)?,
-                }
+                    None => {
+                        f.skip(PAGE64).map_err(read)?;
+                        Ok(())
+                    }
+                };
+                written.map_err(|source| Error::RamAccess {
+                    op: "write",
+                    idstr: idstr(self),
+                    offset: addr,
+                    source,
+                })?;
             } else {
-                self.zero_pages += pages;
-                if let Some(sink) = self.sink.as_deref_mut() {
-                    sink.zero(local, addr, len).map_err(|e| access("zero", e))?;
+                let value = get(f, "zero page value", QemuFile::get_u8)?;
+                if value != 0 {
+                    return Err(Error::ZeroPageValue {
+                        idstr: idstr(self),
+                        addr,
+                        value,
+                        offset: at,
+                    });
                 }
+                self.zero(local, addr, end)?;
             }
             if let Some(b) = self.blocks.get_mut(index) {
                 b.cursor = end;
             }
         }
+    }
+
+    /// Count `start..end` of local block `block` as zero pages and, with a
+    /// sink, queue it for zeroing (merged with the pending range when they
+    /// touch).
+    fn zero(&mut self, block: usize, start: u64, end: u64) -> Result<()> {
+        if start >= end {
+            return Ok(());
+        }
+        self.zero_pages += (end - start) / PAGE64;
+        if self.sink.is_none() {
+            return Ok(());
+        }
+        match &mut self.pending_zero {
+            Some((b, _, e)) if *b == block && *e == start => *e = end,
+            _ => {
+                self.flush_zero()?;
+                self.pending_zero = Some((block, start, end));
+            }
+        }
+        Ok(())
+    }
+
+    /// Hand the pending zero range to the sink.
+    fn flush_zero(&mut self) -> Result<()> {
+        let Some((block, start, end)) = self.pending_zero.take() else {
+            return Ok(());
+        };
+        let idstr = self.local.get(block).map(|d| d.idstr.clone());
+        if let Some(sink) = self.sink.as_deref_mut() {
+            sink.zero(block, start, end - start)
+                .map_err(|source| Error::RamAccess {
+                    op: "zero",
+                    idstr: idstr.unwrap_or_default(),
+                    offset: start,
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     /// `ram_block_from_stream`: the previous block for CONTINUE, else the
@@ -402,20 +465,20 @@ impl<'r> RamLoader<'r> {
         Ok(index)
     }
 
-    /// At END: every page of every block that is not ignored was covered.
-    fn check_complete(&self) -> Result<()> {
-        for b in &self.blocks {
-            if let Some(desc) = self.local.get(b.local)
-                && !desc.ignored
-                && b.cursor != desc.used_length
-            {
-                return Err(Error::RamPagesMissing {
-                    idstr: desc.idstr.clone(),
-                    from: b.cursor,
-                    to: desc.used_length,
-                });
-            }
+    /// At END: the pages of copied blocks that no record covered read as
+    /// zeros.
+    fn finish(&mut self) -> Result<()> {
+        let tails: Vec<(usize, u64, u64)> = self
+            .blocks
+            .iter()
+            .filter_map(|b| {
+                let desc = self.local.get(b.local)?;
+                (!desc.ignored).then_some((b.local, b.cursor, desc.used_length))
+            })
+            .collect();
+        for (block, start, end) in tails {
+            self.zero(block, start, end)?;
         }
-        Ok(())
+        self.flush_zero()
     }
 }

@@ -1,5 +1,5 @@
 //! Writing the `ram` section: START with the block list, PARTs with pages
-//! and zero runs, END. Guest RAM is read [`RAM_READ_BATCH`] bytes at a
+//! and zero pages, END. Guest RAM is read [`RAM_READ_BATCH`] bytes at a
 //! time into one buffer; nothing else grows with the RAM size.
 
 use cpr_migration_file::QemuFile;
@@ -16,14 +16,14 @@ pub(crate) struct RamSaved {
     pub(crate) blocks: Vec<RamBlockDesc>,
     /// PAGE records (pages whose data was written).
     pub(crate) pages: u64,
-    /// Zero pages (covered by ZERO runs, no data written).
+    /// Zero pages: ZERO records, and never-populated pages left out.
     pub(crate) zero_pages: u64,
     /// Bytes of the section, START through END's footer.
     pub(crate) bytes: u64,
 }
 
 /// Writes records into PART sections, opening one on the first record and
-/// closing it once it holds [`RAM_PART_MAX_DATA`] bytes of page data.
+/// closing it once it holds [`RAM_PART_MAX_DATA`] bytes of records.
 struct PartWriter<'f> {
     f: &'f mut QemuFile,
     section_id: u32,
@@ -31,65 +31,44 @@ struct PartWriter<'f> {
     data: usize,
     /// Block of the previous record in the open PART (for CONTINUE).
     last: Option<usize>,
-    /// A run of zero pages not yet written: (block, offset, pages).
-    run: Option<(usize, u64, u64)>,
 }
 
 impl PartWriter<'_> {
-    fn header(&mut self, block: usize, idstr: &str, offset: u64, flag: u64) {
+    /// A record's word and, unless CONTINUE, its block's idstr
+    /// (`save_page_header`); returns the bytes written.
+    fn header(&mut self, block: usize, idstr: &str, offset: u64, flag: u64) -> usize {
         if !self.open {
             write_part_header(self.f, QEMU_VM_SECTION_PART, self.section_id);
             self.open = true;
         }
         if self.last == Some(block) {
             self.f.put_u64(offset | flag | RAM_SAVE_FLAG_CONTINUE);
+            8
         } else {
             self.f.put_u64(offset | flag);
             self.f.put_counted_string(idstr);
             self.last = Some(block);
+            9 + idstr.len()
         }
     }
 
-    /// Write the pending zero run, if any.
-    fn flush_run(&mut self, blocks: &[RamBlockDesc]) {
-        if let Some((block, offset, pages)) = self.run.take() {
-            let idstr = blocks.get(block).map_or("", |b| b.idstr.as_str());
-            self.header(block, idstr, offset, RAM_SAVE_FLAG_ZERO);
-            self.f.put_u64(pages);
-        }
-    }
-
+    /// One zero page: a ZERO record and the fill byte 0 (`save_zero_page`).
     fn zero_page(&mut self, blocks: &[RamBlockDesc], block: usize, offset: u64) {
-        match &mut self.run {
-            Some((b, start, pages)) if *b == block && *start + *pages * PAGE64 == offset => {
-                *pages += 1;
-            }
-            _ => {
-                self.flush_run(blocks);
-                self.run = Some((block, offset, 1));
-            }
-        }
-    }
-
-    /// `pages` zero pages from `offset` (a range the VMM says was never populated).
-    fn zero_pages(&mut self, blocks: &[RamBlockDesc], block: usize, offset: u64, pages: u64) {
-        match &mut self.run {
-            Some((b, start, n)) if *b == block && *start + *n * PAGE64 == offset => {
-                *n += pages;
-            }
-            _ => {
-                self.flush_run(blocks);
-                self.run = Some((block, offset, pages));
-            }
-        }
+        let idstr = blocks.get(block).map_or("", |b| b.idstr.as_str());
+        let n = self.header(block, idstr, offset, RAM_SAVE_FLAG_ZERO);
+        self.f.put_u8(0);
+        self.wrote(n + 1);
     }
 
     fn page(&mut self, blocks: &[RamBlockDesc], block: usize, offset: u64, data: &[u8]) {
-        self.flush_run(blocks);
         let idstr = blocks.get(block).map_or("", |b| b.idstr.as_str());
-        self.header(block, idstr, offset, RAM_SAVE_FLAG_PAGE);
+        let n = self.header(block, idstr, offset, RAM_SAVE_FLAG_PAGE);
         self.f.put_buffer(data);
-        self.data += data.len();
+        self.wrote(n + data.len());
+    }
+
+    fn wrote(&mut self, n: usize) {
+        self.data += n;
         if self.data >= RAM_PART_MAX_DATA {
             self.close();
         }
@@ -154,14 +133,16 @@ pub(crate) fn save_ram_section(
     section_id: u32,
 ) -> Result<RamSaved> {
     let blocks = ram.blocks();
-    let total = validate_blocks(&blocks)?;
+    let ignore_shared = ram.ignore_shared();
+    let total = validate_blocks(&blocks, ignore_shared)?;
     let start = f.position();
     let io = |source| Error::Io {
         op: "writing the stream",
         source,
     };
 
-    // START: the block list (ram_save_setup).
+    // START: the block list (ram_save_setup), with each block's address
+    // when x-ignore-shared is announced.
     write_full_header(
         f,
         QEMU_VM_SECTION_START,
@@ -174,7 +155,9 @@ pub(crate) fn save_ram_section(
     for b in &blocks {
         f.put_counted_string(&b.idstr);
         f.put_u64(b.used_length);
-        f.put_u8(u8::from(b.ignored));
+        if ignore_shared {
+            f.put_u64(RAM_BLOCK_ADDR);
+        }
     }
     f.put_u64(RAM_SAVE_FLAG_EOS);
     write_section_footer(f, section_id);
@@ -188,7 +171,6 @@ pub(crate) fn save_ram_section(
         open: false,
         data: 0,
         last: None,
-        run: None,
     };
     let mut buf = vec![0u8; RAM_READ_BATCH];
     for (i, b) in blocks.iter().enumerate().filter(|(_, b)| !b.ignored) {
@@ -200,10 +182,9 @@ pub(crate) fn save_ram_section(
         })?;
         for (start, end, maybe_data) in segments(populated.as_deref(), b.used_length) {
             if !maybe_data {
-                // Never populated: zeros, without reading (or faulting in) a byte.
-                let pages = (end - start) / PAGE64;
-                w.zero_pages(&blocks, i, start, pages);
-                saved.zero_pages += pages;
+                // Never populated: zeros, left out of the stream without reading (or
+                // faulting in) a byte; the loader zeroes what no record covers.
+                saved.zero_pages += (end - start) / PAGE64;
                 continue;
             }
             let mut offset = start;
@@ -230,7 +211,6 @@ pub(crate) fn save_ram_section(
                 w.f.check().map_err(io)?;
             }
         }
-        w.flush_run(&blocks);
     }
     w.close();
     let f = w.f;
@@ -249,8 +229,6 @@ pub(crate) fn save_ram_section(
 mod tests {
     use super::*;
 
-    /// A zero run of a block is flushed before a page of another block,
-    /// and a run never spans two blocks.
     #[test]
     fn segments_cover_the_block_in_whole_pages() {
         assert_eq!(segments(None, 3 * 4096), vec![(0, 3 * 4096, true)]);
@@ -274,8 +252,9 @@ mod tests {
         assert_eq!(segments(Some(&[]), 4096), vec![(0, 4096, false)]);
     }
 
+    /// One ZERO record and fill byte per page, CONTINUE within a block.
     #[test]
-    fn runs_do_not_cross_blocks() {
+    fn zero_pages_are_qemus_records() {
         let blocks = [
             RamBlockDesc::copied("a", 8192),
             RamBlockDesc::copied("b", 8192),
@@ -287,19 +266,18 @@ mod tests {
             open: false,
             data: 0,
             last: None,
-            run: None,
         };
         w.zero_page(&blocks, 0, 0);
         w.zero_page(&blocks, 0, 4096);
         w.zero_page(&blocks, 1, 0);
-        w.flush_run(&blocks);
         w.close();
         let bytes = f.into_bytes().expect("memory");
         #[rustfmt::skip]
         let expected: &[u8] = &[
             0x02, 0, 0, 0, 7,
-            0, 0, 0, 0, 0, 0, 0, 0x02, 1, b'a', 0, 0, 0, 0, 0, 0, 0, 2,
-            0, 0, 0, 0, 0, 0, 0, 0x02, 1, b'b', 0, 0, 0, 0, 0, 0, 0, 1,
+            0, 0, 0, 0, 0, 0, 0, 0x02, 1, b'a', 0,
+            0, 0, 0, 0, 0, 0, 0x10, 0x22, 0,
+            0, 0, 0, 0, 0, 0, 0, 0x02, 1, b'b', 0,
             0, 0, 0, 0, 0, 0, 0, 0x10,
             0x7e, 0, 0, 0, 7,
         ];

@@ -11,14 +11,17 @@ use crate::stream::{LoadedState, get, load_device_state_as, parse_stream, read_s
 /// file never changes guest RAM:
 ///
 /// 1. `open()` the stream and check all of it as [`load_device_state`](crate::load_device_state)
-///    does, plus the `ram` section against `ram`'s
-///    [`blocks`](RamBlocks::blocks) (same idstrs and lengths, same
-///    ignored flags, every page of every copied block covered once, in
-///    range), the vmdesc's `"ram"` entry and the checksum trailer. Page
-///    data is skipped, not kept.
+///    does, plus the configuration section (machine type, `x-ignore-shared`
+///    as [`RamBlocks::ignore_shared`]), the `ram` section against `ram`'s
+///    [`blocks`](RamBlocks::blocks) (same idstrs and lengths, records in
+///    range and in order, none for a block kept in place), the vmdesc's
+///    `"ram"` entry (the same blocks kept in place) and the checksum
+///    trailer. Page data is skipped, not kept.
 /// 2. Only then, and only if some block is copied, `open()` it again (from
 ///    its start: a fresh file, or one rewound with
-///    [`QemuFile::seek_to`]) and write its pages and zero runs into `ram`.
+///    [`QemuFile::seek_to`]) and write its pages into `ram`, zeroing the
+///    pages of copied blocks that carry no data (ZERO records, and pages no
+///    record covers).
 ///    The bytes read must parse and hash as in pass 1
 ///    ([`Error::StreamChanged`] otherwise; guest RAM may then be partly
 ///    written, so give a factory that re-reads the same bytes, e.g. a
@@ -55,7 +58,8 @@ pub(crate) fn load_state_as(
 
     // Pass 1: check everything, skip page data.
     let local = ram.blocks();
-    let mut check = RamLoader::new(local.clone(), None)?;
+    let ignore_shared = ram.ignore_shared();
+    let mut check = RamLoader::new(local.clone(), ignore_shared, None)?;
     let (loaded, end) = parse_stream(&mut f, registry, Some(&mut check), &file)?;
     drop(f);
     let copied = loaded
@@ -72,7 +76,13 @@ pub(crate) fn load_state_as(
         file: file.clone(),
         source: Box::new(e),
     })?;
-    let mut writer = RamLoader::new(local, Some(ram))?;
+    let mut writer = RamLoader::new(local, ignore_shared, Some(ram))?;
+    if let Err(e) = writer.configuration(&mut f) {
+        return Err(Error::StreamChanged {
+            offset: f.position(),
+            source: Some(Box::new(e)),
+        });
+    }
     while !writer.is_done() {
         let offset = f.position();
         let read = get(&mut f, "section type", QemuFile::get_u8)

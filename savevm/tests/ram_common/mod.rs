@@ -15,6 +15,8 @@ pub const PAGE: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct MemRam {
     pub descs: Vec<RamBlockDesc>,
+    /// x-ignore-shared (on when a block is kept in place, unless changed).
+    pub ignore_shared: bool,
     pub data: Vec<Vec<u8>>,
     pub writes: usize,
     pub zeros: usize,
@@ -26,6 +28,7 @@ impl MemRam {
     pub fn filled(descs: &[RamBlockDesc], fill: u8) -> MemRam {
         MemRam {
             descs: descs.to_vec(),
+            ignore_shared: descs.iter().any(|d| d.ignored),
             data: descs
                 .iter()
                 .map(|d| vec![fill; usize::try_from(d.used_length).expect("fits")])
@@ -82,6 +85,9 @@ impl RamBlocks for MemRam {
     fn blocks(&self) -> Vec<RamBlockDesc> {
         self.descs.clone()
     }
+    fn ignore_shared(&self) -> bool {
+        self.ignore_shared
+    }
     fn populated(
         &self,
         _block: usize,
@@ -122,6 +128,8 @@ impl RamBlocks for MemRam {
 pub struct GenRam {
     pub descs: Vec<RamBlockDesc>,
     pub every: u64,
+    /// Say that no page was ever populated (only true when `every` is 0).
+    pub never_populated: bool,
     pub written_pages: u64,
     pub zeroed_pages: u64,
     pub wrong: u64,
@@ -132,6 +140,7 @@ impl GenRam {
         GenRam {
             descs,
             every,
+            never_populated: false,
             written_pages: 0,
             zeroed_pages: 0,
             wrong: 0,
@@ -153,11 +162,14 @@ impl RamBlocks for GenRam {
     fn blocks(&self) -> Vec<RamBlockDesc> {
         self.descs.clone()
     }
+    fn ignore_shared(&self) -> bool {
+        self.descs.iter().any(|d| d.ignored)
+    }
     fn populated(
         &self,
         _block: usize,
     ) -> std::result::Result<Option<Vec<std::ops::Range<u64>>>, BoxError> {
-        Ok(None)
+        Ok(self.never_populated.then(Vec::new))
     }
 
     fn read(&self, block: usize, offset: u64, buf: &mut [u8]) -> std::result::Result<(), BoxError> {
@@ -233,15 +245,31 @@ pub fn load(bytes: &[u8], registry: &Registry, ram: &mut dyn RamBlocks) -> Resul
 pub struct Part {
     /// (block idstr, offset) of each PAGE record.
     pub pages: Vec<(String, u64)>,
-    /// (block idstr, offset, pages) of each zero run.
-    pub zero_runs: Vec<(String, u64, u64)>,
+    /// (block idstr, offset) of each ZERO record.
+    pub zero_pages: Vec<(String, u64)>,
 }
 
-/// Independently decode the `ram` section that follows magic and version:
-/// returns the block list (idstr, length, ignored) and the PARTs, and the
-/// offset just after END's footer. Panics on anything unexpected.
-pub fn walk(bytes: &[u8]) -> (Vec<(String, u64, bool)>, Vec<Part>, usize) {
+/// A block of the block list: idstr, length, address (with x-ignore-shared).
+pub type ListedBlock = (String, u64, Option<u64>);
+
+/// The configuration section every stream with RAM opens with.
+pub const CONFIG: &[u8] = b"\x07\x00\x00\x00\x06cpr-vm";
+/// Its capabilities subsection, announcing x-ignore-shared.
+pub const CONFIG_CAPS: &[u8] =
+    b"\x05\x1aconfiguration/capabilities\x00\x00\x00\x01\x00\x00\x00\x01\x0fx-ignore-shared";
+
+/// Independently decode the configuration and `ram` sections that follow
+/// magic and version: returns the block list (idstr, length, address when
+/// x-ignore-shared is announced) and the PARTs, and the offset just after
+/// END's footer. Panics on anything unexpected.
+pub fn walk(bytes: &[u8]) -> (Vec<ListedBlock>, Vec<Part>, usize) {
     let mut at = 8;
+    assert_eq!(bytes[at..at + CONFIG.len()], *CONFIG, "configuration");
+    at += CONFIG.len();
+    let ignore_shared = bytes[at..].starts_with(CONFIG_CAPS);
+    if ignore_shared {
+        at += CONFIG_CAPS.len();
+    }
     let mut take = |n: usize| {
         let s = &bytes[at..at + n];
         at += n;
@@ -263,13 +291,9 @@ pub fn walk(bytes: &[u8]) -> (Vec<(String, u64, bool)>, Vec<Part>, usize) {
         let n = take(1)[0] as usize;
         let id = String::from_utf8(take(n).to_vec()).unwrap();
         let len = be64(take(8));
-        let ignored = match take(1)[0] {
-            0 => false,
-            1 => true,
-            v => panic!("flag {v}"),
-        };
+        let addr = ignore_shared.then(|| be64(take(8)));
         left -= len;
-        blocks.push((id, len, ignored));
+        blocks.push((id, len, addr));
     }
     assert_eq!(be64(take(8)), 0x10, "EOS");
     assert_eq!(take(1), [0x7e]);
@@ -298,7 +322,10 @@ pub fn walk(bytes: &[u8]) -> (Vec<(String, u64, bool)>, Vec<Part>, usize) {
                     take(PAGE);
                     part.pages.push((block, addr));
                 }
-                0x02 => part.zero_runs.push((block, addr, be64(take(8)))),
+                0x02 => {
+                    assert_eq!(take(1), [0], "fill byte");
+                    part.zero_pages.push((block, addr));
+                }
                 f => panic!("flags {f:#x}"),
             }
         }
