@@ -53,6 +53,9 @@
 //! shared: it is copied into the stream as QEMU's `ram` section ([`cpr_savevm::RamBlocks`],
 //! `vmm/ram_io.rs`), page by page with bounded memory, leaving out zero pages and pages
 //! the guest never populated, and loaded only after the whole file has been checked.
+//! Loading frees a copied block's old contents first (a hole punched in its file, or its
+//! anonymous pages dropped: [`cpr_memory::MappedBlock::discard`]) instead of reading and
+//! clearing them as QEMU does, so a load costs what the stream carries, not the RAM size.
 //!
 //! ## The V7 checklist, and where we differ
 //!
