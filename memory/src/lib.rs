@@ -91,6 +91,8 @@
 //! * **Discard.** [`MappedBlock::discard`] makes a block read as zeros without touching
 //!   a page (a hole punched in a shared file, anonymous pages dropped), for a loader that
 //!   overwrites RAM with a stream: QEMU reads every page and clears the non-zero ones.
+//!   Private anonymous windows ask for transparent huge pages (`MADV_HUGEPAGE`), as QEMU
+//!   does for guest RAM, so filling fresh RAM takes one fault per 2 MiB.
 //!
 //! # Example
 //!

@@ -399,3 +399,30 @@ fn discard_zeroes_each_kind_of_block_without_writing_it() {
     assert!(allocated(&shared) < page_size(), "{}", allocated(&shared));
     assert_eq!(fs::read(&private).unwrap(), pattern(size, 0x44));
 }
+
+/// The `VmFlags` of the mapping that starts at `addr`, from /proc/self/smaps.
+fn vm_flags(addr: u64) -> String {
+    let smaps = fs::read_to_string("/proc/self/smaps").unwrap();
+    let start = format!("{addr:x}-");
+    let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
+    lines
+        .find_map(|l| l.strip_prefix("VmFlags:"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn private_anonymous_ram_asks_for_huge_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = list([
+        RamBlock::builder("anon", 1024 * page_size())
+            .build()
+            .unwrap(),
+        file_block("file", 16, 4096, &dir.path().join("f"), true),
+    ]);
+    let ram = GuestRam::map(&blocks, OpenMode::OpenOrCreate).unwrap();
+    let anon = vm_flags(ram.block("anon").unwrap().userspace_addr());
+    let file = vm_flags(ram.block("file").unwrap().userspace_addr());
+    assert!(anon.split_whitespace().any(|f| f == "hg"), "{anon}");
+    assert!(!file.split_whitespace().any(|f| f == "hg"), "{file}");
+}

@@ -266,7 +266,7 @@ pub use error::{BoxError, Error, Result};
 pub use handler::{
     Persist, PersistHandler, Saved, SectionHandler, SharedState, Staged, ValueSection,
 };
-pub use probe::{StreamKind, probe};
+pub use probe::{StreamKind, probe, ram_blocks};
 pub use ram::{RamBlockDesc, RamBlocks, RamSummary, load_state};
 pub use registry::{InstanceId, OnLoad, Registration, Registry, SectionInfo, StreamCheck};
 pub use stream::{

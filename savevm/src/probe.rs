@@ -4,7 +4,8 @@ use cpr_migration_file::QemuFile;
 
 use crate::consts::{QEMU_VM_SECTION_START, RAM_IDSTR};
 use crate::error::{Error, Result};
-use crate::stream::read_stream_header;
+use crate::ram::{RamBlockDesc, RamLoader};
+use crate::stream::{get, read_stream_header};
 
 /// The two kinds of stream this crate writes, told apart by their first
 /// section.
@@ -69,6 +70,30 @@ pub fn probe(f: &mut QemuFile) -> Result<StreamKind> {
     } else {
         StreamKind::DeviceState
     })
+}
+
+/// The RAM blocks a stream carries, as its `ram` section's START lists them (idstr,
+/// length, whether kept in place), read and checked as the loader reads them; `None` for a
+/// stream without RAM ([`StreamKind::DeviceState`]). For a tool that has no RAM of its own
+/// and must describe some to [`load_state`](crate::load_state) (an inspector, an
+/// extractor): the loader then checks the whole stream against that list.
+///
+/// Reads `f` from where it is to the end of the START section. A file that is not a
+/// vmstate stream is [`Error::NotVmstateFile`], as in [`probe`].
+pub fn ram_blocks(f: &mut QemuFile) -> Result<Option<Vec<RamBlockDesc>>> {
+    if !probe(f)?.has_ram() {
+        return Ok(None);
+    }
+    let name = f.name().to_owned();
+    read_stream_header(f).map_err(|source| Error::NotVmstateFile {
+        file: name,
+        source: Box::new(source),
+    })?;
+    let mut loader = RamLoader::adopting();
+    let offset = f.position();
+    let ty = get(f, "section type", QemuFile::get_u8)?;
+    loader.section(f, ty, offset)?;
+    Ok(Some(loader.local_blocks().to_vec()))
 }
 
 #[cfg(test)]

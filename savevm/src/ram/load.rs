@@ -54,7 +54,12 @@ pub(crate) struct RamLoader<'r> {
     page: Vec<u8>,
     pages: u64,
     zero_pages: u64,
+    /// Take the stream's block list as the local one ([`RamLoader::adopting`]).
+    adopt: bool,
 }
+
+/// Most blocks [`RamLoader::adopting`] takes from a stream.
+const MAX_ADOPTED_BLOCKS: usize = 256;
 
 impl<'r> RamLoader<'r> {
     /// A loader for `local` (validated); with a `sink`, pages are written
@@ -78,7 +83,31 @@ impl<'r> RamLoader<'r> {
             page,
             pages: 0,
             zero_pages: 0,
+            adopt: false,
         })
+    }
+
+    /// A loader without local RAM that takes the block list of the stream's START section
+    /// as its own (each block checked as [`validate_blocks`] checks a local list), then
+    /// checks the rest against it; pages are skipped. For a tool that describes a stream
+    /// without a VM.
+    pub(crate) fn adopting() -> Self {
+        RamLoader {
+            local: Vec::new(),
+            sink: None,
+            phase: Phase::Idle,
+            blocks: Vec::new(),
+            last: None,
+            page: Vec::new(),
+            pages: 0,
+            zero_pages: 0,
+            adopt: true,
+        }
+    }
+
+    /// The local block list (the stream's, for an [adopting](Self::adopting) loader).
+    pub(crate) fn local_blocks(&self) -> &[RamBlockDesc] {
+        &self.local
     }
 
     /// Whether START has been read but END has not.
@@ -235,6 +264,21 @@ impl<'r> RamLoader<'r> {
                     });
                 }
             };
+            if self.adopt && !self.local.iter().any(|b| b.idstr == idstr) {
+                if self.local.len() >= MAX_ADOPTED_BLOCKS {
+                    return Err(Error::BadRamBlockList {
+                        offset: at,
+                        reason: format!("more than {MAX_ADOPTED_BLOCKS} blocks"),
+                    });
+                }
+                let desc = RamBlockDesc {
+                    idstr: idstr.clone(),
+                    used_length: len,
+                    ignored,
+                };
+                validate_blocks(std::slice::from_ref(&desc))?;
+                self.local.push(desc);
+            }
             let Some((local, desc)) = self
                 .local
                 .iter()
