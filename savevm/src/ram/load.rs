@@ -22,6 +22,10 @@ pub struct RamSummary {
     pub pages: u64,
     /// Zero pages (in zero runs).
     pub zero_pages: u64,
+    /// Offset of the START section's type byte.
+    pub offset: u64,
+    /// Bytes from START's type byte through END's footer.
+    pub size: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +60,8 @@ pub(crate) struct RamLoader<'r> {
     zero_pages: u64,
     /// Take the stream's block list as the local one ([`RamLoader::adopting`]).
     adopt: bool,
+    /// Offset of START's type byte, and of the byte after END's footer.
+    span: (u64, u64),
 }
 
 /// Most blocks [`RamLoader::adopting`] takes from a stream.
@@ -84,6 +90,7 @@ impl<'r> RamLoader<'r> {
             pages: 0,
             zero_pages: 0,
             adopt: false,
+            span: (0, 0),
         })
     }
 
@@ -102,6 +109,7 @@ impl<'r> RamLoader<'r> {
             pages: 0,
             zero_pages: 0,
             adopt: true,
+            span: (0, 0),
         }
     }
 
@@ -136,6 +144,8 @@ impl<'r> RamLoader<'r> {
             blocks: self.descs().cloned().collect(),
             pages: self.pages,
             zero_pages: self.zero_pages,
+            offset: self.span.0,
+            size: self.span.1 - self.span.0,
         })
     }
 
@@ -197,6 +207,7 @@ impl<'r> RamLoader<'r> {
         self.last = None;
         self.records(f).map_err(wrap)?;
         check_section_footer(f, RAM_IDSTR, hdr.section_id)?;
+        self.span = (offset, f.position());
         self.phase = Phase::Open(hdr.section_id, hdr.version_id);
         Ok(())
     }
@@ -224,6 +235,7 @@ impl<'r> RamLoader<'r> {
             self.check_complete().map_err(wrap)?;
         }
         check_section_footer(f, RAM_IDSTR, section_id)?;
+        self.span.1 = f.position();
         if ty == QEMU_VM_SECTION_END {
             self.phase = Phase::Done(sid, version);
         }
