@@ -15,6 +15,7 @@ mod bench;
 mod ci;
 mod e2e;
 mod e2e_files;
+mod e2e_inspect;
 mod e2e_mainline;
 mod e2e_monitor;
 mod e2e_ownership;
