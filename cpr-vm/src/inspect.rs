@@ -48,7 +48,7 @@ pub struct InspectArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Write each RAM block the stream carries to DIR/<idstr> (mainline streams with RAM
+    /// Write each RAM block the stream carries to `DIR/<idstr>` (mainline streams with RAM
     /// copied in).
     #[arg(long, value_name = "DIR")]
     pub extract_ram: Option<PathBuf>,
