@@ -59,6 +59,11 @@
 //!   and in [`MachineLayout::mismatch`] (the machine is this machine, in-place RAM carries
 //!   the checkpoint's epoch).
 //!
+//! [`inspect`] runs the same checks on a file without a machine (`cpr-vm inspect`): the
+//! registry then takes the checkpoint's own `cpr-machine` section for the shape (as many
+//! `cpu` sections as it lists vCPUs, no others), and copied RAM goes nowhere or to an
+//! extractor.
+//!
 //! V7 applies sections as it reads them and checks none of this: an `i8259` section with
 //! the slave's chip id in the master's place leaves the master PIC as KVM created it, a
 //! `cpu` section without MSRs leaves KVM's defaults, and a `globalstate` of `inmigrate`

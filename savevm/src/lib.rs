@@ -71,6 +71,8 @@
 //! state only, or a `ram` section first: [`StreamKind`]) from its first
 //! bytes, without consuming them, and refuses a file that is not a vmstate
 //! stream as the loader does; a VMM needs no byte offsets of its own.
+//! [`ram_blocks`] reads the block list a stream's `ram` section announces, for a tool
+//! without RAM of its own (an inspector) to describe the RAM to [`load_state`].
 //!
 //! # VMState in Rust
 //!
