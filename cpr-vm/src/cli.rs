@@ -1,5 +1,5 @@
 //! The `cpr-vm` command line: the machine ([`cpr::config::VmArgs`]) plus what the process
-//! does with it (monitor, `-S`, `--incoming`, the `demo` subcommand).
+//! does with it (monitor, `-S`, `--incoming`, the `demo` and `inspect` subcommands).
 
 use std::path::PathBuf;
 
@@ -51,6 +51,9 @@ pub enum CliCommand {
     /// Boot the built-in guest, cpr-save it, restart the process, cpr-load, and show that the
     /// guest carried on.
     Demo(DemoArgs),
+    /// Describe and check a checkpoint file (no KVM, no VM): its kind, machine, run state,
+    /// epoch, RAM and sections; `--check` only checks it, `--extract-ram` writes its RAM.
+    Inspect(crate::inspect::InspectArgs),
 }
 
 /// Options of `cpr-vm demo`.
@@ -129,6 +132,13 @@ mod tests {
         assert_eq!(cli.vm.smp, 2);
         assert_eq!(cli.vfio_test_devices, ["0000:01:00.0"]);
         assert!(cli.command.is_none());
+        let inspect = Cli::try_parse_from(["cpr-vm", "inspect", "--json", "file:/x,offset=8"])
+            .expect("inspect");
+        assert!(
+            matches!(inspect.command, Some(CliCommand::Inspect(ref i)) if i.json && i.file == "file:/x,offset=8")
+        );
+        Cli::try_parse_from(["cpr-vm", "inspect", "--check", "--json", "/x"])
+            .expect_err("--check prints no summary");
         let demo = Cli::try_parse_from(["cpr-vm", "demo", "--cycles", "2"]).expect("demo");
         assert!(matches!(demo.command, Some(CliCommand::Demo(ref d)) if d.cycles == 2));
         assert_eq!(demo.log, None);

@@ -37,6 +37,54 @@ pub enum AppError {
     /// Driving the demo's processes failed.
     #[error(transparent)]
     Harness(#[from] HarnessError),
+    /// `cpr-vm inspect`: FILE is not a file specification.
+    #[error("{0}")]
+    InspectUsage(String),
+    /// `cpr-vm inspect`: the file cannot be opened.
+    #[error("cannot open {}", path.display())]
+    InspectOpen {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `cpr-vm inspect`: the loader refuses the file (its own error).
+    #[error("{}", path.display())]
+    Inspect {
+        /// The file.
+        path: PathBuf,
+        /// The loader's error.
+        #[source]
+        source: Box<cpr_savevm::Error>,
+    },
+    /// `cpr-vm inspect --extract-ram` on a stream that carries no RAM pages.
+    #[error(
+        "{}: the stream carries no RAM pages (a cpr-save checkpoint, or RAM left in place): nothing to extract",
+        path.display()
+    )]
+    NothingToExtract {
+        /// The file.
+        path: PathBuf,
+    },
+    /// `cpr-vm inspect --extract-ram`: an extracted block's file cannot be written.
+    #[error("cannot write {}", path.display())]
+    Extract {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `cpr-vm inspect --extract-ram`: a block's idstr cannot name a file.
+    #[error("RAM block {idstr:?}: its name cannot be a file name")]
+    ExtractName {
+        /// The block's idstr.
+        idstr: String,
+    },
+    /// Standard output could not be written (e.g. a closed pipe).
+    #[error("cannot write to standard output")]
+    Output(#[source] std::io::Error),
     /// The demo's guest did not carry on cleanly.
     #[error("the guest did not carry on cleanly in cycle(s) {cycles:?}")]
     DemoFailed {

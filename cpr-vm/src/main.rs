@@ -6,6 +6,7 @@ mod app;
 mod cli;
 mod demo;
 mod error;
+mod inspect;
 mod logger;
 mod vfio;
 
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
     logger::init(cli.log);
     let result = match cli.command {
         Some(CliCommand::Demo(ref args)) => demo::run(args),
+        Some(CliCommand::Inspect(ref args)) => inspect::run(args),
         None => app::run(&cli),
     };
     match result {

@@ -59,6 +59,11 @@
 //!   and in [`MachineLayout::mismatch`] (the machine is this machine, in-place RAM carries
 //!   the checkpoint's epoch).
 //!
+//! [`inspect`] runs the same checks on a file without a machine (`cpr-vm inspect`): the
+//! registry then takes the checkpoint's own `cpr-machine` section for the shape (as many
+//! `cpu` sections as it lists vCPUs, no others), and copied RAM goes nowhere or to an
+//! extractor.
+//!
 //! V7 applies sections as it reads them and checks none of this: an `i8259` section with
 //! the slave's chip id in the master's place leaves the master PIC as KVM created it, a
 //! `cpu` section without MSRs leaves KVM's defaults, and a `globalstate` of `inmigrate`
@@ -73,6 +78,7 @@ use cpr_savevm::{
 use kvm_bindings::{KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE};
 
 use crate::machine::devices::serial::SerialSection;
+use crate::machine::layout::MAX_VCPUS;
 use crate::machine::vm::{IoapicSection, KvmClockSection, PicSection, PitSection};
 use crate::machine::{KvmVmState, MachineState, PmState, TestDevState, VcpuState};
 
@@ -275,7 +281,8 @@ impl MachineLayout {
 /// The `cpr-machine` handler: saves this machine's layout and, when parsing, refuses a
 /// checkpoint taken on a machine of another shape (before anything is applied).
 struct LayoutHandler {
-    local: MachineLayout,
+    /// This machine's layout; `None` to accept any (inspecting a file without a machine).
+    local: Option<MachineLayout>,
 }
 
 impl SectionHandler for LayoutHandler {
@@ -292,14 +299,28 @@ impl SectionHandler for LayoutHandler {
     }
 
     fn save(&mut self, w: &mut FieldWriter<'_>) -> cpr_savevm::Result<Saved> {
-        self.local.clone().save(w)?;
+        match &self.local {
+            Some(local) => local.clone().save(w)?,
+            None => {
+                return Err(cpr_savevm::Error::InvalidState {
+                    vmsd: MachineLayout::NAME.to_owned(),
+                    reason: "no machine layout to save".to_owned(),
+                });
+            }
+        }
         Ok(Saved::Written)
     }
 
     fn parse(&self, r: &mut FieldReader<'_>, version_id: u32) -> cpr_savevm::Result<Staged> {
         let saved = MachineLayout::load(r, version_id)?;
-        if let Some(why) = self.local.mismatch(&saved) {
+        if let Some(why) = self.local.as_ref().and_then(|l| l.mismatch(&saved)) {
             return Err(r.invalid(format!("machine mismatch: {why}")));
+        }
+        if saved.vcpus == 0 || u64::from(saved.vcpus) > MAX_VCPUS {
+            return Err(r.invalid(format!(
+                "{} vCPUs (a machine has 1 to {MAX_VCPUS})",
+                saved.vcpus
+            )));
         }
         Ok(Box::new(saved))
     }
@@ -475,12 +496,51 @@ fn saveable(loaded: &LoadedState, vcpus: u32) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// The vCPU count of a stream parsed without a machine: its `cpr-machine` section's, with
+/// exactly one `cpu` section for each of those vCPUs (the check a machine of that shape
+/// makes by requiring them, and by knowing no others).
+fn stream_vcpus(loaded: &LoadedState) -> cpr_savevm::Result<u32> {
+    let refuse = |idstr: &str, instance_id, reason: String| cpr_savevm::Error::LoadSection {
+        idstr: idstr.to_owned(),
+        instance_id,
+        section_id: loaded
+            .sections()
+            .find(|s| s.idstr == idstr && s.instance_id == instance_id)
+            .map_or(0, |s| s.section_id),
+        source: Box::new(cpr_savevm::Error::InvalidState {
+            vmsd: idstr.to_owned(),
+            reason,
+        }),
+    };
+    let vcpus = loaded
+        .staged::<MachineLayout>(MachineLayout::NAME, 0)
+        .map(|l| l.vcpus)
+        .ok_or_else(|| refuse(MachineLayout::NAME, 0, "the section was not parsed".into()))?;
+    if let Some(extra) = loaded
+        .sections()
+        .find(|s| s.idstr == VcpuState::NAME && s.instance_id >= vcpus)
+    {
+        return Err(refuse(
+            VcpuState::NAME,
+            extra.instance_id,
+            format!(
+                "a section for vCPU {}, but the checkpoint's machine has {vcpus}",
+                extra.instance_id
+            ),
+        ));
+    }
+    Ok(vcpus)
+}
+
 /// A checkpoint's registry, in the order of the table above (`cpr-machine` first). With
 /// `values` (the run state and a captured machine) it saves them; without, it parses a
 /// checkpoint for a machine of shape `layout`: every section required, each parsed into a
-/// value that [`parse`] takes out, and [`check_saveable`] run on the whole stream.
+/// value that [`parse`] takes out, and [`check_saveable`] run on the whole stream. Without
+/// a `layout` (inspecting a file, no machine), it takes the checkpoint's own `cpr-machine`
+/// section for the shape: any number of vCPU sections is parsed, and the stream check
+/// requires exactly those of the vCPUs that section lists.
 fn registry(
-    layout: MachineLayout,
+    layout: Option<MachineLayout>,
     values: Option<(RunState, MachineState)>,
 ) -> cpr_savevm::Result<Registry> {
     fn required(idstr: &str, instance: u32) -> Registration {
@@ -497,9 +557,11 @@ fn registry(
     }
 
     let (runstate, state) = values.unzip();
-    let vcpus = state.as_ref().map_or(layout.vcpus, |s| {
-        crate::machine::persist::count_u32(s.vcpus.len())
-    });
+    // Known here: the vCPU count of the machine saved or loaded into.
+    let known = state
+        .as_ref()
+        .map(|s| crate::machine::persist::count_u32(s.vcpus.len()))
+        .or(layout.as_ref().map(|l| l.vcpus));
     let (vcpu_states, vm, serial, pm, testdev) = match state {
         Some(MachineState {
             vcpus,
@@ -514,7 +576,13 @@ fn registry(
     let vm = vm.as_ref();
 
     let mut r = Registry::new();
-    r.set_stream_check(move |loaded| check_saveable(loaded, vcpus));
+    r.set_stream_check(move |loaded| {
+        let vcpus = match known {
+            Some(v) => v,
+            None => stream_vcpus(loaded)?,
+        };
+        check_saveable(loaded, vcpus)
+    });
     r.register(
         required(MachineLayout::NAME, 0).priority(100),
         Box::new(LayoutHandler { local: layout }),
@@ -524,8 +592,18 @@ fn registry(
         required(GlobalStateSection::NAME, 0).priority(90),
         runstate.map(GlobalStateSection),
     )?;
-    for i in 0..vcpus {
-        add(&mut r, required(VcpuState::NAME, i), vcpu_states.next())?;
+    match known {
+        Some(vcpus) => {
+            for i in 0..vcpus {
+                add(&mut r, required(VcpuState::NAME, i), vcpu_states.next())?;
+            }
+        }
+        None => {
+            for i in 0..u32::try_from(MAX_VCPUS).unwrap_or(u32::MAX) {
+                let reg = Registration::new(VcpuState::NAME, InstanceId::Id(i), OnLoad::Optional);
+                add::<VcpuState>(&mut r, reg, None)?;
+            }
+        }
     }
     add(
         &mut r,
@@ -568,7 +646,7 @@ pub fn save_registry(
     runstate: RunState,
     state: MachineState,
 ) -> cpr_savevm::Result<Registry> {
-    registry(layout, Some((runstate, state)))
+    registry(Some(layout), Some((runstate, state)))
 }
 
 /// A checkpoint read and checked completely: what `cpr-load` builds the machine from.
@@ -593,7 +671,7 @@ pub fn parse(
     ram: Option<&mut dyn cpr_savevm::RamBlocks>,
 ) -> cpr_savevm::Result<ParsedCheckpoint> {
     let vcpus = layout.vcpus;
-    let registry = registry(layout, None)?;
+    let registry = registry(Some(layout), None)?;
     let mut loaded = cpr_savevm::load_state(open, &registry, ram)?;
     let vcpus = (0..vcpus)
         .map(|i| loaded.take::<VcpuState>(VcpuState::NAME, i))
@@ -618,6 +696,148 @@ pub fn parse(
             .take::<GlobalStateSection>(GlobalStateSection::NAME, 0)?
             .0,
         state,
+    })
+}
+
+/// What kind of checkpoint a stream is, by what wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointKind {
+    /// V7's `cpr-save`: device state only, guest RAM left in place (loaded by `cpr-load`).
+    CprSave,
+    /// Mainline `migrate` with every RAM block left in place (`x-ignore-shared` on shared
+    /// RAM): a `ram` section that lists the blocks and carries no page.
+    MainlineInPlace,
+    /// Mainline `migrate` with RAM copied into the stream (RAM that is not shared, or
+    /// `x-ignore-shared` off).
+    MainlineCopied,
+}
+
+impl CheckpointKind {
+    /// A short name (`cpr-save`, `mainline-in-place`, `mainline-copied`).
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckpointKind::CprSave => "cpr-save",
+            CheckpointKind::MainlineInPlace => "mainline-in-place",
+            CheckpointKind::MainlineCopied => "mainline-copied",
+        }
+    }
+}
+
+/// A checkpoint read and checked as the loaders check it, without a machine to load it
+/// into ([`inspect`]).
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    /// What wrote it.
+    pub kind: CheckpointKind,
+    /// The machine it was taken of (its `cpr-machine` section).
+    pub layout: MachineLayout,
+    /// The run state it was taken in (its `globalstate` section).
+    pub runstate: RunState,
+    /// Its device sections, in stream order.
+    pub sections: Vec<cpr_savevm::LoadedSection>,
+    /// Its `ram` section (mainline streams).
+    pub ram: Option<cpr_savevm::RamSummary>,
+}
+
+/// A [`cpr_savevm::RamBlocks`] of the shape a stream announces that drops every page:
+/// what [`inspect`] loads into when it is only checking.
+struct NoRam(cpr_savevm::StreamRamLayout);
+
+impl cpr_savevm::RamBlocks for NoRam {
+    fn blocks(&self) -> Vec<cpr_savevm::RamBlockDesc> {
+        self.0.blocks.clone()
+    }
+    fn ignore_shared(&self) -> bool {
+        self.0.ignore_shared
+    }
+    fn read(&self, _: usize, _: u64, _: &mut [u8]) -> Result<(), cpr_savevm::BoxError> {
+        Err("a checkpoint being inspected has no RAM to read".into())
+    }
+    fn write(&mut self, _: usize, _: u64, _: &[u8]) -> Result<(), cpr_savevm::BoxError> {
+        Ok(())
+    }
+    fn zero(&mut self, _: usize, _: u64, _: u64) -> Result<(), cpr_savevm::BoxError> {
+        Ok(())
+    }
+    fn populated(
+        &self,
+        _: usize,
+    ) -> Result<Option<Vec<std::ops::Range<u64>>>, cpr_savevm::BoxError> {
+        Ok(None)
+    }
+}
+
+/// The RAM blocks a checkpoint stream carries (see [`cpr_savevm::ram_blocks`]), each
+/// marked kept in place or copied as the stream's vmdesc says; empty for a `cpr-save`
+/// stream. The shape to give [`inspect`]'s `ram` for extracting RAM.
+///
+/// The `ram` section lists blocks without saying which stay in place (QEMU records that
+/// in the vmdesc at the end): a dry run of the loader against the list finds out, one
+/// block at a time, from the loader's own [`cpr_savevm::Error::RamIgnoredMismatch`].
+pub fn stream_ram_blocks(
+    mut open: impl FnMut() -> cpr_savevm::Result<cpr_migration_file::QemuFile>,
+) -> cpr_savevm::Result<cpr_savevm::StreamRamLayout> {
+    let Some(mut layout) = cpr_savevm::ram_blocks(&mut open()?)? else {
+        return Ok(cpr_savevm::StreamRamLayout::default());
+    };
+    let registry = registry(None, None)?;
+    for _ in 0..=layout.blocks.len() {
+        let mut dry = NoRam(layout.clone());
+        match cpr_savevm::load_state(&mut open, &registry, Some(&mut dry)) {
+            Err(cpr_savevm::Error::RamIgnoredMismatch {
+                idstr,
+                stream_ignored,
+                ..
+            }) => match layout.blocks.iter_mut().find(|b| b.idstr == idstr) {
+                Some(b) if b.ignored != stream_ignored => b.ignored = stream_ignored,
+                _ => break,
+            },
+            // Anything else is for `inspect` to report, with the list as it stands.
+            _ => break,
+        }
+    }
+    Ok(layout)
+}
+
+/// Reads and checks a whole checkpoint as `cpr-load` and `migrate-incoming` do before they
+/// change anything (framing, versions, every section known and present, the saver's value
+/// rules ([`check_saveable`]), vmdesc, checksum; a copied `ram` section read twice, the
+/// second time writing pages), but against the checkpoint's own machine shape instead of a
+/// VM's. `open` gives the stream from its start, as for [`parse`].
+///
+/// The pages of copied RAM go to `ram` if given (which must have the shape
+/// [`stream_ram_blocks`] reads, and receives nothing unless the whole stream checked out),
+/// and are dropped otherwise.
+pub fn inspect(
+    mut open: impl FnMut() -> cpr_savevm::Result<cpr_migration_file::QemuFile>,
+    ram: Option<&mut dyn cpr_savevm::RamBlocks>,
+) -> cpr_savevm::Result<Inspection> {
+    let kind = cpr_savevm::probe(&mut open()?)?;
+    let mut dropped = NoRam(cpr_savevm::StreamRamLayout::default());
+    let ram: Option<&mut dyn cpr_savevm::RamBlocks> = match ram {
+        _ if !kind.has_ram() => None,
+        Some(ram) => Some(ram),
+        None => {
+            dropped.0 = stream_ram_blocks(&mut open)?;
+            Some(&mut dropped)
+        }
+    };
+    let registry = registry(None, None)?;
+    let mut loaded = cpr_savevm::load_state(open, &registry, ram)?;
+    let ram = loaded.ram().cloned();
+    let kind = match &ram {
+        None => CheckpointKind::CprSave,
+        Some(r) if r.blocks.iter().all(|b| b.ignored) => CheckpointKind::MainlineInPlace,
+        Some(_) => CheckpointKind::MainlineCopied,
+    };
+    Ok(Inspection {
+        kind,
+        sections: loaded.sections().cloned().collect(),
+        ram,
+        layout: loaded.take(MachineLayout::NAME, 0)?,
+        runstate: loaded
+            .take::<GlobalStateSection>(GlobalStateSection::NAME, 0)?
+            .0,
     })
 }
 

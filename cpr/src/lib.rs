@@ -56,6 +56,9 @@
 //! populated are left out and load as zeros), and loaded only after the whole file has
 //! been checked. QEMU's `scripts/analyze-migration.py` reads every stream `cpr-vm` writes
 //! (e2e "QEMU's analyze-migration.py reads every stream").
+//! Loading frees a copied block's old contents first (a hole punched in its file, or its
+//! anonymous pages dropped: [`cpr_memory::MappedBlock::discard`]) instead of reading and
+//! clearing them as QEMU does, so a load costs what the stream carries, not the RAM size.
 //!
 //! ## The V7 checklist, and where we differ
 //!

@@ -238,6 +238,19 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+
+    /// Freeing a block's pages ([`MappedBlock::discard`](crate::MappedBlock::discard))
+    /// failed.
+    #[error("RAM block {block}: cannot discard its contents ({how})")]
+    Discard {
+        /// Block name (`idstr`).
+        block: String,
+        /// The call that failed.
+        how: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// The two windows of an [`Error::Overlap`] (boxed to keep [`Error`]

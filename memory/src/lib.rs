@@ -88,6 +88,11 @@
 //! * **Wrong-size reuse refused.** An existing backing file of the wrong
 //!   size is never truncated or grown: it may hold a previous process's
 //!   guest RAM. [`OpenMode`] makes "create fresh" and "reuse" explicit.
+//! * **Discard.** [`MappedBlock::discard`] makes a block read as zeros without touching
+//!   a page (a hole punched in a shared file, anonymous pages dropped), for a loader that
+//!   overwrites RAM with a stream: QEMU reads every page and clears the non-zero ones.
+//!   Private anonymous windows ask for transparent huge pages (`MADV_HUGEPAGE`), as QEMU
+//!   does for guest RAM, so filling fresh RAM takes one fault per 2 MiB.
 //!
 //! # Example
 //!
@@ -143,7 +148,9 @@ mod window;
 pub use backing::{OpenMode, Origin};
 pub use block::{Backing, RamBlock, RamBlockBuilder, RamBlockList, RamKind, page_size};
 pub use error::{Error, GuestOverlap, Result};
-pub use mapping::{GuestRam, MappedBlock, MappedWindow, Memslot, SyncAction, SyncReport, sync};
+pub use mapping::{
+    Discard, GuestRam, MappedBlock, MappedWindow, Memslot, SyncAction, SyncReport, sync,
+};
 pub use persistence::{Medium, Persistence, PersistenceReport, persistence};
 pub use volatile::{
     VolatileBlock, VolatileReason, check_ram_volatile, is_volatile, volatile_blocks,

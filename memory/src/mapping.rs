@@ -10,7 +10,8 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use nix::sys::mman::{MsFlags, msync};
+use nix::fcntl::{FallocateFlags, fallocate};
+use nix::sys::mman::{MmapAdvise, MsFlags, madvise, msync};
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{
     FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
@@ -232,6 +233,80 @@ impl MappedBlock {
         }
         Ok(SyncAction::Synced { bytes, fsynced })
     }
+
+    /// Make every byte of the block read as zeros **without reading or writing a page**:
+    /// freed, not cleared, so the cost follows what the block held, not its size (see
+    /// [`Discard`] for how, per kind of block). `None` for a private file mapping (and a
+    /// character device), where dropping pages would show the file's contents again
+    /// rather than zeros: the caller must write zeros itself.
+    ///
+    /// The block must not be in use by a running guest (a vCPU writing meanwhile may or may
+    /// not see its write survive). On error ([`Error::Discard`]) part of the block may
+    /// already read as zeros and the rest is unchanged.
+    pub fn discard(&self) -> Result<Option<Discard>> {
+        let fail = |how, source: nix::errno::Errno| Error::Discard {
+            block: self.block.idstr().to_owned(),
+            how,
+            source: io::Error::from(source),
+        };
+        match (&self.file, self.block.shared()) {
+            (Some(_), _) if self.char_device => Ok(None),
+            (Some(file), true) => {
+                let len = i64::try_from(self.block.size()).map_err(|_| Error::TooLarge {
+                    block: self.block.idstr().to_owned(),
+                    size: self.block.size(),
+                })?;
+                let mode =
+                    FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+                fallocate(file.as_fd(), mode, 0, len)
+                    .map_err(|e| fail("fallocate(PUNCH_HOLE)", e))?;
+                Ok(Some(Discard::PunchedHole))
+            }
+            (Some(_), false) => Ok(None),
+            (None, shared) => {
+                let (advice, how, done) = if shared {
+                    (
+                        MmapAdvise::MADV_REMOVE,
+                        "madvise(MADV_REMOVE)",
+                        Discard::Removed,
+                    )
+                } else {
+                    (
+                        MmapAdvise::MADV_DONTNEED,
+                        "madvise(MADV_DONTNEED)",
+                        Discard::DroppedPages,
+                    )
+                };
+                for w in &self.windows {
+                    let Some(addr) = NonNull::new(w.region.as_ptr().cast()) else {
+                        continue;
+                    };
+                    // SAFETY: `addr..addr+len` is exactly the live anonymous mapping owned by
+                    // `w.region` (page aligned by mmap), kept mapped by the `Arc`; the advice
+                    // only replaces its pages with zero pages and never unmaps it, so every
+                    // reference into guest memory stays valid (it reads zeros).
+                    let res = unsafe { madvise(addr, w.region.size(), advice) };
+                    res.map_err(|e| fail(how, e))?;
+                }
+                Ok(Some(done))
+            }
+        }
+    }
+}
+
+/// How [`MappedBlock::discard`] made a block read as zeros.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discard {
+    /// `fallocate(PUNCH_HOLE | KEEP_SIZE)` over the block's bytes of its shared backing
+    /// file: the file keeps its size, its blocks are freed, and every mapping of it (this
+    /// process's, another's) reads zeros.
+    PunchedHole,
+    /// `madvise(MADV_DONTNEED)` over each window of a private anonymous block: its pages
+    /// are dropped and the next touch faults in a fresh zero page.
+    DroppedPages,
+    /// `madvise(MADV_REMOVE)` over each window of a shared anonymous block (its shmem
+    /// object has no descriptor to punch).
+    Removed,
 }
 
 /// Result of [`GuestRam::sync`]: one entry per block, largest first.
@@ -454,6 +529,22 @@ fn reserve_block(block: &RamBlock) -> Result<MappedBlock> {
     })
 }
 
+/// Asks for transparent huge pages on a private anonymous window, as QEMU does for guest
+/// RAM (`QEMU_MADV_HUGEPAGE`): a guest or a loader touching fresh memory then takes one
+/// fault per 2 MiB rather than per 4 KiB. Advice only: where THP is off it changes
+/// nothing, and a refusal is not an error.
+fn advise_huge_pages(region: &GuestRegionMmap) {
+    let Some(addr) = NonNull::new(region.as_ptr().cast()) else {
+        return;
+    };
+    // SAFETY: `addr..addr+len` is exactly the anonymous mapping `region` owns (page aligned
+    // by mmap), mapped for as long as `region` lives; MADV_HUGEPAGE changes how its future
+    // faults are served, never its contents or its mapping.
+    let res = unsafe { madvise(addr, region.size(), MmapAdvise::MADV_HUGEPAGE) };
+    // EINVAL: a kernel without THP. The mapping works the same, with small pages.
+    let _ = res;
+}
+
 fn map_window(block: &RamBlock, opened: &Opened, window: &RamWindow) -> Result<MappedWindow> {
     let name = || block.idstr().to_owned();
     // Fits: a window lies inside the block, whose size the builder checked.
@@ -496,6 +587,9 @@ fn map_window(block: &RamBlock, opened: &Opened, window: &RamWindow) -> Result<M
         addr: window.guest_addr.0,
         size: window.size,
     })?;
+    if opened.file.is_none() && !block.shared() && opened.origin != Origin::Reserved {
+        advise_huge_pages(&region);
+    }
     Ok(MappedWindow {
         window: window.clone(),
         region: Arc::new(region),

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cpr_memory::{
-    Backing, Error, GuestAddress, GuestRam, OpenMode, Origin, RamBlock, RamBlockList, RamKind,
-    SyncAction, page_size,
+    Backing, Discard, Error, GuestAddress, GuestRam, OpenMode, Origin, RamBlock, RamBlockList,
+    RamKind, SyncAction, page_size,
 };
 use vm_memory::{Bytes, GuestMemoryBackend};
 
@@ -340,4 +340,89 @@ fn fresh_file_is_sparse_and_zero() {
         GuestRam::map(&blocks, OpenMode::OpenOrCreate),
         Err(Error::FileSizeMismatch { .. })
     ));
+}
+
+/// Allocated bytes of `path`.
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).unwrap().blocks() * 512
+}
+
+#[test]
+fn discard_zeroes_each_kind_of_block_without_writing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pages = 64;
+    let size = usize::try_from(pages * page_size()).unwrap();
+    let data = pattern(size, 0x33);
+    let shared = dir.path().join("shared");
+    let private = dir.path().join("private");
+    fs::write(&private, pattern(size, 0x44)).unwrap();
+    let anon = |name: &str, at: u64, shared: bool| {
+        RamBlock::builder(name, pages * page_size())
+            .guest_addr(GuestAddress(at * page_size()))
+            .shared(shared)
+            .build()
+            .unwrap()
+    };
+    let blocks = list([
+        file_block("file", pages, 0, &shared, true),
+        file_block("private", pages, pages, &private, false),
+        anon("anon", 2 * pages, false),
+        anon("shmem", 3 * pages, true),
+    ]);
+    let ram = GuestRam::map(&blocks, OpenMode::OpenOrCreate).unwrap();
+    for b in ram.blocks() {
+        ram.memory().write_slice(&data, b.guest_addr()).unwrap();
+    }
+    assert!(allocated(&shared) >= pages * page_size());
+    let mut back = vec![0u8; size];
+    for (name, expected) in [
+        ("file", Some(Discard::PunchedHole)),
+        ("private", None),
+        ("anon", Some(Discard::DroppedPages)),
+        ("shmem", Some(Discard::Removed)),
+    ] {
+        let b = ram.block(name).unwrap();
+        assert_eq!(b.discard().unwrap(), expected, "{name}");
+        ram.memory().read_slice(&mut back, b.guest_addr()).unwrap();
+        if expected.is_some() {
+            assert!(back.iter().all(|&x| x == 0), "{name} reads as zeros");
+        } else {
+            assert_eq!(
+                back, data,
+                "{name}: a private file mapping is left as it was"
+            );
+        }
+    }
+    // The file's blocks are freed, its size kept; the private file is untouched.
+    assert_eq!(fs::metadata(&shared).unwrap().len(), pages * page_size());
+    assert!(allocated(&shared) < page_size(), "{}", allocated(&shared));
+    assert_eq!(fs::read(&private).unwrap(), pattern(size, 0x44));
+}
+
+/// The `VmFlags` of the mapping that starts at `addr`, from /proc/self/smaps.
+fn vm_flags(addr: u64) -> String {
+    let smaps = fs::read_to_string("/proc/self/smaps").unwrap();
+    let start = format!("{addr:x}-");
+    let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
+    lines
+        .find_map(|l| l.strip_prefix("VmFlags:"))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn private_anonymous_ram_asks_for_huge_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocks = list([
+        RamBlock::builder("anon", 1024 * page_size())
+            .build()
+            .unwrap(),
+        file_block("file", 16, 4096, &dir.path().join("f"), true),
+    ]);
+    let ram = GuestRam::map(&blocks, OpenMode::OpenOrCreate).unwrap();
+    let anon = vm_flags(ram.block("anon").unwrap().userspace_addr());
+    let file = vm_flags(ram.block("file").unwrap().userspace_addr());
+    assert!(anon.split_whitespace().any(|f| f == "hg"), "{anon}");
+    assert!(!file.split_whitespace().any(|f| f == "hg"), "{file}");
 }

@@ -160,6 +160,25 @@ pub(crate) fn write_configuration(f: &mut QemuFile, ignore_shared: bool) -> Resu
 /// announced exactly when `ignore_shared` (QEMU's `configuration_post_load`
 /// checks, with its wording). Returns what was read and its description
 /// (the saver's vmdesc entry).
+/// The configuration section, whatever capabilities it announces (only the machine type
+/// is checked): for a tool that describes a stream it did not write.
+pub(crate) fn read_configuration_any(f: &mut QemuFile) -> Result<Configuration> {
+    let offset = f.position();
+    let ty = get(f, "section type", QemuFile::get_u8)?;
+    if ty != QEMU_VM_CONFIGURATION {
+        return Err(Error::MissingConfiguration { found: ty, offset });
+    }
+    let mut r = FieldReader::new(f, Configuration::NAME, Configuration::VERSION_ID);
+    let config = r.read_state::<Configuration>()?;
+    if config.name != MACHINE_TYPE {
+        return Err(Error::MachineTypeMismatch {
+            received: config.name,
+            local: MACHINE_TYPE,
+        });
+    }
+    Ok(config)
+}
+
 pub(crate) fn read_configuration(
     f: &mut QemuFile,
     ignore_shared: bool,

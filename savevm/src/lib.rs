@@ -78,6 +78,8 @@
 //! state only, or RAM: a configuration section first, [`StreamKind`]) from its first
 //! bytes, without consuming them, and refuses a file that is not a vmstate
 //! stream as the loader does; a VMM needs no byte offsets of its own.
+//! [`ram_blocks`] reads the block list a stream's `ram` section announces, for a tool
+//! without RAM of its own (an inspector) to describe the RAM to [`load_state`].
 //!
 //! # VMState in Rust
 //!
@@ -297,7 +299,7 @@ pub use error::{BoxError, Error, Result};
 pub use handler::{
     Persist, PersistHandler, Saved, SectionHandler, SharedState, Staged, ValueSection,
 };
-pub use probe::{StreamKind, probe};
+pub use probe::{StreamKind, StreamRamLayout, probe, ram_blocks};
 pub use ram::{RamBlockDesc, RamBlocks, RamSummary, load_state};
 pub use registry::{InstanceId, OnLoad, Registration, Registry, SectionInfo, StreamCheck};
 pub use stream::{

@@ -4,7 +4,8 @@ use cpr_migration_file::QemuFile;
 
 use crate::consts::{QEMU_VM_CONFIGURATION, QEMU_VM_SECTION_START, RAM_IDSTR};
 use crate::error::{Error, Result};
-use crate::stream::read_stream_header;
+use crate::ram::{RamBlockDesc, RamLoader};
+use crate::stream::{get, read_stream_header};
 
 /// The two kinds of stream this crate writes, told apart by their first
 /// section: a stream with RAM opens with QEMU's configuration section, which
@@ -72,6 +73,46 @@ pub fn probe(f: &mut QemuFile) -> Result<StreamKind> {
     } else {
         StreamKind::DeviceState
     })
+}
+
+/// The RAM a stream carries, as its configuration section and its `ram` section's START
+/// announce it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamRamLayout {
+    /// The blocks (idstr, length). Whether a block stays in place is not in the `ram`
+    /// section (QEMU's format records it in the vmdesc at the end): every block is
+    /// [`ignored`](RamBlockDesc::ignored)` = false` here.
+    pub blocks: Vec<RamBlockDesc>,
+    /// Whether the stream announces `x-ignore-shared`.
+    pub ignore_shared: bool,
+}
+
+/// The RAM blocks a stream carries, as its `ram` section's START lists them, read and
+/// checked as the loader reads them; `None` for a stream without RAM
+/// ([`StreamKind::DeviceState`]). For a tool that has no RAM of its own and must describe
+/// some to [`load_state`](crate::load_state) (an inspector, an extractor): the loader then
+/// checks the whole stream against that list.
+///
+/// Reads `f` from where it is to the end of the START section. A file that is not a
+/// vmstate stream is [`Error::NotVmstateFile`], as in [`probe`].
+pub fn ram_blocks(f: &mut QemuFile) -> Result<Option<StreamRamLayout>> {
+    if !probe(f)?.has_ram() {
+        return Ok(None);
+    }
+    let name = f.name().to_owned();
+    read_stream_header(f).map_err(|source| Error::NotVmstateFile {
+        file: name,
+        source: Box::new(source),
+    })?;
+    let config = crate::config::read_configuration_any(f)?;
+    let mut loader = RamLoader::adopting(config.ignore_shared);
+    let offset = f.position();
+    let ty = get(f, "section type", QemuFile::get_u8)?;
+    loader.section(f, ty, offset)?;
+    Ok(Some(StreamRamLayout {
+        blocks: loader.local_blocks().to_vec(),
+        ignore_shared: config.ignore_shared,
+    }))
 }
 
 #[cfg(test)]

@@ -281,6 +281,8 @@ pub struct LoadedSection {
     pub version_id: u32,
     /// Offset of the section's type byte.
     pub offset: u64,
+    /// Bytes of the section, type byte through footer.
+    pub size: u64,
 }
 
 struct StagedSection {
@@ -631,6 +633,7 @@ fn load_full_section(f: &mut QemuFile, registry: &Registry, offset: u64) -> Resu
             section_id: hdr.section_id,
             version_id: hdr.version_id,
             offset,
+            size: f.position() - offset,
         },
         entry: index,
         staged: Some(staged),

@@ -170,6 +170,55 @@ fn probe_tells_what_the_saver_wrote() {
 }
 
 #[test]
+fn ram_blocks_reads_the_block_list_a_loader_then_accepts() {
+    let mut m = Machine::golden();
+    let blocks = |bytes: &[u8]| {
+        ram_blocks(&mut QemuFile::from_bytes(bytes.to_vec(), "t")).map(|l| l.map(|l| l.blocks))
+    };
+    assert_eq!(blocks(&m.save()).expect("v7"), None);
+    let (bytes, _) = save(&mut m.registry, &source_ram());
+    let mut listed = blocks(&bytes).expect("ram").expect("a ram section");
+    // Names and lengths as saved; which blocks stay in place is the vmdesc's to say.
+    let names = |l: &[RamBlockDesc]| {
+        l.iter()
+            .map(|b| (b.idstr.clone(), b.used_length))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&listed), names(&layout()));
+    assert!(listed.iter().all(|b| !b.ignored));
+    for b in &mut listed {
+        b.ignored = layout().iter().any(|l| l.idstr == b.idstr && l.ignored);
+    }
+    // The list is what the loader wants: a RAM of that shape loads the stream.
+    let mut dst = MemRam::filled(&listed, 0xff);
+    load(&bytes, &m.registry, &mut dst).expect("load");
+    assert_eq!(dst.block("vram"), source_ram().block("vram"));
+    // Not a stream, and a block the loader would refuse (length not a page multiple).
+    assert!(matches!(
+        blocks(b"QEVX\0\0\0\x03"),
+        Err(Error::NotVmstateFile { .. })
+    ));
+    let (mut odd, _) = save(
+        &mut m.registry,
+        &MemRam::filled(&[RamBlockDesc::copied("a", 4096)], 1),
+    );
+    // START's block list: "a" (counted string), then its be64 length.
+    let mut needle = vec![1u8, b'a'];
+    needle.extend_from_slice(&4096u64.to_be_bytes());
+    let at = odd
+        .windows(needle.len())
+        .position(|w| w == needle.as_slice())
+        .expect("the block list")
+        + 2;
+    assert_eq!(&odd[at..at + 8], &4096u64.to_be_bytes());
+    odd[at + 7] = 1;
+    assert!(blocks(&odd).is_err(), "length 4097 accepted");
+    for cut in [20, 40, 60] {
+        assert!(blocks(&bytes[..cut]).is_err(), "cut at {cut}");
+    }
+}
+
+#[test]
 fn without_ram_the_bytes_are_the_device_state_streams() {
     let mut m = Machine::golden();
     let v7 = m.save();

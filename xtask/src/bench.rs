@@ -7,9 +7,13 @@
 //! answers: RAM mapped, socket up), `cpr-load` (read, check, new VM, restore), and first
 //! progress (resume until the guest's next report).
 //!
-//! A second table is the cost of not sharing RAM: the mainline interface (`migrate` to a
-//! `file:` URI, `migrate-incoming` in a new process) with RAM in place (`x-ignore-shared`)
-//! next to RAM copied into the file (anonymous RAM), for each RAM size.
+//! Then copy mode, with the mainline interface (`migrate` to a `file:` URI,
+//! `migrate-incoming` in a new process): RAM copied into the file because it is private
+//! anonymous memory, or a shared /dev/shm file without `x-ignore-shared`, next to RAM left
+//! in place (`x-ignore-shared`), for each RAM size at 128 MiB of guest data; and the same
+//! against the guest's data (`--data`, written in full before the save) at one RAM size
+//! (`--data-mem`). Each row prints QEMU 10's figure from issue 10 where there is one, and
+//! our target, half of it. `--copy-only` runs just those tables.
 //!
 //! RAM files are sparse files in a scratch directory on /dev/shm, and the guest's workload
 //! is limited to 128 MiB (`--workload-size`) so that the 16 GiB case does not fill the
@@ -150,30 +154,72 @@ fn mainline_configure(vm: &mut VmProcess, ignore_shared: bool) -> Result<(), Har
     Ok(())
 }
 
-/// In place: RAM in a shared /dev/shm file with `x-ignore-shared`. Copied: private
-/// anonymous RAM (not shared: mainline copies it into the file), on both sides.
+/// Where the guest's RAM is in a mainline run, and so what the stream carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RamMode {
+    /// A shared /dev/shm file with `x-ignore-shared`: left in place, not in the stream.
+    InPlace,
+    /// Private anonymous RAM (not shared): copied into the stream, on both sides.
+    Anonymous,
+    /// A shared /dev/shm file without `x-ignore-shared`: copied into the stream, and the
+    /// new process loads it back into the same file.
+    SharedFile,
+}
+
+impl RamMode {
+    fn name(self) -> &'static str {
+        match self {
+            RamMode::InPlace => "in place",
+            RamMode::Anonymous => "anon",
+            RamMode::SharedFile => "shm file",
+        }
+    }
+}
+
+/// One mainline run's configuration: RAM size, where RAM is, how much the guest writes.
+struct MainlineConfig<'a> {
+    mem: &'a str,
+    ram: RamMode,
+    workload: &'a str,
+}
+
+/// Bytes of a size like `128M` or `2G` (the `--workload-size` forms this bench uses).
+fn size_bytes(s: &str) -> u64 {
+    let (n, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: u64 = n.parse().unwrap_or(0);
+    match unit {
+        "K" => n << 10,
+        "M" => n << 20,
+        "G" => n << 30,
+        _ => s.parse().unwrap_or(0),
+    }
+}
+
+/// One mainline cpr-reboot run (`migrate` to a file, quit, new process, `migrate-incoming`),
+/// after the guest has written its whole workload region once.
 fn mainline_run(
     binary: &Path,
     scratch: &Path,
-    mem: &str,
-    copied: bool,
+    cfg: &MainlineConfig<'_>,
 ) -> Result<MainlineRun, HarnessError> {
-    let dir = scratch.join(format!("{mem}-{}", if copied { "copy" } else { "inplace" }));
+    let MainlineConfig { mem, ram, workload } = *cfg;
+    let dir = scratch.join(format!("{mem}-{workload}-{}", ram.name().replace(' ', "-")));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| HarnessError::Check(e.to_string()))?;
     let files = VmFiles::in_dir(&dir);
-    let mut args = files.args(mem, 1, &["--workload-size", "128M"]);
-    if copied {
-        // Private anonymous RAM: the classic RAM that is not shared.
+    let mut args = files.args(mem, 1, &["--workload-size", workload]);
+    if ram == RamMode::Anonymous {
         let i = args.iter().position(|a| a == "--mem-path").unwrap_or(0);
         args.drain(i..i + 2);
         args.push("--mem-share".into());
         args.push("off".into());
     }
+    let ignore_shared = ram == RamMode::InPlace;
     let mut vm = VmProcess::spawn(binary, &args, &files.qmp, None)?;
-    vm.wait_progress(0, Some(5), Duration::from_secs(60))?;
-    std::thread::sleep(Duration::from_millis(200));
-    mainline_configure(&mut vm, !copied)?;
+    // Every page of the workload written at least once: the stream carries all of it.
+    let pages = size_bytes(workload) / 4096;
+    vm.wait_progress(pages, Some(5), Duration::from_secs(300))?;
+    mainline_configure(&mut vm, ignore_shared)?;
     let before = vm.progress()?;
     let t0 = std::time::Instant::now();
     vm.execute(
@@ -187,7 +233,7 @@ fn mainline_run(
     dest.push("--incoming".into());
     dest.push("defer".into());
     let mut vm = VmProcess::spawn(binary, &dest, &files.qmp, None)?;
-    mainline_configure(&mut vm, !copied)?;
+    mainline_configure(&mut vm, ignore_shared)?;
     let t1 = std::time::Instant::now();
     vm.execute(
         "migrate-incoming",
@@ -199,7 +245,8 @@ fn mainline_run(
     let blackout = t0.elapsed();
     if after.errors > 0 || after.progress < before.progress {
         return Err(HarnessError::Check(format!(
-            "{mem}: the guest did not carry on cleanly: {before:?} -> {after:?}"
+            "{mem} {}: the guest did not carry on cleanly: {before:?} -> {after:?}",
+            ram.name()
         )));
     }
     let file_bytes = std::fs::metadata(&files.state).map_or(0, |m| m.len());
@@ -213,72 +260,153 @@ fn mainline_run(
     })
 }
 
-/// The cost of not sharing RAM: mainline cpr-reboot with RAM in place vs copied.
+/// QEMU 10's figures from issue 10 (unthrottled, same machine, RAM copied into the file):
+/// `(RAM mode, RAM size, phase) -> ms`, where the issue gives one. The targets are half.
+fn qemu_reference(ram: RamMode, mem: &str, phase: &str) -> Option<f64> {
+    match (ram, mem, phase) {
+        (RamMode::Anonymous, "256M", "blackout") => Some(217.0),
+        (RamMode::Anonymous, "4G", "blackout") => Some(498.0),
+        (RamMode::Anonymous, "256M", "load") => Some(53.0),
+        (RamMode::Anonymous, "1G", "load") => Some(72.0),
+        (RamMode::SharedFile, "4G", "blackout") => Some(8000.0),
+        _ => None,
+    }
+}
+
+/// One table row: median [min-max] of each phase over `runs`, and QEMU's figure and our
+/// target (half of it) where the issue has one.
+fn copy_row(
+    binary: &Path,
+    scratch: &Path,
+    cfg: &MainlineConfig<'_>,
+    runs: u32,
+) -> Result<Value, String> {
+    eprintln!(
+        "bench: mainline {} RAM, {}, {} of guest data...",
+        cfg.mem,
+        cfg.ram.name(),
+        cfg.workload
+    );
+    let mut rs = Vec::new();
+    for _ in 0..runs {
+        rs.push(mainline_run(binary, scratch, cfg).map_err(|e| e.to_string())?);
+    }
+    let mut cells = Vec::new();
+    let mut phases = serde_json::Map::new();
+    for (phase, f) in [
+        ("save", (|r| r.migrate) as fn(&MainlineRun) -> Duration),
+        ("load", |r| r.incoming),
+        ("blackout", |r| r.blackout),
+    ] {
+        let (m, lo, hi) = stats(rs.iter().map(|r| ms(f(r))).collect());
+        // QEMU's figures are for the RAM-size table (fixed guest data), not the data rows.
+        let reference = qemu_reference(cfg.ram, cfg.mem, phase).filter(|_| cfg.workload == "128M");
+        let verdict = reference.map(|q| {
+            let target = q / 2.0;
+            (q, target, if m <= target { "ok" } else { "MISS" })
+        });
+        let cell = match verdict {
+            Some((q, t, v)) => format!("{m:.1} [{lo:.1}-{hi:.1}] q{q:.0}/t{t:.0} {v}"),
+            None => format!("{m:.1} [{lo:.1}-{hi:.1}]"),
+        };
+        cells.push(cell);
+        phases.insert(
+            phase.to_string(),
+            json!({"median_ms": m, "min_ms": lo, "max_ms": hi,
+                   "qemu_ms": reference, "target_ms": reference.map(|q| q / 2.0)}),
+        );
+    }
+    let bytes = rs.first().map_or(0, |r| r.file_bytes);
+    println!(
+        "{:<6} {:<9} {:>6} {:>12} {:>34} {:>34} {:>34}",
+        cfg.mem,
+        cfg.ram.name(),
+        cfg.workload,
+        bytes,
+        cells[0],
+        cells[1],
+        cells[2]
+    );
+    Ok(
+        json!({"mem": cfg.mem, "ram": cfg.ram.name(), "guest_data": cfg.workload,
+              "file_bytes": bytes, "runs": rs.len(), "phases": phases}),
+    )
+}
+
+fn copy_header(title: &str, runs: u32) {
+    println!();
+    println!(
+        "{title}: ms, median [min-max] over {runs} runs; qN/tN = QEMU 10's figure / our target (half)"
+    );
+    println!(
+        "{:<6} {:<9} {:>6} {:>12} {:>34} {:>34} {:>34}",
+        "RAM", "RAM is", "data", "file B", "save (migrate)", "load (migrate-incoming)", "blackout"
+    );
+}
+
+/// Copy mode (RAM copied into the file because it is not shared, or `x-ignore-shared` is
+/// off) against RAM size at a fixed amount of guest data, with RAM left in place for
+/// reference; then against the amount of guest data at a fixed RAM size.
 fn run_copy_case(
     binary: &Path,
     scratch: &Path,
     sizes: &[String],
+    data_sizes: &[String],
+    data_mem: &str,
     runs: u32,
 ) -> Result<Value, String> {
-    println!();
-    println!(
-        "mainline cpr-reboot (migrate file: / migrate-incoming), 1 vCPU, 128 MiB of guest data: ms, median [min-max] over {runs} runs"
+    copy_header(
+        "mainline cpr-reboot (migrate file: / migrate-incoming), 1 vCPU, 128 MiB of guest data",
+        runs,
     );
-    println!(
-        "{:<6} {:<8} {:>12} {:>22} {:>22} {:>22}",
-        "RAM", "RAM is", "file B", "migrate", "migrate-incoming", "blackout"
-    );
-    let mut out = Vec::new();
+    let mut by_size = Vec::new();
     for mem in sizes {
-        for copied in [false, true] {
-            eprintln!(
-                "bench: mainline {mem}, RAM {}...",
-                if copied { "copied" } else { "in place" }
-            );
-            let mut rs = Vec::new();
-            for _ in 0..runs {
-                rs.push(mainline_run(binary, scratch, mem, copied).map_err(|e| e.to_string())?);
-            }
-            let col = |f: fn(&MainlineRun) -> Duration| {
-                let (m, lo, hi) = stats(rs.iter().map(|r| ms(f(r))).collect());
-                (format!("{m:.1} [{lo:.1}-{hi:.1}]"), m)
+        for ram in [RamMode::InPlace, RamMode::Anonymous, RamMode::SharedFile] {
+            let cfg = MainlineConfig {
+                mem,
+                ram,
+                workload: "128M",
             };
-            let (mig, mig_m) = col(|r| r.migrate);
-            let (inc, inc_m) = col(|r| r.incoming);
-            let (blk, blk_m) = col(|r| r.blackout);
-            let bytes = rs.first().map_or(0, |r| r.file_bytes);
-            let kind = if copied { "copied" } else { "in place" };
-            println!("{mem:<6} {kind:<8} {bytes:>12} {mig:>22} {inc:>22} {blk:>22}");
-            out.push(json!({"mem": mem, "ram": kind, "file_bytes": bytes,
-                "migrate_ms": mig_m, "incoming_ms": inc_m, "blackout_ms": blk_m}));
+            by_size.push(copy_row(binary, scratch, &cfg, runs)?);
         }
     }
-    Ok(Value::Array(out))
+    copy_header(
+        &format!("copy mode against guest data, {data_mem} RAM, 1 vCPU"),
+        runs,
+    );
+    let mut by_data = Vec::new();
+    for workload in data_sizes {
+        for ram in [RamMode::Anonymous, RamMode::SharedFile] {
+            let cfg = MainlineConfig {
+                mem: data_mem,
+                ram,
+                workload,
+            };
+            by_data.push(copy_row(binary, scratch, &cfg, runs)?);
+        }
+    }
+    Ok(json!({"by_ram_size": by_size, "by_guest_data": by_data}))
 }
 
-/// Runs the benchmark and prints the table and the JSON (also written to `json_out`).
-pub fn run(
-    binary: &Path,
-    runs: u32,
-    sizes: &[String],
-    only: &[String],
-    json_out: &Path,
-) -> Result<(), String> {
-    if !Path::new("/dev/kvm").exists() {
-        return Err("bench needs /dev/kvm, which is absent on this machine".into());
-    }
-    let wanted = |table: &str| only.is_empty() || only.iter().any(|o| o == table);
-    let scratch = PathBuf::from(format!("/dev/shm/cpr-bench-{}", std::process::id()));
-    let mut rows = Vec::new();
-    let reboot_sizes: &[String] = if wanted("reboot") { sizes } else { &[] };
-    for mem in reboot_sizes {
-        for smp in [1, 2] {
-            eprintln!("bench: {mem} RAM, {smp} vCPU(s), {runs} runs...");
-            let row = run_config(binary, &scratch, mem, smp, runs).map_err(|e| e.to_string());
-            let _ = std::fs::remove_dir_all(&scratch);
-            rows.push(row?);
-        }
-    }
+/// What `cargo xtask bench` measures.
+pub struct Options {
+    /// Measured cycles per configuration of the CPR table.
+    pub runs: u32,
+    /// Measured runs per row of the copy-mode tables.
+    pub copy_runs: u32,
+    /// RAM sizes.
+    pub sizes: Vec<String>,
+    /// Only the copy-mode tables.
+    pub copy_only: bool,
+    /// Only these tables (`reboot`, `handoff`, `copy`); empty: all.
+    pub only: Vec<String>,
+    /// Amounts of guest data for the copy-mode rows at a fixed RAM size.
+    pub data: Vec<String>,
+    /// That fixed RAM size.
+    pub data_mem: String,
+}
+
+fn print_cpr_table(rows: &[Row], runs: u32) {
     println!();
     println!(
         "CPR reboot mode, in-place RAM: blackout phases in ms, median [min-max] over {runs} runs"
@@ -288,7 +416,7 @@ pub fn run(
         print!(" {name:>20}");
     }
     println!();
-    for r in &rows {
+    for r in rows {
         let size = r.cycles.first().map_or(0, |c| c.state_bytes);
         print!("{:<6} {:>4} {:>10}", r.mem, r.smp, size);
         for (_, f) in PHASES {
@@ -296,6 +424,34 @@ pub fn run(
             print!(" {:>20}", format!("{median:.1} [{min:.1}-{max:.1}]"));
         }
         println!();
+    }
+}
+
+/// Runs the benchmark and prints the tables and the JSON (also written to `json_out`).
+pub fn run(binary: &Path, opts: &Options, json_out: &Path) -> Result<(), String> {
+    if !Path::new("/dev/kvm").exists() {
+        return Err("bench needs /dev/kvm, which is absent on this machine".into());
+    }
+    let (runs, sizes) = (opts.runs, &opts.sizes);
+    let wanted = |table: &str| {
+        if opts.copy_only {
+            table == "copy"
+        } else {
+            opts.only.is_empty() || opts.only.iter().any(|o| o == table)
+        }
+    };
+    let scratch = PathBuf::from(format!("/dev/shm/cpr-bench-{}", std::process::id()));
+    let mut rows = Vec::new();
+    for mem in sizes.iter().filter(|_| wanted("reboot")) {
+        for smp in [1, 2] {
+            eprintln!("bench: {mem} RAM, {smp} vCPU(s), {runs} runs...");
+            let row = run_config(binary, &scratch, mem, smp, runs).map_err(|e| e.to_string());
+            let _ = std::fs::remove_dir_all(&scratch);
+            rows.push(row?);
+        }
+    }
+    if wanted("reboot") {
+        print_cpr_table(&rows, runs);
     }
     let handoff = if wanted("handoff") {
         crate::bench_handoff::run(binary, &scratch, sizes, runs)
@@ -305,7 +461,14 @@ pub fn run(
     let _ = std::fs::remove_dir_all(&scratch);
     let handoff = handoff?;
     let copy = if wanted("copy") {
-        run_copy_case(binary, &scratch, sizes, runs.min(3))
+        run_copy_case(
+            binary,
+            &scratch,
+            sizes,
+            &opts.data,
+            &opts.data_mem,
+            opts.copy_runs,
+        )
     } else {
         Ok(Value::Null)
     };
@@ -314,7 +477,7 @@ pub fn run(
     let doc = json!({"benchmark": "cpr-reboot-blackout", "runs": runs,
                      "results": rows.iter().map(row_json).collect::<Vec<_>>(),
                      "handoff": handoff,
-                     "mainline_in_place_vs_copied": copy});
+                     "mainline_copy_mode": copy});
     let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
     println!();
     println!("{text}");
@@ -339,12 +502,19 @@ pub fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::stats;
+    use super::{size_bytes, stats};
 
     #[test]
     fn median_and_spread() {
         assert_eq!(stats(vec![3.0, 1.0, 2.0]), (2.0, 1.0, 3.0));
         assert_eq!(stats(vec![4.0, 1.0, 2.0, 3.0]), (2.5, 1.0, 4.0));
         assert_eq!(stats(vec![]), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn workload_sizes() {
+        assert_eq!(size_bytes("64M"), 64 << 20);
+        assert_eq!(size_bytes("2G"), 2 << 30);
+        assert_eq!(size_bytes("4096"), 4096);
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use cpr_harness::{VmFiles, cycle};
 
 use crate::e2e_files::{killed_saves, planted_symlinks, ram_target};
+use crate::e2e_inspect as inspect;
 use crate::e2e_mainline::{self as mainline, GuestState};
 use crate::e2e_monitor::{guest_failures, restart_on_reply, serial_mode};
 use crate::e2e_ownership as ownership;
@@ -482,6 +483,14 @@ pub fn run(binary: &Path, cycles: u32, only: Option<&str>) -> (u64, u64, u64) {
         (
             "QEMU's analyze-migration.py reads every stream",
             Box::new(move || analyze_migration(binary)),
+        ),
+        (
+            "inspect: every stream kind",
+            Box::new(move || inspect::stream_kinds(binary)),
+        ),
+        (
+            "copy mode: 5 GiB guest, across the 3 GiB boundary",
+            Box::new(move || inspect::above_4g(binary)),
         ),
     ];
     if let Some(only) = only {

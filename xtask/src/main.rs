@@ -5,7 +5,8 @@
 //!   mirrors QEMU's `CONFIG_VFIO`, see `cpr-vfio-info`), doc tests, rustdoc warnings,
 //!   `cargo package` of every crate (each built from its packaged form), and the
 //!   end-to-end scenarios.
-//! * `bench`: blackout phases against RAM size and vCPUs (see `bench.rs`).
+//! * `bench`: blackout phases against RAM size and vCPUs, and copy mode against RAM size and
+//!   guest data, next to QEMU's figures (see `bench.rs`).
 //! * `e2e`: real `cpr-vm` processes driven over QMP (see `e2e.rs`).
 //!
 //! Every step echoes the command it runs, so a failure can be reproduced by hand.
@@ -15,6 +16,7 @@ mod bench_handoff;
 mod ci;
 mod e2e;
 mod e2e_files;
+mod e2e_inspect;
 mod e2e_mainline;
 mod e2e_monitor;
 mod e2e_ownership;
@@ -51,10 +53,22 @@ enum Command {
         /// RAM sizes to measure.
         #[arg(long, value_delimiter = ',', default_value = "256M,1G,4G,16G")]
         sizes: Vec<String>,
+        /// Measured runs per copy-mode row.
+        #[arg(long, default_value_t = 3)]
+        copy_runs: u32,
+        /// Only the copy-mode tables (mainline, RAM copied into the file).
+        #[arg(long)]
+        copy_only: bool,
         /// Measure only these tables: reboot (V7 cpr-save/cpr-load), handoff (cpr-transfer
-        /// and cpr-exec), copy (mainline, RAM in place vs copied). Default: all.
+        /// and cpr-exec), copy (mainline, RAM copied). Default: all.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Amounts of guest data for the copy-mode rows at a fixed RAM size.
+        #[arg(long, value_delimiter = ',', default_value = "64M,512M,2G")]
+        data: Vec<String>,
+        /// The fixed RAM size of those rows.
+        #[arg(long, default_value = "4G")]
+        data_mem: String,
     },
     /// Real cpr-vm processes over QMP: save/quit/start/load scenarios, one line each.
     E2e {
@@ -75,12 +89,29 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ci { no_lint } => ci::run(!no_lint),
-        Command::Bench { runs, sizes, only } => ci::build_vm().and_then(|binary| {
+        Command::Bench {
+            runs,
+            sizes,
+            copy_runs,
+            copy_only,
+            only,
+            data,
+            data_mem,
+        } => ci::build_vm().and_then(|binary| {
             let out = ci::workspace_root()
                 .join("target")
                 .join("bench")
                 .join("cpr-bench.json");
-            bench::run(&binary, runs, &sizes, &only, &out)
+            let opts = bench::Options {
+                runs,
+                copy_runs,
+                sizes,
+                copy_only,
+                only,
+                data,
+                data_mem,
+            };
+            bench::run(&binary, &opts, &out)
         }),
         Command::E2e {
             cycles,

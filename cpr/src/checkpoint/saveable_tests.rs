@@ -659,3 +659,176 @@ proptest! {
         check_damaged(kind, &checkpoint(kind), &damages)?;
     }
 }
+
+// ---------------------------------------------------------------------- inspect
+
+/// Inspects `bytes` without a machine; with `ram`, copied pages are extracted into it.
+fn inspected(bytes: &[u8], ram: Option<&mut TestRam>) -> cpr_savevm::Result<Inspection> {
+    let open = || Ok(QemuFile::from_bytes(bytes.to_vec(), "inspect"));
+    inspect(open, ram.map(|r| r as &mut dyn RamBlocks))
+}
+
+#[test]
+fn inspect_describes_each_kind_without_a_machine() {
+    for (kind, expected, runstate) in [
+        (Kind::V7, CheckpointKind::CprSave, RunState::Paused),
+        (
+            Kind::InPlace,
+            CheckpointKind::MainlineInPlace,
+            RunState::Suspended,
+        ),
+        (
+            Kind::Copied,
+            CheckpointKind::MainlineCopied,
+            RunState::Running,
+        ),
+    ] {
+        let i = inspected(&checkpoint(kind), None).expect("a valid checkpoint");
+        assert_eq!(i.kind, expected, "{kind:?}");
+        assert_eq!(i.runstate, runstate, "{kind:?}");
+        assert_eq!(i.layout.vcpus, kind.vcpus(), "{kind:?}");
+        assert_eq!(i.layout.ram[0].idstr, "pc.ram");
+        assert_eq!(i.layout.ram[0].copied, matches!(kind, Kind::Copied));
+        let names: Vec<_> = i
+            .sections
+            .iter()
+            .map(|s| (s.idstr.as_str(), s.instance_id))
+            .collect();
+        assert_eq!(names[..2], [("cpr-machine", 0), ("globalstate", 0)]);
+        assert_eq!(
+            names.iter().filter(|(n, _)| *n == "cpu").count(),
+            kind.vcpus() as usize
+        );
+        // Sections follow each other: each starts where the previous one ended.
+        for w in i.sections.windows(2) {
+            assert_eq!(w[0].offset + w[0].size, w[1].offset, "{kind:?}");
+        }
+        match (&i.ram, kind) {
+            (None, Kind::V7) => {}
+            (Some(r), Kind::InPlace) => assert_eq!((r.pages, r.zero_pages), (0, 0)),
+            (Some(r), Kind::Copied) => {
+                assert_eq!((r.pages, r.zero_pages), (2, RAM_PAGES - 2));
+                assert_eq!(r.offset + r.size, i.sections[0].offset);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn inspect_extracts_copied_ram_only_from_a_sound_file() {
+    let bytes = checkpoint(Kind::Copied);
+    let open = || Ok(QemuFile::from_bytes(bytes.clone(), "inspect"));
+    let blocks = stream_ram_blocks(open).expect("blocks").blocks;
+    assert_eq!(blocks, [RamBlockDesc::copied("pc.ram", RAM_PAGES * PAGE)]);
+    let mut ram = TestRam::new(false, 0xff);
+    inspected(&bytes, Some(&mut ram)).expect("extracted");
+    let mut expected = vec![0u8; ram.mem.len()];
+    expected[4096..8192].fill(0xab);
+    expected[5 * 4096 + 7] = 1;
+    assert!(
+        ram.mem == expected,
+        "the extracted RAM is not the saved RAM"
+    );
+    // A flipped byte in a page: the checksum refuses it before any page is written.
+    let mut bad = bytes.clone();
+    let at = bad
+        .windows(8)
+        .position(|w| w == [0xab; 8])
+        .expect("the page's data");
+    bad[at] ^= 1;
+    let mut ram = TestRam::new(false, 0xff);
+    let err = inspected(&bad, Some(&mut ram)).expect_err("damaged");
+    assert!(
+        matches!(err, cpr_savevm::Error::ChecksumMismatch { .. }),
+        "{err:?}"
+    );
+    assert!(
+        ram.mem.iter().all(|&b| b == 0xff),
+        "RAM written from a damaged file"
+    );
+    // Streams without pages have nothing to extract.
+    let open = || Ok(QemuFile::from_bytes(checkpoint(Kind::V7), "inspect"));
+    assert_eq!(stream_ram_blocks(open).expect("v7").blocks, []);
+}
+
+#[test]
+fn inspect_refuses_damaged_files_with_the_loaders_errors() {
+    for kind in [Kind::V7, Kind::InPlace, Kind::Copied] {
+        let good = checkpoint(kind);
+        // Truncated anywhere.
+        for cut in (0..good.len()).step_by(97).chain([good.len() - 1]) {
+            assert!(
+                inspected(&good[..cut], None).is_err(),
+                "{kind:?} cut at {cut}"
+            );
+        }
+        // Wrong magic.
+        let mut bad = good.clone();
+        bad[3] ^= 0x20;
+        let err = inspected(&bad, None).expect_err("magic");
+        assert!(
+            matches!(err, cpr_savevm::Error::NotVmstateFile { .. }),
+            "{err:?}"
+        );
+        // A flipped byte, and a wrong checksum.
+        let mut bad = good.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x01;
+        assert!(inspected(&bad, None).is_err(), "{kind:?} flipped byte");
+        let mut bad = good.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0x01;
+        let err = inspected(&bad, None).expect_err("checksum");
+        assert!(
+            matches!(err, cpr_savevm::Error::ChecksumMismatch { .. }),
+            "{err:?}"
+        );
+    }
+    // What the loader refuses for a value the saver never writes, inspect refuses alike.
+    let bytes = v7_with(|_, _, s| s.vcpus[0].msrs.clear());
+    let err = inspected(&bytes, None).expect_err("no MSRs");
+    assert_eq!(chain(&err), refused(&bytes));
+}
+
+#[test]
+fn inspect_wants_one_cpu_section_per_vcpu_of_the_checkpoint() {
+    // cpr-machine says 1 vCPU, the stream holds 2 cpu sections: a machine of 1 vCPU
+    // knows no second one, and inspect takes the checkpoint's own word for the shape.
+    let bytes = save(local(1), RunState::Running, machine(2), None);
+    load(&bytes, local(1), None).expect_err("a second vCPU this machine has not");
+    let err = chain(&inspected(&bytes, None).expect_err("two cpus for one"));
+    assert!(
+        err.ends_with("a section for vCPU 1, but the checkpoint's machine has 1"),
+        "{err}"
+    );
+    // And 2 vCPUs with one cpu section.
+    let mut state = machine(2);
+    state.vcpus.pop();
+    let bytes = save(local(2), RunState::Running, state, None);
+    inspected(&bytes, None).expect_err("a vCPU without its section");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Whatever a machine of the checkpoint's shape loads, inspect accepts with the same
+    /// values; and a damaged file never makes it panic.
+    #[test]
+    fn inspect_accepts_what_the_loader_accepts(
+        kind in prop::sample::select(vec![Kind::V7, Kind::InPlace, Kind::Copied]),
+        damages in prop::collection::vec(damage(), 1..4),
+    ) {
+        let mut bytes = checkpoint(kind);
+        for d in &damages {
+            apply(&mut bytes, d);
+        }
+        fix_crc(&mut bytes);
+        let inspected = inspected(&bytes, None);
+        let mut ram = kind.ram();
+        if let Ok((rs, _, layout)) = load(&bytes, local(kind.vcpus()), ram.as_mut()) {
+            let i = inspected.map_err(|e| TestCaseError::fail(chain(&e)))?;
+            prop_assert_eq!((i.runstate, i.layout), (rs, layout));
+        }
+    }
+}

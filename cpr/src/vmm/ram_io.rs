@@ -12,7 +12,7 @@ use cpr_savevm::{BoxError, RamBlockDesc, RamBlocks};
 use nix::unistd::{Whence, lseek};
 use vm_memory::{Bytes, GuestAddress};
 
-/// Chunk used to compare and clear zero runs.
+/// Chunk used to compare and clear zero runs where pages cannot be discarded.
 const ZERO_CHUNK: usize = 64 * 1024;
 
 /// Mainline's rule for which blocks stay in place: with `x-ignore-shared`, a block that is
@@ -32,12 +32,44 @@ pub(super) fn is_fresh(ram: &GuestRam) -> bool {
         .all(|b| matches!(b.origin(), Origin::Anonymous | Origin::Created))
 }
 
+/// One guest window of a block: its bytes `start..end` of the block, mapped at `guest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: u64,
+    end: u64,
+    guest: GuestAddress,
+}
+
+/// The piece of `pos..pos+left` (block offsets) that starts at `pos`, lies inside one
+/// window and is at most `max` long: its guest address and length. `None` if no window
+/// holds `pos`. Windows need not be a multiple of any chunk size apart (`pc.ram` changes
+/// window at 3 GiB, which a 64 KiB piece starting at 3 GiB - 8 KiB crosses).
+fn piece(spans: &[Span], pos: u64, left: u64, max: u64) -> Option<(GuestAddress, u64)> {
+    let s = spans.iter().find(|s| s.start <= pos && pos < s.end)?;
+    let n = left.min(max).min(s.end - pos);
+    Some((GuestAddress(s.guest.0 + (pos - s.start)), n))
+}
+
+/// What a load knows about a copied block's old contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Old {
+    /// Not looked at yet: discarded before the block's first page is loaded.
+    Unknown,
+    /// Reads as zeros (fresh, or discarded): zero runs need nothing.
+    Zero,
+    /// May hold old data that could not be discarded (a private file mapping): zero runs
+    /// are read and cleared where not zero.
+    Stale,
+}
+
 /// [`RamBlocks`] over a [`GuestRam`].
 pub(super) struct GuestRamIo<'a> {
     ram: &'a GuestRam,
     ignore_shared: bool,
-    /// RAM nobody has written since it was mapped: zero runs need no clearing.
-    pristine: bool,
+    /// Each block's windows, by block offset.
+    spans: Vec<Vec<Span>>,
+    /// Each block's old contents, for loading.
+    old: Vec<Old>,
     /// RAM files to tag `running` before the first write: once pages are copied in, no
     /// checkpoint that left this RAM in place describes it any more.
     retag: Vec<PathBuf>,
@@ -48,10 +80,26 @@ impl<'a> GuestRamIo<'a> {
     /// A view of `ram`; `ignore_shared` is the `x-ignore-shared` capability; `pristine`
     /// says the RAM still reads as zeros everywhere (see [`is_fresh`]).
     pub(super) fn new(ram: &'a GuestRam, ignore_shared: bool, pristine: bool) -> Self {
+        let spans = ram
+            .blocks()
+            .iter()
+            .map(|b| {
+                b.windows()
+                    .iter()
+                    .map(|w| Span {
+                        start: w.offset_in_block(),
+                        end: w.offset_in_block() + w.size(),
+                        guest: w.guest_addr(),
+                    })
+                    .collect()
+            })
+            .collect();
+        let old = if pristine { Old::Zero } else { Old::Unknown };
         GuestRamIo {
             ram,
             ignore_shared,
-            pristine,
+            spans,
+            old: vec![old; ram.blocks().len()],
             retag: Vec::new(),
             retagged: false,
         }
@@ -68,50 +116,75 @@ impl<'a> GuestRamIo<'a> {
         self.retagged
     }
 
-    fn before_write(&mut self) {
+    fn block(&self, block: usize) -> Result<&'a MappedBlock, BoxError> {
+        self.ram
+            .blocks()
+            .get(block)
+            .ok_or_else(|| BoxError::from(format!("no RAM block {block}")))
+    }
+
+    /// Before the first page of `block` is loaded: tag the RAM files `running`, and make
+    /// the block read as zeros by freeing its pages (nothing read, nothing allocated), so
+    /// that what the stream does not fill in is zero at no cost. The loader has checked
+    /// the whole stream by then, and a copied block's records cover all of it.
+    fn before_write(&mut self, block: usize) -> Result<(), BoxError> {
         if !self.retagged {
             super::epoch::tag(&self.retag, super::epoch::RUNNING);
             self.retagged = true;
         }
-    }
-
-    /// Guest address of `offset..offset+len` in `block`; the range must lie in one window.
-    fn guest_addr(&self, block: usize, offset: u64, len: u64) -> Result<GuestAddress, BoxError> {
-        let b = self
-            .ram
-            .blocks()
-            .get(block)
-            .ok_or_else(|| BoxError::from(format!("no RAM block {block}")))?;
-        for w in b.windows() {
-            let start = w.offset_in_block();
-            if offset >= start && offset + len <= start + w.size() {
-                return Ok(GuestAddress(w.guest_addr().0 + (offset - start)));
-            }
+        if self.old.get(block) != Some(&Old::Unknown) {
+            return Ok(());
         }
-        Err(format!(
-            "RAM block {}: {offset:#x}+{len:#x} is not inside one guest window",
-            b.block().idstr()
-        )
-        .into())
+        let b = self.block(block)?;
+        let old = match b.discard() {
+            Ok(Some(how)) => {
+                log::debug!(
+                    "RAM block {}: old contents discarded ({how:?})",
+                    b.block().idstr()
+                );
+                Old::Zero
+            }
+            Ok(None) => Old::Stale,
+            Err(e) => {
+                log::warn!(
+                    "{}: zero pages will be written instead",
+                    crate::error::chain(&e)
+                );
+                Old::Stale
+            }
+        };
+        if let Some(o) = self.old.get_mut(block) {
+            *o = old;
+        }
+        Ok(())
     }
 
-    /// Runs `f` over `offset..offset+len` of `block`, split at window boundaries.
+    /// Runs `f(guest address, offset in the range, length)` over `offset..offset+len` of
+    /// `block`, in pieces of at most `max` bytes that each lie inside one guest window.
     fn each_piece(
         &self,
         block: usize,
         offset: u64,
         len: u64,
+        max: u64,
         mut f: impl FnMut(GuestAddress, usize, usize) -> Result<(), BoxError>,
     ) -> Result<(), BoxError> {
+        let spans = self
+            .spans
+            .get(block)
+            .ok_or_else(|| BoxError::from(format!("no RAM block {block}")))?;
         let mut done = 0u64;
         while done < len {
-            let piece = (len - done).min(ZERO_CHUNK as u64);
-            // A piece never crosses a window: windows are page-aligned and so is `piece`.
-            let addr = self.guest_addr(block, offset + done, piece)?;
-            let at = usize::try_from(done).map_err(|e| BoxError::from(e.to_string()))?;
-            let n = usize::try_from(piece).map_err(|e| BoxError::from(e.to_string()))?;
-            f(addr, at, n)?;
-            done += piece;
+            let pos = offset + done;
+            let Some((addr, n)) = piece(spans, pos, len - done, max) else {
+                return Err(format!(
+                    "RAM block {}: offset {pos:#x} is in no guest window",
+                    self.block(block)?.block().idstr()
+                )
+                .into());
+            };
+            f(addr, usize::try_from(done)?, usize::try_from(n)?)?;
+            done += n;
         }
         Ok(())
     }
@@ -139,7 +212,7 @@ impl RamBlocks for GuestRamIo<'_> {
 
     fn read(&self, block: usize, offset: u64, buf: &mut [u8]) -> Result<(), BoxError> {
         let len = buf.len() as u64;
-        self.each_piece(block, offset, len, |addr, at, n| {
+        self.each_piece(block, offset, len, len, |addr, at, n| {
             self.ram
                 .memory()
                 .read_slice(&mut buf[at..at + n], addr)
@@ -148,8 +221,9 @@ impl RamBlocks for GuestRamIo<'_> {
     }
 
     fn write(&mut self, block: usize, offset: u64, data: &[u8]) -> Result<(), BoxError> {
-        self.before_write();
-        self.each_piece(block, offset, data.len() as u64, |addr, at, n| {
+        self.before_write(block)?;
+        let len = data.len() as u64;
+        self.each_piece(block, offset, len, len, |addr, at, n| {
             self.ram
                 .memory()
                 .write_slice(&data[at..at + n], addr)
@@ -157,18 +231,21 @@ impl RamBlocks for GuestRamIo<'_> {
         })
     }
 
-    /// Clears only what is not already zero: fresh RAM (anonymous, or a new sparse file)
-    /// is read through the zero page and never written, so a mostly-empty guest costs a
-    /// read of its RAM, not a write of it.
+    /// Nothing to do once the block's old contents were discarded ([`Self::before_write`])
+    /// or the RAM is fresh. Otherwise (a private file mapping) only what is not already
+    /// zero is cleared.
     fn zero(&mut self, block: usize, offset: u64, len: u64) -> Result<(), BoxError> {
-        if self.pristine {
+        if self.old.get(block) == Some(&Old::Zero) {
             return Ok(());
         }
-        self.before_write();
+        self.before_write(block)?;
+        if self.old.get(block) == Some(&Old::Zero) {
+            return Ok(());
+        }
         let zeros = vec![0u8; ZERO_CHUNK];
         let mut buf = vec![0u8; ZERO_CHUNK];
         let mem = self.ram.memory();
-        self.each_piece(block, offset, len, |addr, _, n| {
+        self.each_piece(block, offset, len, ZERO_CHUNK as u64, |addr, _, n| {
             mem.read_slice(&mut buf[..n], addr)
                 .map_err(|e| BoxError::from(e.to_string()))?;
             if buf[..n].iter().any(|&b| b != 0) {
@@ -259,4 +336,135 @@ fn data_extents(fd: std::os::fd::BorrowedFd<'_>, len: u64) -> Result<Vec<Range<u
         pos = end;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use cpr_memory::{OpenMode, RamBlock, RamBlockList, pc_ram_windows};
+
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    /// `pc.ram` of `size` at QEMU's x86 layout, anonymous or in a private file `path`.
+    fn pc_ram(size: u64, file: Option<&std::path::Path>) -> GuestRam {
+        let b = RamBlock::builder("pc.ram", size).windows(pc_ram_windows(size));
+        let b = match file {
+            Some(p) => b.file(p).shared(false),
+            None => b,
+        };
+        let blocks = RamBlockList::from_blocks([b.build().expect("block")]).expect("list");
+        GuestRam::map(&blocks, OpenMode::OpenOrCreate).expect("map")
+    }
+
+    #[test]
+    fn pieces_stop_at_the_3_gib_window_boundary() {
+        let spans = [
+            Span {
+                start: 0,
+                end: 3 * GIB,
+                guest: GuestAddress(0),
+            },
+            Span {
+                start: 3 * GIB,
+                end: 5 * GIB,
+                guest: GuestAddress(4 * GIB),
+            },
+        ];
+        // The failing zero run of the issue: 64 KiB from 8 KiB below the boundary.
+        assert_eq!(
+            piece(&spans, 0xbfff_e000, 0x10000, 0x10000),
+            Some((GuestAddress(0xbfff_e000), 0x2000))
+        );
+        assert_eq!(
+            piece(&spans, 3 * GIB, 0xe000, 0x10000),
+            Some((GuestAddress(4 * GIB), 0xe000))
+        );
+        // Within a window: the smaller of what is left and the chunk.
+        assert_eq!(
+            piece(&spans, 4096, 1 << 20, 0x10000),
+            Some((GuestAddress(4096), 0x10000))
+        );
+        assert_eq!(
+            piece(&spans, 3 * GIB + 4096, 8192, 0x10000),
+            Some((GuestAddress(4 * GIB + 4096), 8192))
+        );
+        // The last byte of a window, and past the block.
+        assert_eq!(
+            piece(&spans, 3 * GIB - 1, 2, 2),
+            Some((GuestAddress(3 * GIB - 1), 1))
+        );
+        assert_eq!(piece(&spans, 5 * GIB, 4096, 4096), None);
+    }
+
+    /// A 5 GiB guest (mapped, never touched beyond a few pages): writes and zero runs that
+    /// straddle the 3 GiB boundary land on both sides of the MMIO hole.
+    #[test]
+    fn ranges_across_the_window_boundary_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pc.ram");
+        // A private file mapping: its old contents cannot be discarded, so zero runs are
+        // read and cleared piece by piece.
+        for file in [None, Some(path.as_path())] {
+            let ram = pc_ram(5 * GIB, file);
+            let mem = ram.memory();
+            let at = 3 * GIB - 0x2000;
+            mem.write_slice(&[0xee; 0x2000], GuestAddress(at))
+                .expect("below");
+            mem.write_slice(&[0xee; 0x20000], GuestAddress(4 * GIB))
+                .expect("above");
+            let mut io = GuestRamIo::new(&ram, false, false);
+            io.write(0, at, &[0xab; 0x10000]).expect("write across");
+            let mut back = vec![0; 0x10000];
+            io.read(0, at, &mut back).expect("read across");
+            assert!(back.iter().all(|&b| b == 0xab));
+            let mut below = [0u8; 0x2000];
+            mem.read_slice(&mut below, GuestAddress(at)).expect("below");
+            assert!(below.iter().all(|&b| b == 0xab));
+            io.zero(0, at + 0x10000, 0x10000).expect("zero across");
+            let mut above = vec![0u8; 0x20000];
+            mem.read_slice(&mut above, GuestAddress(4 * GIB))
+                .expect("above");
+            assert!(above[..0xe000].iter().all(|&b| b == 0xab), "{file:?}");
+            assert!(above[0xe000..0x1e000].iter().all(|&b| b == 0), "{file:?}");
+            // Anonymous RAM was discarded before the first write: the rest reads zeros;
+            // a private file keeps what the zero runs did not cover.
+            let tail = if file.is_some() { 0xee } else { 0 };
+            assert!(above[0x1e000..].iter().all(|&b| b == tail), "{file:?}");
+        }
+    }
+
+    /// Loading into RAM that held data leaves no old byte behind, wherever the stream's
+    /// zero runs fall, and frees the pages instead of writing them.
+    #[test]
+    fn loading_frees_the_old_contents_of_shared_files() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pc.ram");
+        let size = 64 << 20;
+        let block = RamBlock::builder("pc.ram", size)
+            .file(&path)
+            .shared(true)
+            .build()
+            .expect("block");
+        let blocks = RamBlockList::from_blocks([block]).expect("list");
+        let ram = GuestRam::map(&blocks, OpenMode::OpenOrCreate).expect("map");
+        let full = vec![0x5a; usize::try_from(size).expect("size")];
+        ram.memory()
+            .write_slice(&full, GuestAddress(0))
+            .expect("fill");
+        let mut io = GuestRamIo::new(&ram, false, false);
+        io.zero(0, 0, 4096).expect("zero run");
+        io.write(0, 4096, &[1; 4096]).expect("page");
+        io.zero(0, 8192, size - 8192).expect("zero run");
+        let mut back = vec![0xff; full.len()];
+        ram.memory()
+            .read_slice(&mut back, GuestAddress(0))
+            .expect("read");
+        assert!(back[..4096].iter().all(|&b| b == 0));
+        assert!(back[4096..8192].iter().all(|&b| b == 1));
+        assert!(back[8192..].iter().all(|&b| b == 0));
+        let allocated = std::fs::metadata(&path).expect("meta").blocks() * 512;
+        assert!(allocated <= 64 * 1024, "{allocated} bytes still allocated");
+    }
 }

@@ -25,6 +25,10 @@ pub struct RamSummary {
     /// Zero pages: ZERO records, and pages of copied blocks that no record
     /// covers (never populated at the source).
     pub zero_pages: u64,
+    /// Offset of the START section's type byte.
+    pub offset: u64,
+    /// Bytes from START's type byte through END's footer.
+    pub size: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +66,14 @@ pub(crate) struct RamLoader<'r> {
     zero_pages: u64,
     /// Pages to zero not yet handed to the sink: (local block, start, end).
     pending_zero: Option<(usize, u64, u64)>,
+    /// Take the stream's block list as the local one ([`RamLoader::adopting`]).
+    adopt: bool,
+    /// Offset of START's type byte, and of the byte after END's footer.
+    span: (u64, u64),
 }
+
+/// Most blocks [`RamLoader::adopting`] takes from a stream.
+const MAX_ADOPTED_BLOCKS: usize = 256;
 
 impl<'r> RamLoader<'r> {
     /// A loader for `local` (validated) with `x-ignore-shared` as
@@ -90,7 +101,37 @@ impl<'r> RamLoader<'r> {
             pages: 0,
             zero_pages: 0,
             pending_zero: None,
+            adopt: false,
+            span: (0, 0),
         })
+    }
+
+    /// A loader without local RAM that takes the block list of the stream's START section
+    /// as its own (each block checked as [`validate_blocks`] checks a local list; whether
+    /// a block stays in place is not in the ram section, so every block is taken as
+    /// copied), then checks the rest against it; pages are skipped. `ignore_shared` is what
+    /// the stream's configuration section announced. For a tool that describes a stream
+    /// without a VM.
+    pub(crate) fn adopting(ignore_shared: bool) -> Self {
+        RamLoader {
+            local: Vec::new(),
+            ignore_shared,
+            sink: None,
+            phase: Phase::Idle,
+            blocks: Vec::new(),
+            last: None,
+            page: Vec::new(),
+            pages: 0,
+            zero_pages: 0,
+            pending_zero: None,
+            adopt: true,
+            span: (0, 0),
+        }
+    }
+
+    /// The local block list (the stream's, for an [adopting](Self::adopting) loader).
+    pub(crate) fn local_blocks(&self) -> &[RamBlockDesc] {
+        &self.local
     }
 
     /// Read the configuration section that opens the stream and check it
@@ -136,6 +177,8 @@ impl<'r> RamLoader<'r> {
             blocks: self.descs().cloned().collect(),
             pages: self.pages,
             zero_pages: self.zero_pages,
+            offset: self.span.0,
+            size: self.span.1 - self.span.0,
         })
     }
 
@@ -197,6 +240,7 @@ impl<'r> RamLoader<'r> {
         self.last = None;
         self.records(f).map_err(wrap)?;
         check_section_footer(f, RAM_IDSTR, hdr.section_id)?;
+        self.span = (offset, f.position());
         self.phase = Phase::Open(hdr.section_id, hdr.version_id);
         Ok(())
     }
@@ -224,6 +268,7 @@ impl<'r> RamLoader<'r> {
             self.finish().map_err(wrap)?;
         }
         check_section_footer(f, RAM_IDSTR, section_id)?;
+        self.span.1 = f.position();
         if ty == QEMU_VM_SECTION_END {
             self.phase = Phase::Done(sid, version);
         }
@@ -264,6 +309,21 @@ impl<'r> RamLoader<'r> {
                         local: RAM_BLOCK_ADDR,
                     });
                 }
+            }
+            if self.adopt && !self.local.iter().any(|b| b.idstr == idstr) {
+                if self.local.len() >= MAX_ADOPTED_BLOCKS {
+                    return Err(Error::BadRamBlockList {
+                        offset: at,
+                        reason: format!("more than {MAX_ADOPTED_BLOCKS} blocks"),
+                    });
+                }
+                let desc = RamBlockDesc {
+                    idstr: idstr.clone(),
+                    used_length: len,
+                    ignored: false,
+                };
+                validate_blocks(std::slice::from_ref(&desc), self.ignore_shared)?;
+                self.local.push(desc);
             }
             let Some((local, desc)) = self
                 .local
