@@ -115,7 +115,7 @@ fn run_in(dir: &Path, args: &DemoArgs) -> Result<(), AppError> {
         let continued = c.after.progress >= c.before.progress;
         let restarted = c.after.progress < c.before.progress;
         println!(
-            "cycle {n}: cpr-save {:.1} ms ({} bytes) | quit answered {:.1} ms | new process ready {:.1} ms | cpr-load {:.1} ms | first progress {:.1} ms | blackout {:.1} ms (old process gone after {:.1} ms, off the critical path)",
+            "cycle {n}: cpr-save {:.1} ms ({} bytes) | quit answered {:.1} ms | new process ready {:.1} ms | cpr-load {:.1} ms | first progress {:.1} ms | blackout {:.1} ms | guest paused {} (STOP -> RESUME) | old process gone after {:.1} ms, off the critical path",
             ms(c.save),
             c.state_bytes,
             ms(c.exit),
@@ -123,6 +123,7 @@ fn run_in(dir: &Path, args: &DemoArgs) -> Result<(), AppError> {
             ms(c.load),
             ms(c.first_progress),
             ms(c.blackout),
+            opt_ms(c.guest_pause),
             ms(c.old_gone)
         );
         println!(

@@ -60,6 +60,34 @@
 //! anonymous pages dropped: [`cpr_memory::MappedBlock::discard`]) instead of reading and
 //! clearing them as QEMU does, so a load costs what the stream carries, not the RAM size.
 //!
+//! ## Live update by hand-off: `cpr-transfer` (QEMU 10.0) and `cpr-exec` (QEMU 10.2)
+//!
+//! Guest RAM in a memfd (`--mem-backend memfd`) has no path: it survives a process only
+//! by its descriptor being handed on. `vmm/handoff.rs` is the CPR state that carries it
+//! (and the monitor's listening socket): over a `cpr` channel with `SCM_RIGHTS`, or in a
+//! memfd named by `CPR_VM_EXEC_STATE` across `exec`. `vmm/transfer.rs` is `migrate` in
+//! `cpr-transfer` mode and the new process's side; `vmm/exec.rs` is `cpr-exec`. The main
+//! channel carries the same checkpoint sections as every other path, through the same
+//! whole-file check. Where we do better than QEMU:
+//!
+//! * **The machine is built before the state arrives.** A process waiting for state
+//!   (`-S`, `--incoming`) builds its KVM VM, memslots, irqchip, PIT, vCPU threads and
+//!   devices at start-up; a cpr-transfer target does it on reserved address space
+//!   ([`cpr_memory::GuestRam::reserve`]) before the memfd arrives, and says READY only
+//!   then. The old process stops its guest after READY, so the guest pauses for the
+//!   state's transfer and restore only (under a millisecond here). QEMU builds the new
+//!   machine after the cpr state arrives.
+//! * **The hand-over has a commit point.** The new process checks the whole stream, then
+//!   ACCEPTs; only then does the old one release the RAM lock (`vmm/ownership.rs`) and the
+//!   new one take it. A new process that dies or refuses before that leaves the old VM
+//!   running, its RAM untouched and its lock kept. QEMU's source cannot tell.
+//! * **The old process's teardown is off the critical path.** In cpr-transfer the new
+//!   guest runs while the old process exits; in cpr-exec a `CLONE_VM` helper keeps the old
+//!   address space and KVM VM alive across the `exec` and tears them down after the new
+//!   image runs.
+//! * cpr-reboot refuses memfd RAM (`Memory region pc.ram is a memfd: ...`): it would be
+//!   lost with the process. QEMU copies it.
+//!
 //! ## The V7 checklist, and where we differ
 //!
 //! The V7 checklist (each step of `cpr-save` and `cpr-load`, the code that does it and the

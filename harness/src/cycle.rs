@@ -31,6 +31,9 @@ pub struct Cycle {
     pub first_progress: Duration,
     /// `cpr-save` sent until the guest's first report in the new process.
     pub blackout: Duration,
+    /// STOP in the old process to RESUME in the new one, by their event timestamps: how
+    /// long the guest did not run.
+    pub guest_pause: Option<Duration>,
     /// Size of the state file.
     pub state_bytes: u64,
 }
@@ -110,6 +113,16 @@ pub fn cycle(
     let after = vm.wait_new_report(Duration::from_secs(20))?;
     let first_progress = t3.elapsed();
     let blackout = t0.elapsed();
+    let ts = |e: cpr::qmp::Event| e.timestamp.seconds * 1_000_000 + e.timestamp.microseconds;
+    let guest_pause = match (
+        old.wait_event("STOP", Duration::from_millis(100)),
+        vm.wait_event("RESUME", Duration::from_millis(100)),
+    ) {
+        (Ok(stop), Ok(resume)) => u64::try_from(ts(resume) - ts(stop))
+            .ok()
+            .map(Duration::from_micros),
+        _ => None,
+    };
     let status = old.wait_exit(Duration::from_secs(20))?;
     let old_gone = t1.elapsed();
     if !status.success() {
@@ -130,6 +143,7 @@ pub fn cycle(
             load,
             first_progress,
             blackout,
+            guest_pause,
             state_bytes,
         },
     ))

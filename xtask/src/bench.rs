@@ -56,13 +56,14 @@ pub fn stats(mut values: Vec<f64>) -> (f64, f64, f64) {
 
 type Phase = (&'static str, fn(&Cycle) -> Duration);
 
-const PHASES: [Phase; 7] = [
+const PHASES: [Phase; 8] = [
     ("cpr-save", |c| c.save),
     ("quit answered", |c| c.exit),
     ("start", |c| c.start),
     ("cpr-load", |c| c.load),
     ("first progress", |c| c.first_progress),
     ("blackout", |c| c.blackout),
+    ("guest pause", |c| c.guest_pause.unwrap_or_default()),
     ("old process gone", |c| c.old_gone),
 ];
 

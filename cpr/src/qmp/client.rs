@@ -105,7 +105,7 @@ impl QmpClient {
                         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
                     ) && Instant::now() < deadline =>
                 {
-                    thread::sleep(Duration::from_millis(1));
+                    thread::sleep(Duration::from_micros(200));
                 }
                 Err(e)
                     if matches!(
