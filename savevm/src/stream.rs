@@ -298,7 +298,9 @@ struct StagedSection {
 pub struct LoadedState {
     stamp: (u64, u64),
     sections: Vec<StagedSection>,
-    vmdesc: serde_json::Value,
+    /// The vmdesc as the stream holds it (checked byte for byte); parsed on demand.
+    vmdesc_json: Vec<u8>,
+    vmdesc: std::sync::OnceLock<serde_json::Value>,
     ram: Option<RamSummary>,
 }
 
@@ -324,9 +326,12 @@ impl LoadedState {
         self.sections.iter().map(|s| &s.info)
     }
 
-    /// The vmdesc JSON of the stream.
+    /// The vmdesc JSON of the stream (parsed the first time it is asked for: the loader
+    /// checks it byte for byte, which needs no parsing).
     pub fn vmdesc(&self) -> &serde_json::Value {
-        &self.vmdesc
+        self.vmdesc.get_or_init(|| {
+            serde_json::from_slice(&self.vmdesc_json).unwrap_or(serde_json::Value::Null)
+        })
     }
 
     /// The `ram` section, when loaded with [`load_state`](crate::load_state) and RAM.
@@ -493,7 +498,7 @@ pub(crate) fn parse_stream(
         .collect();
     let ram = ram.and_then(|r| r.summary());
     let ram_blocks = ram.as_ref().map(|r| r.blocks.as_slice());
-    let vmdesc = vmdesc::check(
+    vmdesc::check(
         &json,
         json_offset,
         configuration.as_ref(),
@@ -505,7 +510,8 @@ pub(crate) fn parse_stream(
     let loaded = LoadedState {
         stamp: registry.stamp(),
         sections,
-        vmdesc,
+        vmdesc_json: json,
+        vmdesc: std::sync::OnceLock::new(),
         ram,
     };
     if let Some(check) = &registry.stream_check {

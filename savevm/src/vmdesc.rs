@@ -219,14 +219,28 @@ impl VmDesc {
 /// no `ram` entry when `None`): its `devices` list names the sections, its
 /// `ram` entry keeps in place the blocks this side keeps in place
 /// ([`Error::RamIgnoredMismatch`] otherwise), and, byte for byte, it is
-/// [`VmDesc::to_json`] of them. Returns the parsed value.
+/// [`VmDesc::to_json`] of them.
+///
+/// The description the saver would write is built first: when the stream holds exactly
+/// that, nothing needs parsing (the common case, and the one on cpr-transfer's critical
+/// path); otherwise the JSON is parsed to say what differs.
 pub(crate) fn check(
     json: &[u8],
     offset: u64,
     configuration: Option<&VmsdDesc>,
     sections: &[DeviceDesc],
     ram: Option<&[RamBlockDesc]>,
-) -> Result<Value> {
+) -> Result<()> {
+    let expected = VmDesc {
+        configuration: configuration.cloned(),
+        page_size: crate::consts::TARGET_PAGE_SIZE,
+        ram: ram.map(RamDesc::new),
+        devices: sections.to_vec(),
+    }
+    .to_json();
+    if json == expected.as_slice() {
+        return Ok(());
+    }
     let value: Value =
         serde_json::from_slice(json).map_err(|source| Error::VmdescJson { offset, source })?;
     let mismatch = |reason: String| Error::VmdescMismatch { reason };
@@ -252,27 +266,18 @@ pub(crate) fn check(
         }
     }
     check_ram(&value, ram)?;
-    let expected = VmDesc {
-        configuration: configuration.cloned(),
-        page_size: crate::consts::TARGET_PAGE_SIZE,
-        ram: ram.map(RamDesc::new),
-        devices: sections.to_vec(),
+    let reason = match sections
+        .iter()
+        .enumerate()
+        .find(|(i, s)| serde_json::to_value(s).ok().as_ref() != devices.get(*i))
+    {
+        Some((i, s)) => format!(
+            "device {i} ('{}' instance {}) does not describe the fields its section holds",
+            s.name, s.instance_id
+        ),
+        None => "it is not the description the saver writes for this stream".into(),
     };
-    if json != expected.to_json().as_slice() {
-        let reason = match sections
-            .iter()
-            .enumerate()
-            .find(|(i, s)| serde_json::to_value(s).ok().as_ref() != devices.get(*i))
-        {
-            Some((i, s)) => format!(
-                "device {i} ('{}' instance {}) does not describe the fields its section holds",
-                s.name, s.instance_id
-            ),
-            None => "it is not the description the saver writes for this stream".into(),
-        };
-        return Err(mismatch(reason));
-    }
-    Ok(value)
+    Err(mismatch(reason))
 }
 
 fn check_ram(value: &Value, ram: Option<&[RamBlockDesc]>) -> Result<()> {

@@ -255,15 +255,14 @@ fn mainline_migrate_and_migrate_incoming() {
     assert_eq!(new.state(), RunState::Inmigrate);
 
     old.ok(migrate(state));
-    // The run-state events go out once the command is done, after the MIGRATION ones
-    // (QEMU sends STOP between `setup` and `active`).
+    // STOP goes out when the guest stops: between `setup` and `active`, as in QEMU.
     assert_eq!(
         old.events(),
         [
             Event::Migration(MigrationStatus::Setup),
+            STOP,
             Event::Migration(MigrationStatus::Active),
             Event::Migration(MigrationStatus::Completed),
-            STOP,
         ]
     );
     assert_eq!(old.state(), RunState::Postmigrate);
@@ -284,13 +283,15 @@ fn mainline_migrate_and_migrate_incoming() {
     );
 
     new.ok(migrate_incoming(state));
+    // RESUME as the guest resumes, then `completed` (QEMU's
+    // `process_incoming_migration_bh`: the state changes come before the event).
     assert_eq!(
         new.events(),
         [
             Event::Migration(MigrationStatus::Setup),
             Event::Migration(MigrationStatus::Active),
-            Event::Migration(MigrationStatus::Completed),
             RESUME,
+            Event::Migration(MigrationStatus::Completed),
         ]
     );
     assert_eq!(new.state(), RunState::Running);
@@ -384,9 +385,9 @@ fn failed_migrate_is_status_failed_and_the_guest_runs_on() {
         vm.events(),
         [
             Event::Migration(MigrationStatus::Setup),
+            STOP,
             Event::Migration(MigrationStatus::Active),
             Event::Migration(MigrationStatus::Failed),
-            STOP,
             RESUME,
         ]
     );

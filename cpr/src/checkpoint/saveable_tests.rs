@@ -832,3 +832,22 @@ proptest! {
         }
     }
 }
+
+/// How long a whole-file check of a V7 checkpoint takes (run by hand: `--ignored`).
+#[test]
+#[ignore = "a timing probe, run by hand"]
+fn parse_timing_probe() {
+    let bytes = checkpoint(Kind::V7);
+    let n = 2000;
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        let open = || Ok(QemuFile::from_bytes(bytes.clone(), "cpr-load"));
+        parse(open, local(Kind::V7.vcpus()), None).expect("parse");
+    }
+    println!("parse: {:?} per checkpoint", t.elapsed() / n);
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        save(local(2), RunState::Paused, machine(2), None);
+    }
+    println!("save: {:?} per checkpoint", t.elapsed() / n);
+}

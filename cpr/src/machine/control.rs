@@ -244,6 +244,25 @@ impl Machine {
         Ok(m)
     }
 
+    /// Gives every vCPU of this machine, which has not run, the CPUID table a boot gives
+    /// it: a machine built ahead of a restore then need not set it when the state
+    /// arrives, if the state carries the same table (a restore of another table sets
+    /// that one). Nothing else changes.
+    pub fn preset_cpuid(&mut self) -> Result<()> {
+        self.expect(Lifecycle::Created, "preset CPUID")?;
+        let mut acks = Vec::with_capacity(self.vcpus);
+        for index in 0..self.vcpus {
+            let cpuid = Box::new(boot_cpuid(&self.kvm, index)?);
+            let (ack, rx) = channel();
+            self.shared.send(index, Command::SetCpuid { cpuid, ack })?;
+            acks.push(rx);
+        }
+        for (index, rx) in acks.iter().enumerate() {
+            wait_ack(index, "set its CPUID", rx)??;
+        }
+        Ok(())
+    }
+
     /// Load the built-in guest into RAM and start every vCPU at its entry point.
     pub fn boot(&mut self) -> Result<()> {
         self.expect(Lifecycle::Created, "boot")?;
@@ -284,6 +303,8 @@ impl Machine {
         }
         // vCPUs first (each in Firecracker's order, see vcpu_state.rs), then the VM-wide
         // state, whose kvmclock should be set last before the vCPUs may run.
+        // Every vCPU thread restores its own state at once; then all are waited for.
+        let mut acks = Vec::with_capacity(self.vcpus);
         for (index, vs) in state.vcpus.iter().enumerate() {
             let (ack, rx) = channel();
             let cmd = Command::Restore {
@@ -291,7 +312,10 @@ impl Machine {
                 ack,
             };
             self.shared.send(index, cmd)?;
-            wait_ack(index, "restore its state", &rx)??;
+            acks.push(rx);
+        }
+        for (index, rx) in acks.iter().enumerate() {
+            wait_ack(index, "restore its state", rx)??;
         }
         restore_vm(&self.vm, &state.vm)?;
         let d = &self.shared.devices;
@@ -309,7 +333,8 @@ impl Machine {
         if self.lifecycle != Lifecycle::Paused && !self.is_suspended() {
             return Err(Error::NotPaused("capture"));
         }
-        let mut vcpus = Vec::with_capacity(self.vcpus);
+        // Every vCPU thread captures its own state at once; then all are collected.
+        let mut acks = Vec::with_capacity(self.vcpus);
         for index in 0..self.vcpus {
             let (ack, rx) = channel();
             let cmd = Command::Capture {
@@ -317,15 +342,26 @@ impl Machine {
                 ack,
             };
             self.shared.send(index, cmd)?;
-            vcpus.push(*wait_ack(index, "capture its state", &rx)??);
+            acks.push(rx);
         }
+        // Meanwhile, this thread reads the VM-wide and device state.
+        let vm = capture_vm(&self.vm)?;
         let d = &self.shared.devices;
+        let (serial, pm, testdev) = (
+            lock(&d.serial).state(),
+            lock(&d.pm).state(),
+            lock(&d.testdev).state(),
+        );
+        let mut vcpus = Vec::with_capacity(self.vcpus);
+        for (index, rx) in acks.iter().enumerate() {
+            vcpus.push(*wait_ack(index, "capture its state", rx)??);
+        }
         Ok(MachineState {
             vcpus,
-            vm: capture_vm(&self.vm)?,
-            serial: lock(&d.serial).state(),
-            pm: lock(&d.pm).state(),
-            testdev: lock(&d.testdev).state(),
+            vm,
+            serial,
+            pm,
+            testdev,
         })
     }
 

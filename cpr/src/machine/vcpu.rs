@@ -94,6 +94,14 @@ pub(crate) enum Command {
         /// Reply.
         ack: Sender<Result<()>>,
     },
+    /// Set the CPUID table ahead of a restore (vCPU must be parked, never run): a restore
+    /// that brings the same table need not set it again.
+    SetCpuid {
+        /// CPUID table.
+        cpuid: Box<CpuId>,
+        /// Reply.
+        ack: Sender<Result<()>>,
+    },
     /// Capture the state (vCPU must be parked).
     Capture {
         /// `KVM_GET_MSR_INDEX_LIST`.
@@ -207,6 +215,9 @@ struct VcpuThread {
     running: bool,
     /// Stopped by a fatal exit (shutdown, internal error); `Resume` does not run it.
     stopped: bool,
+    /// The CPUID table this thread last set (KVM returns it as set): a capture reads it
+    /// from here, a restore of the same table skips setting it.
+    cpuid: Option<Vec<kvm_bindings::kvm_cpuid_entry2>>,
 }
 
 /// The body of a vCPU thread.
@@ -223,6 +234,7 @@ pub(crate) fn vcpu_thread(
         shared,
         running: false,
         stopped: false,
+        cpuid: None,
     };
     loop {
         let cmd = if t.running {
@@ -262,7 +274,8 @@ impl VcpuThread {
                 let r = if self.running {
                     Err(Error::NotPaused("capture"))
                 } else {
-                    capture_vcpu(&self.vcpu, self.index, &msr_list).map(Box::new)
+                    capture_vcpu(&self.vcpu, self.index, &msr_list, self.cpuid.as_deref())
+                        .map(Box::new)
                 };
                 let _ = ack.send(r);
             }
@@ -271,7 +284,22 @@ impl VcpuThread {
                     Err(Error::NotPaused("restore"))
                 } else {
                     self.stopped = false;
-                    restore_vcpu(&self.vcpu, self.index, &state)
+                    let r = restore_vcpu(&self.vcpu, self.index, &state, self.cpuid.as_deref());
+                    self.cpuid = r.is_ok().then(|| state.cpuid.clone());
+                    r
+                };
+                let _ = ack.send(r);
+            }
+            Command::SetCpuid { cpuid, ack } => {
+                let r = if self.running {
+                    Err(Error::NotPaused("set CPUID"))
+                } else {
+                    let r = self
+                        .vcpu
+                        .set_cpuid2(&cpuid)
+                        .map_err(self.ioctl_err("KVM_SET_CPUID2"));
+                    self.cpuid = r.is_ok().then(|| cpuid.as_slice().to_vec());
+                    r
                 };
                 let _ = ack.send(r);
             }
@@ -280,7 +308,9 @@ impl VcpuThread {
                     Err(Error::NotPaused("boot"))
                 } else {
                     self.stopped = false;
-                    self.setup_boot(&cpuid)
+                    let r = self.setup_boot(&cpuid);
+                    self.cpuid = r.is_ok().then(|| cpuid.as_slice().to_vec());
+                    r
                 };
                 let _ = ack.send(r);
             }

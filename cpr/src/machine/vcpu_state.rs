@@ -139,7 +139,15 @@ fn set_msrs_chunked(vcpu: &VcpuFd, index: usize, entries: &[kvm_msr_entry]) -> R
 /// pending I/O was completed with an `immediate_exit` run).
 ///
 /// `msr_list` is `Kvm::get_msr_index_list()`.
-pub(crate) fn capture_vcpu(vcpu: &VcpuFd, index: usize, msr_list: &[u32]) -> Result<VcpuState> {
+/// `known_cpuid` is the CPUID table the vCPU was given, if the caller knows it (KVM
+/// returns a table as it was set): it is used instead of a `KVM_GET_CPUID2`, one of the
+/// slowest reads here and one that never changes.
+pub(crate) fn capture_vcpu(
+    vcpu: &VcpuFd,
+    index: usize,
+    msr_list: &[u32],
+    known_cpuid: Option<&[kvm_cpuid_entry2]>,
+) -> Result<VcpuState> {
     // Order (Firecracker's save_state):
     // * KVM_GET_MP_STATE first: it calls kvm_apic_accept_events(), which may change
     //   vCPU/LAPIC state, so everything read afterwards is consistent with it.
@@ -161,11 +169,14 @@ pub(crate) fn capture_vcpu(vcpu: &VcpuFd, index: usize, msr_list: &[u32]) -> Res
     let tsc_khz = vcpu
         .get_tsc_khz()
         .map_err(vcpu_err(index, "KVM_GET_TSC_KHZ"))?;
-    let cpuid = vcpu
-        .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
-        .map_err(vcpu_err(index, "KVM_GET_CPUID2"))?
-        .as_slice()
-        .to_vec();
+    let cpuid = match known_cpuid {
+        Some(known) => known.to_vec(),
+        None => vcpu
+            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+            .map_err(vcpu_err(index, "KVM_GET_CPUID2"))?
+            .as_slice()
+            .to_vec(),
+    };
     let mut msrs = get_msrs_chunked(vcpu, index, msr_list)?;
     // Firecracker's quirk: a TSC_DEADLINE of 0 is saved as the current TSC. On restore
     // the deadline is then "now", so a guest that armed the deadline timer gets its
@@ -201,13 +212,29 @@ pub(crate) fn capture_vcpu(vcpu: &VcpuFd, index: usize, msr_list: &[u32]) -> Res
 }
 
 /// Restore `state` into a freshly created vCPU of a new VM.
-pub(crate) fn restore_vcpu(vcpu: &VcpuFd, index: usize, state: &VcpuState) -> Result<()> {
+/// `set_cpuid` is the CPUID table the vCPU already has, if any (set ahead on a machine
+/// built before the state arrived): when it is the state's, it is not set again.
+pub(crate) fn restore_vcpu(
+    vcpu: &VcpuFd,
+    index: usize,
+    state: &VcpuState,
+    set_cpuid: Option<&[kvm_cpuid_entry2]>,
+) -> Result<()> {
     // 1. CPUID first: KVM derives the vCPU's feature set (XSAVE size, LAPIC features,
     //    MSR validity) from it; every later set is checked against it.
-    let cpuid = CpuId::from_entries(&state.cpuid)
-        .map_err(|_| Error::StateMismatch(format!("{} CPUID entries", state.cpuid.len())))?;
-    vcpu.set_cpuid2(&cpuid)
-        .map_err(vcpu_err(index, "KVM_SET_CPUID2"))?;
+    let same = set_cpuid.is_some_and(|set| {
+        set.len() == state.cpuid.len()
+            && set
+                .iter()
+                .zip(&state.cpuid)
+                .all(|(a, b)| a.as_bytes() == b.as_bytes())
+    });
+    if !same {
+        let cpuid = CpuId::from_entries(&state.cpuid)
+            .map_err(|_| Error::StateMismatch(format!("{} CPUID entries", state.cpuid.len())))?;
+        vcpu.set_cpuid2(&cpuid)
+            .map_err(vcpu_err(index, "KVM_SET_CPUID2"))?;
+    }
     // TSC rate: must match before the TSC MSR is written. Without TSC scaling
     // (KVM_CAP_TSC_CONTROL = 0 here) a different rate cannot be restored.
     let host_khz = vcpu

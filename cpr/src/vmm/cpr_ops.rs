@@ -67,6 +67,15 @@ impl FromStr for CprMode {
     }
 }
 
+/// Where a load is when it calls its commit hook ([`Vmm::load_stream_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LoadStage {
+    /// The whole stream is read and checked; nothing has changed.
+    Checked,
+    /// The state is restored into a machine that has not run; nothing else changed.
+    Restored,
+}
+
 /// Which interface is loading: the run-state rules differ for a suspended guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Flavor {
@@ -204,6 +213,8 @@ impl Vmm {
         if let Err(e) = self.rs.vm_stop(RunState::SaveVm) {
             return Err(self.save_failed(saved_vm_running, suspended, SaveFailure::eio(e)));
         }
+        // STOP goes out when the guest stops, not when the command ends.
+        self.flush_events();
         // 8. cpr_set_mode(mode): a no-op in patch 6 (it becomes real with restart mode, patch
         //    13), and nothing here reads a mode: `reboot` is the only one.
         let CprMode::Reboot = mode;
@@ -400,17 +411,20 @@ impl Vmm {
         flavor: Flavor,
         has_ram: bool,
     ) -> Result<()> {
-        self.load_stream_with(open, flavor, has_ram, &mut |_| Ok(()))
+        self.load_stream_with(open, flavor, has_ram, &mut |_, _| Ok(()))
     }
 
-    /// [`load_stream`](Vmm::load_stream) with a `commit` step, run once everything is read
-    /// and checked and before anything changes (cpr-transfer's hand-over).
+    /// [`load_stream`](Vmm::load_stream) with a `commit` hook (cpr-transfer's hand-over),
+    /// called at [`LoadStage::Checked`] (everything read and checked, nothing changed) and
+    /// at [`LoadStage::Restored`] (the state is in the new machine, which has not run and
+    /// has not touched guest RAM; nothing else changed). An error from either leaves the
+    /// process as it was.
     pub(super) fn load_stream_with(
         &mut self,
         open: impl FnMut() -> cpr_savevm::Result<QemuFile>,
         flavor: Flavor,
         has_ram: bool,
-        commit: &mut dyn FnMut(&mut Vmm) -> Result<()>,
+        commit: &mut dyn FnMut(&mut Vmm, LoadStage) -> Result<()>,
     ) -> Result<()> {
         self.refuse_running()?;
         // 5. Read and check everything (framing, versions, sections, machine shape,
@@ -469,7 +483,7 @@ impl Vmm {
         if check_transition(current, target).is_err() {
             return Err(Error::RunStateTransition { saved, current });
         }
-        commit(self)?;
+        commit(self, LoadStage::Checked)?;
         // The new KVM machine over the same RAM (the one built ahead, if there is one);
         // the old one (if any) goes only once the new one exists, so a failure here leaves
         // the process as it was.
@@ -492,6 +506,14 @@ impl Vmm {
             },
             None => Machine::restore(self.machine_config()?, &state).map_err(load_err)?,
         };
+        if let Err(e) = commit(self, LoadStage::Restored) {
+            // The restored machine never ran: it goes, and a fresh one is built ahead.
+            drop(machine);
+            if let Err(again) = self.build_spare() {
+                log::warn!("cannot build a spare machine: {}", again.chain());
+            }
+            return Err(e);
+        }
         self.install_machine(machine);
         // Whatever was loaded, a deferred incoming migration is no longer waiting.
         self.migration.incoming_deferred = false;
@@ -510,6 +532,8 @@ impl Vmm {
                 }
             }
         }
+        // RESUME goes out as the guest resumes, not when the command ends.
+        self.flush_events();
         Ok(())
     }
 }

@@ -470,6 +470,8 @@ impl Vmm {
             self.migration_failed(old, &Error::from(e));
             return Ok(());
         }
+        // STOP goes out when the guest stops (QEMU: between `setup` and `active`).
+        self.flush_events();
         self.set_migration_status(MigrationStatus::Active);
         let setup_ms = stop.duration_since(start).as_millis();
         let ignore = self.migration.cap(MigrationCapability::XIgnoreShared);

@@ -452,7 +452,17 @@ impl Vmm {
     /// only applies state to it. Nothing is written to guest RAM.
     pub(crate) fn build_spare(&mut self) -> Result<()> {
         if self.spare.is_none() && self.machine().is_none() {
-            self.spare = Some(Machine::new(self.machine_config()?)?);
+            let mut spare = Machine::new(self.machine_config()?)?;
+            // The CPUID a restore most likely brings (the one a boot gives), set now.
+            if let Err(e) = spare.preset_cpuid() {
+                log::warn!("cannot preset the spare machine's CPUID: {e}");
+            }
+            // Its events reach the main loop once it runs; the thread that forwards them
+            // is started now, off the path of the load that will install it.
+            if let Some(rx) = spare.take_events() {
+                forward(rx, self.msgs.clone(), Msg::Machine);
+            }
+            self.spare = Some(spare);
         }
         Ok(())
     }

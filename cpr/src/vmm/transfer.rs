@@ -28,9 +28,8 @@
 //! The old process's exit (about 30 ms of kernel teardown) happens after all this, off
 //! the critical path.
 
-use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,10 +40,8 @@ use cpr_memory::Backing;
 use cpr_migration_file::QemuFile;
 use cpr_runstate::RunState;
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
-use nix::sys::stat::Mode;
 
-use super::cpr_ops::Flavor;
+use super::cpr_ops::{Flavor, LoadStage};
 use super::handoff::{self, HandoffError, READY, READY_OWN_MONITOR};
 use super::query_migrate::{MigrationInfo, MigrationStatus};
 use super::{Msg, Vmm};
@@ -90,8 +87,8 @@ pub trait MonitorListener: Send + Sync {
 pub struct IncomingStream {
     /// The connection to the old process.
     conn: UnixStream,
-    /// The device-state stream it sent (a memfd).
-    stream: OwnedFd,
+    /// The device-state stream it sent.
+    stream: Vec<u8>,
 }
 
 /// cpr-transfer state of the VMM.
@@ -240,6 +237,8 @@ impl Vmm {
             return Ok(());
         }
         let stop = Instant::now();
+        // STOP goes out when the guest stops, not when `migrate` ends.
+        self.flush_events();
         log::debug!("cpr-transfer: stopped after {:?}", t.elapsed());
         self.set_migration_status(MigrationStatus::Active);
         match self.hand_over(&conn, old) {
@@ -280,31 +279,16 @@ impl Vmm {
     /// Steps 3–4 on the old side: write, send, and hand the RAM over on `ACCEPT`.
     fn hand_over(&mut self, conn: &UnixStream, old: RunState) -> Result<()> {
         let fail = |e| Error::Transfer(TransferError::HandOver(e));
-        let memfd =
-            nix::sys::memfd::memfd_create("cpr-transfer", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-                .map_err(|e| {
-                fail(HandoffError::Io {
-                    op: "creating the stream buffer",
-                    source: e.into(),
-                })
-            })?;
-        let mut qf = QemuFile::from_fd(
-            memfd.try_clone().map_err(|e| {
-                fail(HandoffError::Io {
-                    op: "dup",
-                    source: e,
-                })
-            })?,
-            true,
-            "cpr-transfer",
-        );
+        // The stream is small (RAM stays in place): it is written in memory and sent in
+        // one frame.
+        let mut qf = QemuFile::memory_writer("cpr-transfer");
         let written = self.write_checkpoint(&mut qf, old, None);
         self.rs.machine_mut().ram.checkpoint_tagged();
         let written = written.map_err(|f| Error::Save {
             errno: f.errno,
             source: f.source,
         })?;
-        qf.close().map_err(|e| Error::Save {
+        let stream = qf.into_bytes().map_err(|e| Error::Save {
             errno: e.errno().unwrap_or(Errno::EIO),
             source: Box::new(e),
         })?;
@@ -314,43 +298,37 @@ impl Vmm {
                 source: format!("cannot tag {} with the checkpoint's epoch", f.display()).into(),
             })?;
         }
-        let undo = |vmm: &mut Vmm, e: Error| {
+        // A hand-over that does not complete leaves the RAM files' tags as they were.
+        let undo = |e: Error| {
             if let Some(plan) = &written.epoch {
                 plan.undo();
             }
-            let _ = vmm;
             e
         };
-        if let Err(e) = send_frame(conn, &memfd) {
-            return Err(undo(self, fail(e)));
+        if let Err(e) = send_frame(conn, &stream) {
+            return Err(undo(fail(e)));
         }
         match handoff::recv_byte(conn, ANSWER_TIMEOUT, "checking the state") {
             Ok(Some(ACCEPT)) => {}
             Ok(Some(REFUSE)) => {
                 let mut why = String::new();
                 let _ = conn.take(4096).read_to_string(&mut why);
-                return Err(undo(self, Error::Transfer(TransferError::Refused(why))));
+                return Err(undo(Error::Transfer(TransferError::Refused(why))));
             }
             Ok(_) => {
-                return Err(undo(
-                    self,
-                    fail(HandoffError::Closed("while checking the state")),
-                ));
+                return Err(undo(fail(HandoffError::Closed("while checking the state"))));
             }
-            Err(e) => return Err(undo(self, fail(e))),
+            Err(e) => return Err(undo(fail(e))),
         }
         // The RAM changes hands: ours until now, the new process's from `DONE`.
         self.rs.machine_mut().ram.release();
         if let Err(e) = handoff::send_byte(conn, GO) {
-            return Err(undo(self, fail(e)));
+            return Err(undo(fail(e)));
         }
         match handoff::recv_byte(conn, ANSWER_TIMEOUT, "taking the RAM") {
             Ok(Some(DONE)) => Ok(()),
-            Ok(_) => Err(undo(
-                self,
-                fail(HandoffError::Closed("before taking the RAM")),
-            )),
-            Err(e) => Err(undo(self, fail(e))),
+            Ok(_) => Err(undo(fail(HandoffError::Closed("before taking the RAM")))),
+            Err(e) => Err(undo(fail(e))),
         }
     }
 
@@ -370,7 +348,10 @@ impl Vmm {
         let spawned = std::thread::Builder::new()
             .name("cpr-transfer-in".into())
             .spawn(move || {
-                let got = accept_stream(&listener);
+                let got = accept_conn(&listener).and_then(|conn| {
+                    let stream = read_frame(&conn)?;
+                    Ok(IncomingStream { conn, stream })
+                });
                 let _ = tx.send(Msg::Transfer(got));
             });
         if let Err(e) = spawned {
@@ -389,7 +370,7 @@ impl Vmm {
         }
         self.set_migration_status(MigrationStatus::Active);
         let result = match got {
-            Ok(incoming) => self.take_over(incoming),
+            Ok(IncomingStream { conn, stream }) => self.take_over(conn, stream),
             Err(e) => Err(Error::Transfer(TransferError::HandOver(e))),
         };
         match result {
@@ -407,16 +388,9 @@ impl Vmm {
         }
     }
 
-    fn take_over(&mut self, incoming: IncomingStream) -> Result<()> {
-        let IncomingStream { conn, stream } = incoming;
-        let pinned = format!("/proc/self/fd/{}", stream.as_raw_fd());
+    fn take_over(&mut self, conn: UnixStream, stream: Vec<u8>) -> Result<()> {
         let open = || -> cpr_savevm::Result<QemuFile> {
-            QemuFile::open(&pinned, OFlag::O_RDONLY, Mode::empty(), "cpr-transfer").map_err(
-                |source| cpr_savevm::Error::Io {
-                    op: "reopening the stream",
-                    source,
-                },
-            )
+            Ok(QemuFile::from_bytes(stream.clone(), "cpr-transfer"))
         };
         let refuse = |conn: &UnixStream, e: Error| {
             let _ = (&*conn).write_all(&[REFUSE]);
@@ -444,26 +418,36 @@ impl Vmm {
             ));
         }
         // Everything is checked before the hook runs; the hook is the hand-over's commit.
-        let mut commit = |vmm: &mut Vmm| -> Result<()> {
-            handoff::send_byte(&conn, ACCEPT)
-                .map_err(|e| Error::Transfer(TransferError::HandOver(e)))?;
-            match handoff::recv_byte(&conn, ANSWER_TIMEOUT, "the RAM") {
-                Ok(Some(GO)) => {}
-                Ok(_) => {
-                    return Err(Error::Transfer(TransferError::HandOver(
-                        HandoffError::Closed("before handing over the RAM"),
-                    )));
+        // Everything is checked before the hook first runs: ACCEPT. The old process then
+        // releases the RAM while this one restores the state into the machine it built
+        // (no RAM is touched); the hook's second call takes the RAM: the commit point.
+        let mut accepted = false;
+        let mut commit = |vmm: &mut Vmm, stage: LoadStage| -> Result<()> {
+            let broke = |e| Error::Transfer(TransferError::HandOver(e));
+            match stage {
+                LoadStage::Checked => {
+                    handoff::send_byte(&conn, ACCEPT).map_err(broke)?;
+                    accepted = true;
+                    Ok(())
                 }
-                Err(e) => return Err(Error::Transfer(TransferError::HandOver(e))),
+                LoadStage::Restored => {
+                    match handoff::recv_byte(&conn, ANSWER_TIMEOUT, "the RAM") {
+                        Ok(Some(GO)) => {}
+                        Ok(_) => {
+                            return Err(broke(HandoffError::Closed("before handing over the RAM")));
+                        }
+                        Err(e) => return Err(broke(e)),
+                    }
+                    vmm.rs.machine_mut().ram.acquire()?;
+                    handoff::send_byte(&conn, DONE).map_err(broke)
+                }
             }
-            vmm.rs.machine_mut().ram.acquire()?;
-            handoff::send_byte(&conn, DONE).map_err(|e| Error::Transfer(TransferError::HandOver(e)))
         };
         let loaded = self.load_stream_with(open, Flavor::Mainline, false, &mut commit);
         if let Err(e) = loaded {
-            // Refused before the commit: say why. After it the old process has seen DONE
-            // or the channel break.
-            if !self.rs.machine().ram.is_locked() {
+            // Refused before ACCEPT: say why. After it, the old process sees the channel
+            // break before DONE, and runs on.
+            if !accepted {
                 return Err(refuse(&conn, e));
             }
             return Err(e);
@@ -514,16 +498,24 @@ pub(super) fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
     Ok(l)
 }
 
-/// Accepts the old process's connection and reads its framed stream into a memfd.
-fn accept_stream(listener: &UnixListener) -> std::result::Result<IncomingStream, HandoffError> {
+/// Accepts the old process's connection.
+fn accept_conn(listener: &UnixListener) -> std::result::Result<UnixStream, HandoffError> {
+    let (conn, _) = listener.accept().map_err(|source| HandoffError::Io {
+        op: "accepting the main channel",
+        source,
+    })?;
+    Ok(conn)
+}
+
+/// Reads the old process's framed stream (it comes once the old process has stopped the
+/// guest, right after it connected). A thread of its own waits for it, so that the main
+/// loop (and the monitor) stay responsive.
+fn read_frame(conn: &UnixStream) -> std::result::Result<Vec<u8>, HandoffError> {
     let io = |op| move |source| HandoffError::Io { op, source };
-    let (conn, _) = listener
-        .accept()
-        .map_err(io("accepting the main channel"))?;
-    conn.set_read_timeout(Some(Duration::from_secs(60)))
+    conn.set_read_timeout(Some(ANSWER_TIMEOUT))
         .map_err(io("setting a timeout"))?;
     let mut head = [0u8; 12];
-    (&conn)
+    (&*conn)
         .read_exact(&mut head)
         .map_err(io("reading the stream's frame"))?;
     if &head[..4] != FRAME_MAGIC {
@@ -539,42 +531,29 @@ fn accept_stream(listener: &UnixListener) -> std::result::Result<IncomingStream,
             "a stream of {len} bytes (at most {MAX_STREAM})"
         )));
     }
-    let memfd =
-        nix::sys::memfd::memfd_create("cpr-transfer-in", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-            .map_err(|e| HandoffError::Io {
-                op: "creating the stream buffer",
-                source: e.into(),
-            })?;
     let mut bytes = Vec::new();
-    (&conn)
-        .take(len)
+    conn.take(len)
         .read_to_end(&mut bytes)
         .map_err(io("reading the stream"))?;
     if bytes.len() as u64 != len {
         return Err(HandoffError::Closed("in the middle of the stream"));
     }
-    File::from(memfd.try_clone().map_err(io("dup"))?)
-        .write_all(&bytes)
-        .map_err(io("buffering the stream"))?;
-    Ok(IncomingStream {
-        conn,
-        stream: memfd,
-    })
+    Ok(bytes)
 }
 
-/// Sends the stream in `memfd`, framed.
-fn send_frame(conn: &UnixStream, memfd: &OwnedFd) -> std::result::Result<(), HandoffError> {
-    let io = |op| move |source| HandoffError::Io { op, source };
-    let mut file = File::from(memfd.try_clone().map_err(io("dup"))?);
-    let len = file.metadata().map_err(io("sizing the stream"))?.len();
-    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0))
-        .map_err(io("rewinding the stream"))?;
-    let mut frame = Vec::with_capacity(12 + usize::try_from(len).unwrap_or(0));
+/// Sends `stream`, framed, in one write.
+fn send_frame(conn: &UnixStream, stream: &[u8]) -> std::result::Result<(), HandoffError> {
+    let len = u64::try_from(stream.len()).unwrap_or(u64::MAX);
+    let mut frame = Vec::with_capacity(12 + stream.len());
     frame.extend_from_slice(FRAME_MAGIC);
     frame.extend_from_slice(&len.to_le_bytes());
-    file.read_to_end(&mut frame)
-        .map_err(io("reading the stream"))?;
-    (&*conn).write_all(&frame).map_err(io("sending the stream"))
+    frame.extend_from_slice(stream);
+    (&*conn)
+        .write_all(&frame)
+        .map_err(|source| HandoffError::Io {
+            op: "sending the stream",
+            source,
+        })
 }
 
 /// Connects to `path`, retrying while nothing listens there yet.
@@ -605,25 +584,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("main.sock");
         let listener = bind_private(&path).expect("bind");
-        let memfd = nix::sys::memfd::memfd_create("t", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-            .expect("memfd");
-        File::from(memfd.try_clone().expect("dup"))
-            .write_all(b"QEVM stream")
-            .expect("write");
+        let stream = b"QEVM stream".to_vec();
         let sender = std::thread::spawn({
             let path = path.clone();
             move || {
                 let c = connect_retry(&path, Duration::from_secs(5)).expect("connect");
-                send_frame(&c, &memfd).expect("send");
+                send_frame(&c, &stream).expect("send");
                 c
             }
         });
-        let got = accept_stream(&listener).expect("accept");
-        let mut back = String::new();
-        let mut f = File::from(got.stream);
-        std::io::Seek::rewind(&mut f).expect("rewind");
-        f.read_to_string(&mut back).expect("read");
-        assert_eq!(back, "QEVM stream");
+        let got = accept_conn(&listener).expect("accept");
+        assert_eq!(read_frame(&got).expect("frame"), b"QEVM stream");
         drop(sender.join());
         // A frame that lies about its length, and one that is not ours.
         for (bytes, want) in [
@@ -639,7 +610,9 @@ mod tests {
                 let mut c = UnixStream::connect(&path).expect("connect");
                 c.write_all(&bytes).expect("write");
             });
-            let err = accept_stream(&listener).expect_err("refused");
+            let err = accept_conn(&listener)
+                .and_then(|c| read_frame(&c))
+                .expect_err("refused");
             assert!(err.to_string().contains(want), "{err}");
             t.join().expect("writer");
         }
