@@ -449,6 +449,10 @@ pub fn run(binary: &Path, cycles: u32, only: Option<&str>) -> (u64, u64, u64) {
             Box::new(move || transfer::transfer(binary, GuestState::Running, 1, false)),
         ),
         (
+            "transfer: --incoming defer, then migrate-incoming",
+            Box::new(move || transfer::transfer_defer(binary)),
+        ),
+        (
             "transfer: the new process dies or refuses",
             Box::new(move || transfer::transfer_failures(binary)),
         ),

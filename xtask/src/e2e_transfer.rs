@@ -373,3 +373,50 @@ pub fn exec_failing(binary: &Path) -> Outcome {
     vm.quit()?;
     Ok(format!("{}; the old image ran on", info["error-desc"]))
 }
+
+/// cpr-transfer to a process started with `--incoming defer`: its main channel is given by
+/// `migrate-incoming` (sent while the old process's `migrate` waits for it).
+pub fn transfer_defer(binary: &Path) -> Outcome {
+    let dir = Scratch::new("transfer-defer")?;
+    let files = VmFiles::in_dir(&dir.0);
+    let args = memfd_args(&files, "256M", 1);
+    let mut old = boot(binary, &files, &args)?;
+    wait_generation(&mut old, 1)?;
+    let (main, cpr) = (dir.0.join("main.sock"), dir.0.join("cpr.sock"));
+    let new_qmp = dir.0.join("new-qmp.sock");
+    let mut new_args = memfd_args(&files, "256M", 1);
+    let i = new_args.iter().position(|x| x == "--qmp").unwrap_or(0);
+    new_args[i + 1] = new_qmp.clone().into();
+    new_args.push("--incoming".into());
+    new_args.push("defer".into());
+    new_args.push("--incoming".into());
+    new_args.push(
+        json!({"channel-type": "cpr",
+            "addr": {"transport": "socket", "type": "unix", "path": cpr}})
+        .to_string()
+        .into(),
+    );
+    let mut new = VmProcess::spawn(binary, &new_args, &new_qmp, None)?;
+    wait_socket(&cpr)?;
+    old.execute("migrate-set-parameters", json!({"mode": "cpr-transfer"}))?;
+    let before = old.progress()?;
+    let channels = transfer_channels(&main, &cpr);
+    let old_side = std::thread::spawn(move || {
+        let r = old.execute("migrate", channels);
+        (old, r)
+    });
+    // Answered once the CPR state has arrived and the machine is ready.
+    new.execute(
+        "migrate-incoming",
+        json!({"uri": format!("unix:{}", main.display())}),
+    )?;
+    let (mut old, migrated) = old_side
+        .join()
+        .map_err(|_| fail("the old process's client thread panicked"))?;
+    migrated?;
+    expect_status(&mut old, "postmigrate")?;
+    carry_on(&mut new, GuestState::Running, &before)?;
+    old.quit()?;
+    new.quit()?;
+    Ok("migrate-incoming unix: after --incoming defer took the guest over".into())
+}
