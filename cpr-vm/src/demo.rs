@@ -167,10 +167,7 @@ fn run_in(dir: &Path, args: &DemoArgs) -> Result<(), AppError> {
 /// The hand-off modes: memfd RAM, handed over by descriptor.
 fn run_handoff(binary: &Path, files: &VmFiles, args: &DemoArgs) -> Result<(), AppError> {
     let mem = args.mem_size.to_string();
-    let mut vm_args = files.args(&mem, args.smp, &["--mem-backend", "memfd"]);
-    if let Some(i) = vm_args.iter().position(|a| a == "--mem-path") {
-        vm_args.drain(i..i + 2);
-    }
+    let mut vm_args = files.memfd_args(&mem, args.smp, &[]);
     let mode = match args.mode {
         DemoMode::Exec => "cpr-exec",
         _ => "cpr-transfer",

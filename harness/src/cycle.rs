@@ -62,6 +62,18 @@ impl VmFiles {
         }
     }
 
+    /// `cpr-vm` arguments for a VM whose RAM is a memfd (`--mem-backend memfd`, no file):
+    /// [`args`](Self::args) without `--mem-path`.
+    pub fn memfd_args(&self, mem_size: &str, smp: u32, extra: &[&str]) -> Vec<OsString> {
+        let mut with = vec!["--mem-backend", "memfd"];
+        with.extend_from_slice(extra);
+        let mut a = self.args(mem_size, smp, &with);
+        if let Some(i) = a.iter().position(|x| x == "--mem-path") {
+            a.drain(i..i + 2);
+        }
+        a
+    }
+
     /// `cpr-vm` arguments for this VM.
     pub fn args(&self, mem_size: &str, smp: u32, extra: &[&str]) -> Vec<OsString> {
         let mut a: Vec<OsString> = vec![

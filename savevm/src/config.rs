@@ -154,35 +154,35 @@ pub(crate) fn write_configuration(f: &mut QemuFile, ignore_shared: bool) -> Resu
     Ok(desc)
 }
 
+/// The configuration section, whatever capabilities it announces (only the machine type
+/// is checked): for a tool that describes a stream it did not write.
+pub(crate) fn read_configuration_any(f: &mut QemuFile) -> Result<Configuration> {
+    read_section(f).map(|(config, _)| config)
+}
+
 /// Read the configuration section that must come next
 /// ([`Error::MissingConfiguration`] otherwise), and check it against this
 /// side: the machine type is [`MACHINE_TYPE`] and `x-ignore-shared` is
 /// announced exactly when `ignore_shared` (QEMU's `configuration_post_load`
 /// checks, with its wording). Returns what was read and its description
 /// (the saver's vmdesc entry).
-/// The configuration section, whatever capabilities it announces (only the machine type
-/// is checked): for a tool that describes a stream it did not write.
-pub(crate) fn read_configuration_any(f: &mut QemuFile) -> Result<Configuration> {
-    let offset = f.position();
-    let ty = get(f, "section type", QemuFile::get_u8)?;
-    if ty != QEMU_VM_CONFIGURATION {
-        return Err(Error::MissingConfiguration { found: ty, offset });
-    }
-    let mut r = FieldReader::new(f, Configuration::NAME, Configuration::VERSION_ID);
-    let config = r.read_state::<Configuration>()?;
-    if config.name != MACHINE_TYPE {
-        return Err(Error::MachineTypeMismatch {
-            received: config.name,
-            local: MACHINE_TYPE,
-        });
-    }
-    Ok(config)
-}
-
 pub(crate) fn read_configuration(
     f: &mut QemuFile,
     ignore_shared: bool,
 ) -> Result<(Configuration, VmsdDesc)> {
+    let (config, desc) = read_section(f)?;
+    if config.ignore_shared != ignore_shared {
+        return Err(Error::CapabilityMismatch {
+            capability: CAP_X_IGNORE_SHARED,
+            local: ignore_shared,
+            received: config.ignore_shared,
+        });
+    }
+    Ok((config, desc))
+}
+
+/// Reads the configuration section and checks its machine type.
+fn read_section(f: &mut QemuFile) -> Result<(Configuration, VmsdDesc)> {
     let offset = f.position();
     let ty = get(f, "section type", QemuFile::get_u8)?;
     if ty != QEMU_VM_CONFIGURATION {
@@ -195,13 +195,6 @@ pub(crate) fn read_configuration(
         return Err(Error::MachineTypeMismatch {
             received: config.name,
             local: MACHINE_TYPE,
-        });
-    }
-    if config.ignore_shared != ignore_shared {
-        return Err(Error::CapabilityMismatch {
-            capability: CAP_X_IGNORE_SHARED,
-            local: ignore_shared,
-            received: config.ignore_shared,
         });
     }
     Ok((config, desc))

@@ -30,17 +30,6 @@ struct Rows {
     exec: Vec<HandoffRun>,
 }
 
-fn memfd_args(files: &VmFiles, mem: &str, smp: u32) -> Vec<OsString> {
-    let mut a = files.args(
-        mem,
-        smp,
-        &["--mem-backend", "memfd", "--workload-size", "128M"],
-    );
-    let i = a.iter().position(|x| x == "--mem-path").unwrap_or(0);
-    a.drain(i..i + 2);
-    a
-}
-
 fn run_config(
     binary: &Path,
     scratch: &Path,
@@ -52,7 +41,7 @@ fn run_config(
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| HarnessError::Check(e.to_string()))?;
     let files = VmFiles::in_dir(&dir);
-    let args = memfd_args(&files, mem, smp);
+    let args = files.memfd_args(mem, smp, &["--workload-size", "128M"]);
     let mut vm = VmProcess::spawn(binary, &args, &files.qmp, None)?;
     vm.wait_progress(0, Some(5), Duration::from_secs(60))?;
     let mut qmp = files.qmp.clone();

@@ -27,6 +27,22 @@ pub enum GuestState {
     Suspended,
 }
 
+/// Brings a running guest into `state`: `stop` (paused) or `guest-suspend-ram`.
+pub fn put_in_state(vm: &mut VmProcess, state: GuestState) -> Result<(), HarnessError> {
+    match state {
+        GuestState::Running => {}
+        GuestState::Paused => {
+            vm.execute("stop", json!({}))?;
+            vm.wait_event("STOP", WAIT)?;
+        }
+        GuestState::Suspended => {
+            vm.execute("guest-suspend-ram", json!({}))?;
+            vm.wait_event("SUSPEND", WAIT)?;
+        }
+    }
+    Ok(())
+}
+
 /// Sets the capabilities and mode on one side.
 fn configure(vm: &mut VmProcess, ignore_shared: bool) -> Result<(), HarnessError> {
     vm.execute(
@@ -93,17 +109,7 @@ pub fn cycle(binary: &Path, state: GuestState, ignore_shared: bool) -> Outcome {
     let mut vm = boot(binary, &files, &args)?;
     // Let the workload fill its region with a pattern first, so the copy carries data.
     wait_generation(&mut vm, 2)?;
-    match state {
-        GuestState::Running => {}
-        GuestState::Paused => {
-            vm.execute("stop", json!({}))?;
-            vm.wait_event("STOP", WAIT)?;
-        }
-        GuestState::Suspended => {
-            vm.execute("guest-suspend-ram", json!({}))?;
-            vm.wait_event("SUSPEND", WAIT)?;
-        }
-    }
+    put_in_state(&mut vm, state)?;
     let before = vm.progress()?;
     configure(&mut vm, ignore_shared)?;
     let _ = vm.events()?;

@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use cpr_harness::handoff::{transfer_channels, transfer_incoming, wait_path};
 use cpr_harness::{HarnessError, Progress, VmFiles, VmProcess};
 use serde_json::{Value, json};
 
@@ -13,62 +14,16 @@ use crate::e2e::{
     Outcome, Scratch, WAIT, boot, check_carried_on, expect_status, fail, generation,
     wait_generation,
 };
-use crate::e2e_mainline::GuestState;
+use crate::e2e_mainline::{GuestState, put_in_state};
 
 /// `cpr-vm` arguments for a VM whose RAM is a memfd (no path anywhere).
-pub fn memfd_args(files: &VmFiles, mem_size: &str, smp: u32) -> Vec<OsString> {
-    let mut a = files.args(mem_size, smp, &["--mem-backend", "memfd"]);
-    let i = a.iter().position(|x| x == "--mem-path").unwrap_or(0);
-    a.drain(i..i + 2);
-    a
-}
-
-/// The `--incoming` arguments of a cpr-transfer target.
-pub fn transfer_incoming(main: &Path, cpr: &Path) -> Vec<OsString> {
-    vec![
-        "--incoming".into(),
-        format!("unix:{}", main.display()).into(),
-        "--incoming".into(),
-        json!({"channel-type": "cpr",
-            "addr": {"transport": "socket", "type": "unix", "path": cpr}})
-        .to_string()
-        .into(),
-    ]
-}
-
-/// `migrate`'s channels for cpr-transfer.
-pub fn transfer_channels(main: &Path, cpr: &Path) -> Value {
-    json!({"channels": [
-        {"channel-type": "main", "addr": {"transport": "socket", "type": "unix", "path": main}},
-        {"channel-type": "cpr", "addr": {"transport": "socket", "type": "unix", "path": cpr}},
-    ]})
+fn memfd_args(files: &VmFiles, mem_size: &str, smp: u32) -> Vec<OsString> {
+    files.memfd_args(mem_size, smp, &[])
 }
 
 /// Waits until something listens at `path` (the new process's cpr channel).
-pub fn wait_socket(path: &Path) -> Result<(), HarnessError> {
-    let deadline = Instant::now() + WAIT;
-    while !path.exists() {
-        if Instant::now() >= deadline {
-            return Err(fail(format!("{} never appeared", path.display())));
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    Ok(())
-}
-
-fn put_in_state(vm: &mut VmProcess, state: GuestState) -> Result<(), HarnessError> {
-    match state {
-        GuestState::Running => {}
-        GuestState::Paused => {
-            vm.execute("stop", json!({}))?;
-            vm.wait_event("STOP", WAIT)?;
-        }
-        GuestState::Suspended => {
-            vm.execute("guest-suspend-ram", json!({}))?;
-            vm.wait_event("SUSPEND", WAIT)?;
-        }
-    }
-    Ok(())
+fn wait_socket(path: &Path) -> Result<(), HarnessError> {
+    wait_path(path, WAIT)
 }
 
 /// The new process's side after the hand-off: the saved state, then the guest carries on.

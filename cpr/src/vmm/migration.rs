@@ -461,18 +461,9 @@ impl Vmm {
         // Mainline stores the global state, then stops the VM (finish-migrate). A
         // suspended guest is already stopped; it stays `suspended` until the end.
         let stop = Instant::now();
-        let stopped = match old {
-            RunState::Running => self.rs.vm_stop(RunState::FinishMigrate),
-            RunState::Paused => self.rs.runstate_set(RunState::FinishMigrate),
-            _ => Ok(()),
-        };
-        if let Err(e) = stopped {
-            self.migration_failed(old, &Error::from(e));
+        if !self.stop_for_migration(old) {
             return Ok(());
         }
-        // STOP goes out when the guest stops (QEMU: between `setup` and `active`).
-        self.flush_events();
-        self.set_migration_status(MigrationStatus::Active);
         let setup_ms = stop.duration_since(start).as_millis();
         let ignore = self.migration.cap(MigrationCapability::XIgnoreShared);
         // cpr-exec keeps all RAM mapped across the exec: a device-state stream, as V7's.
@@ -517,6 +508,25 @@ impl Vmm {
             Err(e) => self.migration_failed(old, &e),
         }
         Ok(())
+    }
+
+    /// Status `setup` is set: stop the guest (`finish-migrate`; a suspended guest is
+    /// stopped already and stays `suspended` until the end), send STOP as it happens
+    /// (QEMU: between `setup` and `active`), then status `active`. False if the stop
+    /// failed, which ends the migration as `failed`.
+    pub(super) fn stop_for_migration(&mut self, old: RunState) -> bool {
+        let stopped = match old {
+            RunState::Running => self.rs.vm_stop(RunState::FinishMigrate),
+            RunState::Paused => self.rs.runstate_set(RunState::FinishMigrate),
+            _ => Ok(()),
+        };
+        if let Err(e) = stopped {
+            self.migration_failed(old, &Error::from(e));
+            return false;
+        }
+        self.flush_events();
+        self.set_migration_status(MigrationStatus::Active);
+        true
     }
 
     /// A failed outgoing migration: status `failed`, the error in `error-desc`, and the VM

@@ -227,20 +227,11 @@ impl Vmm {
         let start = Instant::now();
         self.migration.info = MigrationInfo::default();
         self.set_migration_status(MigrationStatus::Setup);
-        let stopped = match old {
-            RunState::Running => self.rs.vm_stop(RunState::FinishMigrate),
-            RunState::Paused => self.rs.runstate_set(RunState::FinishMigrate),
-            _ => Ok(()),
-        };
-        if let Err(e) = stopped {
-            self.migration_failed(old, &Error::from(e));
+        if !self.stop_for_migration(old) {
             return Ok(());
         }
         let stop = Instant::now();
-        // STOP goes out when the guest stops, not when `migrate` ends.
-        self.flush_events();
         log::debug!("cpr-transfer: stopped after {:?}", t.elapsed());
-        self.set_migration_status(MigrationStatus::Active);
         match self.hand_over(&conn, old) {
             Ok(()) => {
                 let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
