@@ -47,7 +47,7 @@ pub fn run(args: &DemoArgs) -> Result<(), AppError> {
 }
 
 /// What the guest did across one move, as the demo prints it.
-fn carried_on(n: u32, before: &Progress, after: &Progress) -> bool {
+fn carried_on(before: &Progress, after: &Progress) -> bool {
     let continued = after.progress >= before.progress;
     println!(
         "         progress {} -> {} ({}), ticks {} -> {}, RAM errors {}",
@@ -58,7 +58,6 @@ fn carried_on(n: u32, before: &Progress, after: &Progress) -> bool {
         after.ticks,
         after.errors
     );
-    let _ = n;
     continued && after.errors == 0
 }
 
@@ -85,6 +84,50 @@ fn print_handoff(n: u32, mode: &str, r: &HandoffRun) {
     }
 }
 
+/// Starts the VM and lets the guest work a little; prints what it did.
+fn boot(binary: &Path, vm_args: &[std::ffi::OsString], qmp: &Path) -> Result<VmProcess, AppError> {
+    let mut vm = VmProcess::spawn(binary, vm_args, qmp, None)?;
+    let p = vm.wait_progress(0, Some(10), Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let p2 = vm.progress()?;
+    println!(
+        "booted: the guest's workload has processed {} pages, seen {} timer ticks, {} RAM errors (first report: {} pages)",
+        p2.progress, p2.ticks, p2.errors, p.progress
+    );
+    Ok(vm)
+}
+
+/// After move `n`: let the guest run a little and check its ticks keep arriving and its
+/// RAM check stays clean; `n` joins `failures` if not.
+fn runs_on(
+    vm: &mut VmProcess,
+    n: u32,
+    after: &Progress,
+    failures: &mut Vec<u32>,
+) -> Result<(), AppError> {
+    let t = vm.progress()?.ticks;
+    let later = vm.wait_progress(after.progress, Some(t), Duration::from_secs(20))?;
+    if later.errors > 0 {
+        failures.push(n);
+    }
+    Ok(())
+}
+
+/// Quits the VM and sums up `moves` moves (`what`), or names the failed ones.
+fn finish(mut vm: VmProcess, moves: u32, what: &str, failures: Vec<u32>) -> Result<(), AppError> {
+    let last = vm.progress()?;
+    vm.quit()?;
+    if failures.is_empty() {
+        println!(
+            "the guest survived {moves} {what}: its progress never restarted ({} pages now), its timer kept ticking ({} ticks), and its RAM check found {} errors",
+            last.progress, last.ticks, last.errors
+        );
+        Ok(())
+    } else {
+        Err(AppError::DemoFailed { cycles: failures })
+    }
+}
+
 fn run_in(dir: &Path, args: &DemoArgs) -> Result<(), AppError> {
     let binary = sibling_binary("cpr-vm");
     let files = VmFiles::in_dir(dir);
@@ -100,14 +143,7 @@ fn run_in(dir: &Path, args: &DemoArgs) -> Result<(), AppError> {
         args.smp,
         files.state.display()
     );
-    let mut vm = VmProcess::spawn(&binary, &vm_args, &files.qmp, None)?;
-    let p = vm.wait_progress(0, Some(10), Duration::from_secs(30))?;
-    std::thread::sleep(Duration::from_millis(300));
-    let p2 = vm.progress()?;
-    println!(
-        "booted: the guest's workload has processed {} pages, seen {} timer ticks, {} RAM errors (first report: {} pages)",
-        p2.progress, p2.ticks, p2.errors, p.progress
-    );
+    let mut vm = boot(&binary, &vm_args, &files.qmp)?;
     let mut failures = Vec::new();
     for n in 1..=args.cycles {
         let (new_vm, c) = cycle(&binary, vm, &files, &vm_args)?;
@@ -144,24 +180,9 @@ fn run_in(dir: &Path, args: &DemoArgs) -> Result<(), AppError> {
         if !continued || c.after.errors > 0 {
             failures.push(n);
         }
-        // Let it run a little between cycles, and check ticks keep arriving.
-        let t = vm.progress()?.ticks;
-        let later = vm.wait_progress(c.after.progress, Some(t), Duration::from_secs(20))?;
-        if later.errors > 0 {
-            failures.push(n);
-        }
+        runs_on(&mut vm, n, &c.after, &mut failures)?;
     }
-    let last = vm.progress()?;
-    vm.quit()?;
-    if failures.is_empty() {
-        println!(
-            "the guest survived {} process restarts: its progress never restarted ({} pages now), its timer kept ticking ({} ticks), and its RAM check found {} errors",
-            args.cycles, last.progress, last.ticks, last.errors
-        );
-        Ok(())
-    } else {
-        Err(AppError::DemoFailed { cycles: failures })
-    }
+    finish(vm, args.cycles, "process restarts", failures)
 }
 
 /// The hand-off modes: memfd RAM, handed over by descriptor.
@@ -176,14 +197,7 @@ fn run_handoff(binary: &Path, files: &VmFiles, args: &DemoArgs) -> Result<(), Ap
         "cpr-vm demo ({mode}): {mem} of guest RAM in a memfd (no file anywhere), {} vCPU(s)",
         args.smp
     );
-    let mut vm = VmProcess::spawn(binary, &vm_args, &files.qmp, None)?;
-    let p = vm.wait_progress(0, Some(10), Duration::from_secs(30))?;
-    std::thread::sleep(Duration::from_millis(300));
-    let p2 = vm.progress()?;
-    println!(
-        "booted: the guest's workload has processed {} pages, seen {} timer ticks, {} RAM errors (first report: {} pages)",
-        p2.progress, p2.ticks, p2.errors, p.progress
-    );
+    let mut vm = boot(binary, &vm_args, &files.qmp)?;
     let mut qmp = files.qmp.clone();
     let mut failures = Vec::new();
     for n in 1..=args.cycles {
@@ -203,24 +217,10 @@ fn run_handoff(binary: &Path, files: &VmFiles, args: &DemoArgs) -> Result<(), Ap
         };
         print_handoff(n, mode, &run);
         println!("         pid {pid} -> {}", vm.pid());
-        if !carried_on(n, &run.before, &run.after) {
+        if !carried_on(&run.before, &run.after) {
             failures.push(n);
         }
-        let t = vm.progress()?.ticks;
-        let later = vm.wait_progress(run.after.progress, Some(t), Duration::from_secs(20))?;
-        if later.errors > 0 {
-            failures.push(n);
-        }
+        runs_on(&mut vm, n, &run.after, &mut failures)?;
     }
-    let last = vm.progress()?;
-    vm.quit()?;
-    if failures.is_empty() {
-        println!(
-            "the guest survived {} hand-offs ({mode}): its progress never restarted ({} pages now), its timer kept ticking ({} ticks), and its RAM check found {} errors",
-            args.cycles, last.progress, last.ticks, last.errors
-        );
-        Ok(())
-    } else {
-        Err(AppError::DemoFailed { cycles: failures })
-    }
+    finish(vm, args.cycles, &format!("hand-offs ({mode})"), failures)
 }
