@@ -31,7 +31,9 @@
 //! a channel name kept for error messages ([`QemuFile::name`]). The file is
 //! a [`QemuFile`] over an fd, any `Read`/`Write`, or memory
 //! ([`QemuFile::from_bytes`], [`QemuFile::memory_writer`]), so stream code
-//! is tested without touching the disk. Errors are one enum, [`Error`],
+//! is tested without touching the disk. [`QemuFile::from_shared`] reads
+//! bytes already in memory in place (several readers may share them), and
+//! [`QemuFile::get_slice`] borrows what it reads instead of copying it out. Errors are one enum, [`Error`],
 //! whose variants carry the file name, path, offset and wanted/got lengths.
 //!
 //! ## Error model

@@ -33,8 +33,11 @@ pub struct QemuFile {
     name: String,
     writable: bool,
     backend: Backend,
-    /// Input buffer: the unconsumed bytes are `rbuf[rpos..rlen]`.
+    /// Input buffer: the unconsumed bytes are `rbuf[rpos..rlen]`, or
+    /// `shared[rpos..rlen]` for an input over shared bytes.
     rbuf: Vec<u8>,
+    /// The whole input of [`from_shared`](QemuFile::from_shared), read in place.
+    shared: Option<Arc<Vec<u8>>>,
     rpos: usize,
     rlen: usize,
     /// Output buffer: bytes put but not yet handed to the backend.
@@ -42,12 +45,25 @@ pub struct QemuFile {
     /// Bytes put or consumed so far.
     position: u64,
     crc: crc32fast::Hasher,
+    /// Whether consumed bytes enter `crc` (see [`QemuFile::disable_crc`]).
+    hashing: bool,
     error: Option<Error>,
+}
+
+/// The bytes an input reads from: its buffer, or the shared input.
+fn input<'a>(shared: &'a Option<Arc<Vec<u8>>>, rbuf: &'a [u8]) -> &'a [u8] {
+    shared.as_deref().map_or(rbuf, Vec::as_slice)
 }
 
 impl fmt::Debug for QemuFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let backend = match self.backend {
+            _ if self.shared.is_some() => {
+                format!(
+                    "shared ({} bytes)",
+                    self.shared.as_deref().map_or(0, Vec::len)
+                )
+            }
             Backend::Fd(ref file) => format!("{file:?}"),
             Backend::Reader(_) => "reader".to_owned(),
             Backend::Writer(_) => "writer".to_owned(),
@@ -91,11 +107,13 @@ impl QemuFile {
             writable,
             backend,
             rbuf,
+            shared: None,
             rpos: 0,
             rlen: 0,
             wbuf,
             position: 0,
             crc: crc32fast::Hasher::new(),
+            hashing: true,
             error: None,
         }
     }
@@ -152,6 +170,24 @@ impl QemuFile {
         Self::from_reader(io::Cursor::new(bytes), name)
     }
 
+    /// An input file reading `bytes` in place: no copy into a buffer, and
+    /// [`get_slice`](Self::get_slice) borrows straight from them. Several
+    /// files may share the same bytes (e.g. the passes of a two-pass load);
+    /// [`shared_bytes`](Self::shared_bytes) tells whether two read the same.
+    pub fn from_shared(bytes: Arc<Vec<u8>>, name: &str) -> QemuFile {
+        let mut f = Self::new(Backend::Closed, false, name);
+        f.rbuf = Vec::new();
+        f.rlen = bytes.len();
+        f.shared = Some(bytes);
+        f
+    }
+
+    /// The bytes a [`from_shared`](Self::from_shared) input reads; `None` for
+    /// any other file.
+    pub fn shared_bytes(&self) -> Option<&Arc<Vec<u8>>> {
+        self.shared.as_ref()
+    }
+
     /// An output file collecting its bytes in memory; get them back with
     /// [`into_bytes`](Self::into_bytes).
     pub fn memory_writer(name: &str) -> QemuFile {
@@ -197,6 +233,14 @@ impl QemuFile {
     /// Restart the running CRC-32.
     pub fn reset_crc(&mut self) {
         self.crc = crc32fast::Hasher::new();
+    }
+
+    /// Stop hashing: bytes consumed from now on do not enter
+    /// [`crc32`](Self::crc32). For a reader that already checked these exact
+    /// bytes (the same [`shared_bytes`](Self::shared_bytes)), hashing them
+    /// again proves nothing.
+    pub fn disable_crc(&mut self) {
+        self.hashing = false;
     }
 
     /// Record `e` unless an error is already latched; return the latched one.
@@ -338,6 +382,12 @@ impl QemuFile {
     /// once bytes were put, got or peeked; an `lseek(2)` failure is latched.
     pub fn seek_to(&mut self, offset: u64) -> Result<()> {
         self.check()?;
+        if self.shared.is_some() {
+            return Err(Error::NotSeekable {
+                name: self.name.clone(),
+                reason: "not backed by a file descriptor",
+            });
+        }
         if self.position != 0 || self.rlen != 0 || !self.wbuf.is_empty() {
             return Err(Error::NotSeekable {
                 name: self.name.clone(),
@@ -416,6 +466,10 @@ impl QemuFile {
     /// after them (`qemu_fill_buffer`). Returns the number of bytes added;
     /// 0 means end of file (or a full buffer, which callers avoid).
     fn fill(&mut self) -> Result<usize> {
+        if self.shared.is_some() {
+            // All of the input is already "buffered".
+            return Ok(0);
+        }
         if self.rpos > 0 {
             self.rbuf.copy_within(self.rpos..self.rlen, 0);
             self.rlen -= self.rpos;
@@ -444,7 +498,9 @@ impl QemuFile {
     /// Consume `n <= available()` buffered bytes.
     fn consume(&mut self, n: usize) {
         let end = self.rpos + n;
-        if let Some(bytes) = self.rbuf.get(self.rpos..end) {
+        if self.hashing
+            && let Some(bytes) = input(&self.shared, &self.rbuf).get(self.rpos..end)
+        {
             self.crc.update(bytes);
         }
         self.rpos = end;
@@ -473,7 +529,7 @@ impl QemuFile {
             let n = self.available().min(buf.len() - done);
             if let (Some(dst), Some(src)) = (
                 buf.get_mut(done..done + n),
-                self.rbuf.get(self.rpos..self.rpos + n),
+                input(&self.shared, &self.rbuf).get(self.rpos..self.rpos + n),
             ) {
                 dst.copy_from_slice(src);
             }
@@ -532,7 +588,25 @@ impl QemuFile {
             }
         }
         let end = self.rpos + n.min(self.available());
-        Ok(self.rbuf.get(self.rpos..end).unwrap_or_default())
+        Ok(input(&self.shared, &self.rbuf)
+            .get(self.rpos..end)
+            .unwrap_or_default())
+    }
+
+    /// Read exactly `n` bytes (at most [`IO_BUF_SIZE`]) and borrow them from
+    /// the input instead of copying them out; a short read is
+    /// [`Error::ShortRead`] (latched, nothing consumed).
+    pub fn get_slice(&mut self, n: usize) -> Result<&[u8]> {
+        let got = self.peek(n)?.len();
+        if got < n {
+            let offset = self.position;
+            return Err(self.short_read(offset, n as u64, got as u64));
+        }
+        let start = self.rpos;
+        self.consume(n);
+        Ok(input(&self.shared, &self.rbuf)
+            .get(start..start + n)
+            .unwrap_or_default())
     }
 
     /// Look at the next byte without consuming it (`qemu_peek_byte`); at end

@@ -466,3 +466,46 @@ fn qemu_file_is_send() {
     fn sync<T: Sync>() {}
     sync::<Error>();
 }
+
+/// Shared input: the same gets as a buffered one, `get_slice` borrows, no seeking.
+#[test]
+fn shared_input_reads_in_place() {
+    let mut w = QemuFile::memory_writer("w");
+    w.put_u32(0xdead_beef);
+    w.put_counted_string("abc");
+    w.put_buffer(&[7; 5000]);
+    w.put_u8(9);
+    let bytes = Arc::new(w.into_bytes().expect("bytes"));
+    let mut plain = QemuFile::from_bytes(bytes.to_vec(), "p");
+    let mut f = QemuFile::from_shared(bytes.clone(), "s");
+    assert!(f.shared_bytes().is_some_and(|b| Arc::ptr_eq(b, &bytes)));
+    assert!(plain.shared_bytes().is_none());
+    assert!(matches!(f.seek_to(0), Err(Error::NotSeekable { .. })));
+    for g in [&mut plain, &mut f] {
+        assert_eq!(g.get_u32().expect("u32"), 0xdead_beef);
+        assert_eq!(g.get_counted_string().expect("str"), "abc");
+        assert_eq!(g.peek(2).expect("peek"), &[7, 7]);
+        assert_eq!(g.get_slice(4096).expect("slice"), &[7; 4096][..]);
+        g.skip(904).expect("skip");
+        assert_eq!(g.peek(10).expect("peek"), &[9]);
+        assert!(matches!(
+            g.get_slice(2),
+            Err(Error::ShortRead {
+                wanted: 2,
+                got: 1,
+                ..
+            })
+        ));
+    }
+    assert_eq!(f.position(), plain.position());
+    assert_eq!(f.crc32(), plain.crc32());
+    assert_eq!(f.crc32(), crc32fast::hash(&bytes[..bytes.len() - 1]));
+
+    // Not hashed any more once disabled.
+    let mut f = QemuFile::from_shared(bytes.clone(), "s");
+    f.get_u32().expect("u32");
+    let after_four = f.crc32();
+    f.disable_crc();
+    f.skip(100).expect("skip");
+    assert_eq!(f.crc32(), after_four);
+}

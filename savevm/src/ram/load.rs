@@ -61,7 +61,6 @@ pub(crate) struct RamLoader<'r> {
     blocks: Vec<StreamBlock>,
     /// Block (index in `blocks`) of the previous record of this section.
     last: Option<usize>,
-    page: Vec<u8>,
     pages: u64,
     zero_pages: u64,
     /// Pages to zero not yet handed to the sink: (local block, start, end).
@@ -85,11 +84,6 @@ impl<'r> RamLoader<'r> {
         sink: Option<&'r mut dyn RamBlocks>,
     ) -> Result<Self> {
         validate_blocks(&local, ignore_shared)?;
-        let page = if sink.is_some() {
-            vec![0; PAGE]
-        } else {
-            Vec::new()
-        };
         Ok(RamLoader {
             local,
             ignore_shared,
@@ -97,7 +91,6 @@ impl<'r> RamLoader<'r> {
             phase: Phase::Idle,
             blocks: Vec::new(),
             last: None,
-            page,
             pages: 0,
             zero_pages: 0,
             pending_zero: None,
@@ -120,7 +113,6 @@ impl<'r> RamLoader<'r> {
             phase: Phase::Idle,
             blocks: Vec::new(),
             last: None,
-            page: Vec::new(),
             pages: 0,
             zero_pages: 0,
             pending_zero: None,
@@ -430,8 +422,9 @@ impl<'r> RamLoader<'r> {
                 };
                 let written = match self.sink.as_deref_mut() {
                     Some(sink) => {
-                        f.get_buffer(&mut self.page).map_err(read)?;
-                        sink.write(local, addr, &self.page)
+                        // Borrowed from the stream's buffer: one copy, into guest RAM.
+                        let page = f.get_slice(PAGE).map_err(read)?;
+                        sink.write(local, addr, page)
                     }
                     None => {
                         f.skip(PAGE64).map_err(read)?;

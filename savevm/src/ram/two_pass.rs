@@ -1,5 +1,7 @@
 //! The two-pass load of a stream with guest RAM ([`load_state`]).
 
+use std::sync::Arc;
+
 use cpr_migration_file::QemuFile;
 
 use super::{RamBlocks, RamLoader};
@@ -22,7 +24,9 @@ use crate::stream::{LoadedState, get, load_device_state_as, parse_stream, read_s
 ///    [`QemuFile::seek_to`]) and write its pages into `ram`, zeroing the
 ///    pages of copied blocks that carry no data (ZERO records, and pages no
 ///    record covers).
-///    The bytes read must parse and hash as in pass 1
+///    The bytes read must parse and hash as in pass 1 (parse only, when
+///    both passes read the same [`QemuFile::from_shared`] bytes, which
+///    cannot change)
 ///    ([`Error::StreamChanged`] otherwise; guest RAM may then be partly
 ///    written, so give a factory that re-reads the same bytes, e.g. a
 ///    duplicate of one fd, as `cpr`'s `cpr-load` does). A
@@ -61,6 +65,8 @@ pub(crate) fn load_state_as(
     let ignore_shared = ram.ignore_shared();
     let mut check = RamLoader::new(local.clone(), ignore_shared, None)?;
     let (loaded, end) = parse_stream(&mut f, registry, Some(&mut check), &file)?;
+    // Kept alive across the passes, so a pass 2 reading these very bytes is known.
+    let checked = f.shared_bytes().cloned();
     drop(f);
     let copied = loaded
         .ram()
@@ -72,6 +78,11 @@ pub(crate) fn load_state_as(
     // Pass 2: the same bytes again, now writing guest RAM.
     let mut f = open()?;
     f.reset_crc();
+    // The same immutable bytes pass 1 hashed: hashing them again proves nothing.
+    let same = matches!((&checked, f.shared_bytes()), (Some(a), Some(b)) if Arc::ptr_eq(a, b));
+    if same {
+        f.disable_crc();
+    }
     read_stream_header(&mut f).map_err(|e| Error::NotVmstateFile {
         file: file.clone(),
         source: Box::new(e),
@@ -100,7 +111,7 @@ pub(crate) fn load_state_as(
             }
         }
     }
-    if f.position() != end_offset || f.crc32() != end_crc {
+    if f.position() != end_offset || (!same && f.crc32() != end_crc) {
         return Err(Error::StreamChanged {
             offset: f.position(),
             source: None,
