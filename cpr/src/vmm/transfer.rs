@@ -380,8 +380,10 @@ impl Vmm {
     }
 
     fn take_over(&mut self, conn: UnixStream, stream: Vec<u8>) -> Result<()> {
+        // Every pass of the loader reads these very bytes, in place.
+        let stream = Arc::new(stream);
         let open = || -> cpr_savevm::Result<QemuFile> {
-            Ok(QemuFile::from_bytes(stream.clone(), "cpr-transfer"))
+            Ok(QemuFile::from_shared(Arc::clone(&stream), "cpr-transfer"))
         };
         let refuse = |conn: &UnixStream, e: Error| {
             let _ = (&*conn).write_all(&[REFUSE]);
