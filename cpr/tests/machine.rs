@@ -438,8 +438,20 @@ fn guest_exception_is_reported() {
     let events = m.take_events().expect("events");
     m.boot().expect("boot");
     wait_for(&m, &events, "running", |p| p.reports > 0);
-    m.pause().expect("pause");
-    let rip = m.capture().expect("capture").vcpus[0].regs.rip;
+    // Stop the vCPU in user mode: it also spends time in the (emulated) kernel, handling
+    // its timer, and a ud2 patched there would be a kernel-mode fault.
+    let mut rip = None;
+    for _ in 0..1000 {
+        m.pause().expect("pause");
+        let vcpu = &m.capture().expect("capture").vcpus[0];
+        if vcpu.sregs.cs.selector & 3 == 3 {
+            rip = Some(vcpu.regs.rip);
+            break;
+        }
+        m.resume().expect("resume");
+        std::thread::sleep(std::time::Duration::from_micros(300));
+    }
+    let rip = rip.expect("the vCPU never stopped in user mode");
     // ud2 at the user workload's current instruction.
     m.memory()
         .write_slice(&[0x0f, 0x0b], GuestAddress(rip))
