@@ -143,6 +143,7 @@ pub(crate) mod protocol;
 pub(crate) mod request;
 pub(crate) mod schema;
 pub(crate) mod server;
+pub(crate) mod socket;
 pub(crate) mod stream;
 
 pub use client::{ClientError, Event, QmpClient};

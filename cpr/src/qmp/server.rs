@@ -15,14 +15,14 @@ use nix::sys::socket::{MsgFlags, send};
 use nix::sys::socket::{Shutdown as SockShutdown, shutdown as sock_shutdown};
 use serde_json::{Map, Value, json};
 use std::fmt;
-use std::fs::{self, DirBuilder, Permissions};
+use std::fs;
 use std::io::{self, Read};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -270,7 +270,7 @@ impl QmpServer {
         config: ServerConfig,
         requests: Sender<QmpRequest>,
     ) -> io::Result<QmpServer> {
-        let (listener, ident) = bind_socket(&config.path)?;
+        let (listener, ident) = super::socket::bind_private(&config.path)?;
         QmpServer::serve(config, listener, ident, requests, None, true)
     }
 
@@ -391,12 +391,7 @@ impl QmpServer {
         // gone.
         let _ = sock_shutdown(listener.as_raw_fd(), SockShutdown::Both);
         drop(listener);
-        if let Ok(md) = fs::symlink_metadata(&self.path)
-            && md.file_type().is_socket()
-            && (md.dev(), md.ino()) == self.ident
-        {
-            let _ = fs::remove_file(&self.path);
-        }
+        super::socket::remove_if_ours(&self.path, self.ident);
     }
 
     /// Waits up to `timeout` until everything queued for the connected client (replies,
@@ -451,82 +446,6 @@ impl Drop for QmpServer {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// Removes a stale socket at `path`; refuses a live one or a non-socket.
-fn remove_stale(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-        Ok(md) if md.file_type().is_socket() => match UnixStream::connect(path) {
-            Ok(_) => Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("{}: a server is already listening there", path.display()),
-            )),
-            Err(_) => match fs::remove_file(path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-                _ => Ok(()),
-            },
-        },
-        Ok(_) => Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!(
-                "{}: exists and is not a socket; not replacing it",
-                path.display()
-            ),
-        )),
-    }
-}
-
-/// Binds a listening socket at `path` with mode 0600 whatever the umask:
-/// the socket is bound inside a fresh 0700 directory, chmod'ed, then
-/// hard-linked into place (which fails rather than clobbers if `path`
-/// appeared meanwhile). Falls back to bind + chmod when the temporary path
-/// would be too long or the directory cannot be made. Returns the listener
-/// and the socket's (device, inode).
-fn bind_socket(path: &Path) -> io::Result<(UnixListener, (u64, u64))> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    remove_stale(path)?;
-    let name = path.file_name().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "socket path has no file name")
-    })?;
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmpdir = parent.join(format!(
-        ".{}.{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let tmpsock = tmpdir.join("s");
-    let mut listener = None;
-    if tmpsock.as_os_str().len() < 100 && DirBuilder::new().mode(0o700).create(&tmpdir).is_ok() {
-        let result = (|| {
-            let l = UnixListener::bind(&tmpsock)?;
-            fs::set_permissions(&tmpsock, Permissions::from_mode(0o600))?;
-            match fs::hard_link(&tmpsock, path) {
-                Ok(()) => Ok(l),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
-                // Filesystems without hard links: rename instead.
-                Err(_) => fs::rename(&tmpsock, path).map(|()| l),
-            }
-        })();
-        let _ = fs::remove_file(&tmpsock);
-        let _ = fs::remove_dir(&tmpdir);
-        listener = Some(result?);
-    }
-    let listener = match listener {
-        Some(l) => l,
-        None => {
-            let l = UnixListener::bind(path)?;
-            fs::set_permissions(path, Permissions::from_mode(0o600))?;
-            l
-        }
-    };
-    let md = fs::symlink_metadata(path)?;
-    Ok((listener, (md.dev(), md.ino())))
 }
 
 /// Lets an adopted listener's server start accepting ([`QmpServer::adopt`]).

@@ -495,10 +495,10 @@ fn inherited_fd(n: RawFd) -> Result<OwnedFd> {
 /// at its `migrate`), removes the socket and receives the CPR state. The returned
 /// connection gets [`ready`] once this process has built its machine.
 pub fn receive_on(path: &std::path::Path) -> Result<(Received, UnixStream)> {
-    let listener = super::transfer::bind_private(path)
+    let (listener, ident) = crate::qmp::socket::bind_private(path)
         .map_err(HandoffError::io("listening on the cpr channel"))?;
     let accepted = listener.accept();
-    let _ = std::fs::remove_file(path);
+    crate::qmp::socket::remove_if_ours(path, ident);
     let (conn, _) = accepted.map_err(HandoffError::io("accepting on the cpr channel"))?;
     let received = receive(&conn, Duration::from_secs(30))?;
     Ok((received, conn))

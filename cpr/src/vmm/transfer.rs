@@ -46,6 +46,7 @@ use super::handoff::{self, HandoffError, READY, READY_OWN_MONITOR};
 use super::query_migrate::{MigrationInfo, MigrationStatus};
 use super::{Msg, Vmm};
 use crate::error::{Error, Result};
+use crate::qmp::socket::{bind_private, remove_if_ours};
 
 /// The main channel's frame: magic, then the stream's length.
 const FRAME_MAGIC: &[u8; 4] = b"CPRM";
@@ -94,8 +95,8 @@ pub struct IncomingStream {
 /// cpr-transfer state of the VMM.
 #[derive(Default)]
 pub(super) struct TransferState {
-    /// Incoming: the main channel's socket path, while listening.
-    listening: Option<PathBuf>,
+    /// Incoming: the main channel's socket path and identity, while listening.
+    listening: Option<(PathBuf, (u64, u64))>,
     /// Incoming: what to run once the old process has let go of the monitor socket.
     takeover: Option<Box<dyn FnOnce() + Send>>,
     /// Incoming: this process failed to take over and must exit.
@@ -326,13 +327,13 @@ impl Vmm {
     /// `--incoming unix:PATH` or `migrate-incoming` with a UNIX main channel: listen, and
     /// let a thread read the old process's stream.
     pub(super) fn listen_transfer(&mut self, path: &Path) -> Result<()> {
-        let listener = bind_private(path).map_err(|source| {
+        let (listener, ident) = bind_private(path).map_err(|source| {
             Error::Transfer(TransferError::ConnectMain {
                 path: path.to_path_buf(),
                 source,
             })
         })?;
-        self.transfer.listening = Some(path.to_path_buf());
+        self.transfer.listening = Some((path.to_path_buf(), ident));
         self.migration.info = MigrationInfo::default();
         self.set_migration_status(MigrationStatus::Setup);
         let tx: Sender<Msg> = self.msgs.clone();
@@ -356,8 +357,8 @@ impl Vmm {
         &mut self,
         got: std::result::Result<IncomingStream, HandoffError>,
     ) {
-        if let Some(path) = self.transfer.listening.take() {
-            let _ = std::fs::remove_file(path);
+        if let Some((path, ident)) = self.transfer.listening.take() {
+            remove_if_ours(&path, ident);
         }
         self.set_migration_status(MigrationStatus::Active);
         let result = match got {
@@ -468,29 +469,6 @@ impl Vmm {
     }
 }
 
-/// Binds a listening UNIX socket at `path`, mode 0600, replacing only a stale socket.
-pub(super) fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    if let Ok(md) = std::fs::symlink_metadata(path) {
-        if !md.file_type().is_socket() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "exists and is not a socket",
-            ));
-        }
-        if UnixStream::connect(path).is_ok() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AddrInUse,
-                "a process listens there already",
-            ));
-        }
-        std::fs::remove_file(path)?;
-    }
-    let l = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
-}
-
 /// Accepts the old process's connection.
 fn accept_conn(listener: &UnixListener) -> std::result::Result<UnixStream, HandoffError> {
     let (conn, _) = listener.accept().map_err(|source| HandoffError::Io {
@@ -576,7 +554,7 @@ mod tests {
     fn frames_round_trip_and_hostile_frames_are_refused() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("main.sock");
-        let listener = bind_private(&path).expect("bind");
+        let (listener, _) = bind_private(&path).expect("bind");
         let stream = b"QEVM stream".to_vec();
         let sender = std::thread::spawn({
             let path = path.clone();
