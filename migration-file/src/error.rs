@@ -110,6 +110,16 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A file read in place ([`MappedFile`](crate::MappedFile)) changed under the reader:
+    /// truncated, or opened for writing by someone else, while it was read.
+    #[error("file '{name}' changed while it was read: {reason}")]
+    InputChanged {
+        /// Channel name of the file.
+        name: String,
+        /// What happened to it.
+        reason: String,
+    },
+
     /// The stream ended before the requested bytes could be read.
     #[error("unexpected end of file '{name}' at offset {offset}: wanted {wanted} bytes, got {got}")]
     ShortRead {

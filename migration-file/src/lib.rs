@@ -90,6 +90,13 @@
 //!   [`Error::InvalidUtf8`].
 //! * **Integrity.** Every file keeps a running CRC-32 of the bytes put or
 //!   consumed ([`QemuFile::crc32`]) so callers can seal and verify streams.
+//! * **Files read in place, safely.** [`MappedFile`] maps a stream file
+//!   read-only under a read lease (`F_SETLEASE`), so nobody can open it for
+//!   writing or truncate it unnoticed while it is read, with a SIGBUS guard
+//!   that turns a truncation after a forced lease break into zeros and an
+//!   [`Error::InputChanged`] instead of a killed process. Where no lease can
+//!   be had, callers read the file as before. This module is the crate's
+//!   only `unsafe` code.
 //!
 //! `/dev/fdset/N` names (QEMU's fd passing in `qemu_open_old`) are not
 //! interpreted: callers that receive fds use [`QemuFile::from_fd`].
@@ -111,15 +118,19 @@
 //! # Ok::<(), cpr_migration_file::Error>(())
 //! ```
 
-#![forbid(unsafe_code)]
+// Only `mapped` (mmap, fcntl leases, a SIGBUS handler) needs `unsafe`.
+#![deny(unsafe_code)]
 #![warn(unreachable_pub)]
 
 mod atomic;
 mod error;
+#[allow(unsafe_code)]
+mod mapped;
 mod qemu_file;
 mod resolve;
 
 pub use atomic::AtomicFile;
 pub use error::{Error, Result};
-pub use qemu_file::{IO_BUF_SIZE, QemuFile};
+pub use mapped::{MapRefused, MappedFile};
+pub use qemu_file::{IO_BUF_SIZE, QemuFile, SharedInput};
 pub use resolve::{FileId, MAX_SYMLINKS, ResolvedPath};

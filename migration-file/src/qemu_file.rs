@@ -37,7 +37,7 @@ pub struct QemuFile {
     /// `shared[rpos..rlen]` for an input over shared bytes.
     rbuf: Vec<u8>,
     /// The whole input of [`from_shared`](QemuFile::from_shared), read in place.
-    shared: Option<Arc<Vec<u8>>>,
+    shared: Option<Arc<dyn SharedInput>>,
     rpos: usize,
     rlen: usize,
     /// Output buffer: bytes put but not yet handed to the backend.
@@ -50,9 +50,28 @@ pub struct QemuFile {
     error: Option<Error>,
 }
 
+/// Bytes several inputs read in place ([`QemuFile::from_shared_input`]): a whole stream
+/// in memory (`Vec<u8>`), or a file mapped under a lease ([`MappedFile`](crate::MappedFile)).
+pub trait SharedInput: Send + Sync {
+    /// The bytes.
+    fn bytes(&self) -> &[u8];
+
+    /// Whether the bytes read so far are still the input's own: `Err` with why not (a
+    /// mapped file truncated or opened for writing meanwhile). Bytes in memory always are.
+    fn verify(&self) -> std::result::Result<(), String> {
+        Ok(())
+    }
+}
+
+impl SharedInput for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
 /// The bytes an input reads from: its buffer, or the shared input.
-fn input<'a>(shared: &'a Option<Arc<Vec<u8>>>, rbuf: &'a [u8]) -> &'a [u8] {
-    shared.as_deref().map_or(rbuf, Vec::as_slice)
+fn input<'a>(shared: &'a Option<Arc<dyn SharedInput>>, rbuf: &'a [u8]) -> &'a [u8] {
+    shared.as_deref().map_or(rbuf, SharedInput::bytes)
 }
 
 impl fmt::Debug for QemuFile {
@@ -61,7 +80,7 @@ impl fmt::Debug for QemuFile {
             _ if self.shared.is_some() => {
                 format!(
                     "shared ({} bytes)",
-                    self.shared.as_deref().map_or(0, Vec::len)
+                    self.shared.as_deref().map_or(0, |b| b.bytes().len())
                 )
             }
             Backend::Fd(ref file) => format!("{file:?}"),
@@ -175,17 +194,37 @@ impl QemuFile {
     /// files may share the same bytes (e.g. the passes of a two-pass load);
     /// [`shared_bytes`](Self::shared_bytes) tells whether two read the same.
     pub fn from_shared(bytes: Arc<Vec<u8>>, name: &str) -> QemuFile {
+        Self::from_shared_input(bytes, name)
+    }
+
+    /// [`from_shared`](Self::from_shared) over any [`SharedInput`], such as a
+    /// [`MappedFile`](crate::MappedFile).
+    pub fn from_shared_input(bytes: Arc<dyn SharedInput>, name: &str) -> QemuFile {
         let mut f = Self::new(Backend::Closed, false, name);
         f.rbuf = Vec::new();
-        f.rlen = bytes.len();
+        f.rlen = bytes.bytes().len();
         f.shared = Some(bytes);
         f
     }
 
     /// The bytes a [`from_shared`](Self::from_shared) input reads; `None` for
     /// any other file.
-    pub fn shared_bytes(&self) -> Option<&Arc<Vec<u8>>> {
+    pub fn shared_bytes(&self) -> Option<&Arc<dyn SharedInput>> {
         self.shared.as_ref()
+    }
+
+    /// Whether the bytes read so far are still the input's own
+    /// ([`SharedInput::verify`]): [`Error::InputChanged`] (not latched) if a mapped
+    /// file was truncated or opened for writing meanwhile. Always `Ok` for other files,
+    /// whose bytes were copied out as they were read.
+    pub fn verify_input(&self) -> Result<()> {
+        match self.shared.as_deref().map(SharedInput::verify) {
+            Some(Err(reason)) => Err(Error::InputChanged {
+                name: self.name.clone(),
+                reason,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// An output file collecting its bytes in memory; get them back with

@@ -601,6 +601,16 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// A stream file read in place changed under the loader (truncated, or opened for
+    /// writing by someone else): whatever was read from it is not trusted.
+    #[error("the stream file changed while it was read (at offset {offset})")]
+    InputChanged {
+        /// How far the loader had read.
+        offset: u64,
+        /// What happened to the file.
+        #[source]
+        source: FileError,
+    },
     /// The second pass read different bytes than the first (the file
     /// changed in between; guest RAM may be partly written).
     #[error("the stream changed between the checking and the loading pass (at offset {offset})")]

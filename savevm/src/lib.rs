@@ -238,6 +238,17 @@
 //!   checksum — skipping page data, and only then re-reads it to write
 //!   guest RAM: a corrupt file (or one for the wrong machine) never
 //!   half-overwrites a shared RAM file.
+//! * **Copy mode at memory speed.** Where the input is read in place
+//!   ([`QemuFile::from_shared_input`](cpr_migration_file::QemuFile::from_shared_input):
+//!   a stream in memory, or a file mapped under a read lease), both passes
+//!   read the same bytes with no copy out of the page cache, a large input is
+//!   hashed once, in two halves on two threads, before it is parsed, and
+//!   pass 2 is not hashed again; an input that reports a change (a mapped file
+//!   truncated or opened for writing) is [`Error::InputChanged`] after either
+//!   pass. Before pass 2, the VMM is told which ranges will be written
+//!   ([`RamBlocks::will_write`]) so it can allocate them on another thread
+//!   while the pages are copied. QEMU reads a file stream through a 32 KiB
+//!   buffer, copying every page twice.
 //! * **Which blocks stay in place.** QEMU's block list does not say (each
 //!   side decides from its own blocks and capability); the vmdesc's `"ram"`
 //!   entry does, and a destination that disagrees about a block refuses the

@@ -197,7 +197,24 @@ pub trait RamBlocks {
         &self,
         block: usize,
     ) -> std::result::Result<Option<Vec<std::ops::Range<u64>>>, BoxError>;
+    /// Before a load writes pages (its second pass, once the stream is checked): the
+    /// byte ranges of `block` the stream carries page data for, in order, merged across
+    /// gaps of less than [`WILL_WRITE_GAP`]. A VMM may get that memory ready ahead of the
+    /// copies (allocate it on another thread, so the copies take no page faults). A hint
+    /// about what follows, not a write: the default does nothing.
+    fn will_write(
+        &mut self,
+        block: usize,
+        ranges: &[std::ops::Range<u64>],
+    ) -> std::result::Result<(), BoxError> {
+        let _ = (block, ranges);
+        Ok(())
+    }
 }
+
+/// Gap under which [`RamBlocks::will_write`] ranges are merged: a huge page (2 MiB), which
+/// a VMM allocating ahead would allocate whole anyway.
+pub const WILL_WRITE_GAP: u64 = 2 << 20;
 
 /// Check a block list from [`RamBlocks::blocks`]: names 1..=255 bytes and
 /// unique, lengths non-zero page multiples, total without overflow, blocks

@@ -443,11 +443,73 @@ pub fn load_device_state_as(
 
 /// Parse a whole stream; with `ram`, its `ram` section too. Also returns
 /// (offset, running CRC-32) just after the `ram` section's END.
+///
+/// A file read in place that changed meanwhile is [`Error::InputChanged`], whatever the
+/// parse made of its bytes.
 pub(crate) fn parse_stream(
+    f: &mut QemuFile,
+    registry: &Registry,
+    ram: Option<&mut RamLoader<'_>>,
+    file: &str,
+) -> Result<(LoadedState, Option<(u64, u32)>)> {
+    let checksum = shared_checksum(f);
+    if checksum.is_some() {
+        // Hashed already, in parallel: the parse only reads.
+        f.disable_crc();
+    }
+    let parsed = parse_stream_bytes(f, registry, ram, file, checksum);
+    verify_input(f)?;
+    parsed
+}
+
+/// Inputs smaller than this are hashed as they are parsed.
+const PARALLEL_CRC_MIN: usize = 4 << 20;
+
+/// For a large input read in place ([`QemuFile::shared_bytes`]): the CRC-32 of all of it
+/// but a trailer's length at the end (where a well-formed stream's trailer is), hashed in
+/// two halves on two threads and combined; also faults a mapped file in on both. `None`
+/// for other inputs, which hash as they are read.
+fn shared_checksum(f: &QemuFile) -> Option<(u64, u32)> {
+    let bytes = f.shared_bytes()?.bytes();
+    let body = bytes.get(..bytes.len().checked_sub(TRAILER_LEN)?)?;
+    if body.len() < PARALLEL_CRC_MIN {
+        return None;
+    }
+    let (first, second) = body.split_at(body.len() / 2);
+    let hash = |b: &[u8]| {
+        let mut h = crc32fast::Hasher::new();
+        h.update(b);
+        h
+    };
+    let crc = std::thread::scope(|s| {
+        let other = std::thread::Builder::new()
+            .name("stream-crc".into())
+            .spawn_scoped(s, || hash(second));
+        let mut h = hash(first);
+        match other.ok().map(|t| t.join()) {
+            Some(Ok(h2)) => h.combine(&h2),
+            // No second thread (or it died): hash the second half here.
+            _ => h.update(second),
+        }
+        h
+    });
+    Some((body.len() as u64, crc.finalize()))
+}
+
+/// [`Error::InputChanged`] if `f` reads a file in place that changed under it.
+pub(crate) fn verify_input(f: &QemuFile) -> Result<()> {
+    f.verify_input().map_err(|source| Error::InputChanged {
+        offset: f.position(),
+        source,
+    })
+}
+
+fn parse_stream_bytes(
     f: &mut QemuFile,
     registry: &Registry,
     mut ram: Option<&mut RamLoader<'_>>,
     file: &str,
+    checksum: Option<(u64, u32)>,
 ) -> Result<(LoadedState, Option<(u64, u32)>)> {
     f.reset_crc();
     read_stream_header(f).map_err(|e| Error::NotVmstateFile {
@@ -506,7 +568,7 @@ pub(crate) fn parse_stream(
         ram_blocks,
     )?;
 
-    check_trailer(f)?;
+    check_trailer(f, checksum)?;
     let loaded = LoadedState {
         stamp: registry.stamp(),
         sections,
@@ -647,8 +709,21 @@ fn load_full_section(f: &mut QemuFile, registry: &Registry, offset: u64) -> Resu
     })
 }
 
-fn check_trailer(f: &mut QemuFile) -> Result<()> {
-    let computed = f.crc32();
+/// The trailer at `f`'s position: its checksum against the bytes before it (`f`'s running
+/// CRC-32, or `checksum`'s (length, CRC-32) of a shared input's first bytes).
+fn check_trailer(f: &mut QemuFile, checksum: Option<(u64, u32)>) -> Result<()> {
+    let computed = match checksum {
+        None => f.crc32(),
+        Some((len, crc)) if len == f.position() => crc,
+        // A trailer where the whole-input hash did not expect one: hash what precedes it.
+        Some(_) => {
+            let end = usize::try_from(f.position()).unwrap_or(usize::MAX);
+            let bytes = f
+                .shared_bytes()
+                .map(|b| b.bytes().get(..end).unwrap_or_default());
+            crc32fast::hash(bytes.unwrap_or_default())
+        }
+    };
     let offset = f.position();
     let mut tag = [0u8; 4];
     if f.get_buffer(&mut tag).is_err() || tag != TRAILER_TAG {

@@ -18,8 +18,9 @@
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 
-use cpr_migration_file::QemuFile;
+use cpr_migration_file::{MappedFile, QemuFile, SharedInput};
 use cpr_runstate::{RunState, check_transition};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -375,8 +376,26 @@ impl Vmm {
         //    reads a duplicate of that descriptor from `offset`, so a file renamed over
         //    the path meanwhile cannot mix two checkpoints.
         let file = target::open_for_read(filename)?;
+        // Read in place where the file can be mapped under a read lease (nothing copied
+        // out of the page cache; both passes read the same bytes, hashed once); else
+        // read twice through a buffer.
+        let mapped = match MappedFile::map(&file, offset) {
+            Ok(m) => Some(Arc::new(m)),
+            Err(why) => {
+                log::debug!(
+                    "{} is read, not mapped: {}",
+                    filename.display(),
+                    crate::error::chain(&why)
+                );
+                None
+            }
+        };
         let pinned = format!("/proc/self/fd/{}", file.as_raw_fd());
         let open = || -> cpr_savevm::Result<QemuFile> {
+            if let Some(m) = &mapped {
+                let input: Arc<dyn SharedInput> = m.clone();
+                return Ok(QemuFile::from_shared_input(input, "cpr-load"));
+            }
             let io = |op| move |source| cpr_savevm::Error::Io { op, source };
             let mut f = QemuFile::open(&pinned, OFlag::O_RDONLY, Mode::empty(), "cpr-load")
                 .map_err(io("reopening the checkpoint"))?;
@@ -394,7 +413,18 @@ impl Vmm {
         // 4. cpr_set_mode(reboot): a no-op in patch 6, as at step 8 of cpr-save.
         let has_ram = kind.has_ram();
         // 7. cpr_set_mode(none): a no-op too.
-        self.load_stream(open, flavor, has_ram)
+        let loaded = self.load_stream(open, flavor, has_ram);
+        // Unmapping a large file mapping takes a while on some hosts: off the command's
+        // path (the lease goes with it; the guest may already be running).
+        if let Some(m) = mapped {
+            let unmap = std::thread::Builder::new()
+                .name("unmap-stream".into())
+                .spawn(move || drop(m));
+            if let Err(e) = unmap {
+                log::debug!("unmapping the stream on this thread: {e}");
+            }
+        }
+        loaded
     }
 
     /// Refuses to load into a running VM, whatever the interface (V7 step 1).
@@ -452,7 +482,10 @@ impl Vmm {
             .and_then(|f| epoch::read(f))
             .unwrap_or_default();
         let parsed = checkpoint::parse(open, local, ram);
-        if io.retagged() {
+        let retagged = io.retagged();
+        // Done with guest RAM (its helper threads joined).
+        drop(io);
+        if retagged {
             // RAM pages were copied in: the files are tagged `running` (see ram_io.rs).
             self.rs.machine_mut().ram.retagged_running();
         }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use cpr_memory::{Backing, GuestRam, MappedBlock, Origin};
 use cpr_savevm::{BoxError, RamBlockDesc, RamBlocks};
 use nix::unistd::{Whence, lseek};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 /// Chunk used to compare and clear zero runs where pages cannot be discarded.
 const ZERO_CHUNK: usize = 64 * 1024;
@@ -74,6 +74,34 @@ pub(super) struct GuestRamIo<'a> {
     /// checkpoint that left this RAM in place describes it any more.
     retag: Vec<PathBuf>,
     retagged: bool,
+    /// Threads allocating RAM ahead of the copies ([`RamBlocks::will_write`]), joined on
+    /// drop.
+    prefault: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for GuestRamIo<'_> {
+    fn drop(&mut self) {
+        for t in self.prefault.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `madvise(MADV_POPULATE_WRITE)` over host memory `addr..addr+len`: its pages allocated
+/// and mapped writable, contents unchanged. Best effort: a kernel without it (before 5.14)
+/// or a failure leaves the copies to fault the pages in themselves.
+fn populate_write(addr: usize, len: usize) {
+    // SAFETY: MADV_POPULATE_WRITE faults pages in as a write would, without writing: it
+    // changes no byte of memory. The range is guest RAM, mapped for as long as the
+    // GuestRamIo that spawned this thread (which joins it on drop) borrows the GuestRam;
+    // if it were unmapped the call would fail with ENOMEM, touching nothing.
+    let res = unsafe { libc::madvise(addr as *mut libc::c_void, len, libc::MADV_POPULATE_WRITE) };
+    if res != 0 {
+        log::debug!(
+            "MADV_POPULATE_WRITE at {addr:#x}+{len:#x}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 impl<'a> GuestRamIo<'a> {
@@ -102,6 +130,7 @@ impl<'a> GuestRamIo<'a> {
             old: vec![old; ram.blocks().len()],
             retag: Vec::new(),
             retagged: false,
+            prefault: Vec::new(),
         }
     }
 
@@ -254,6 +283,38 @@ impl RamBlocks for GuestRamIo<'_> {
             }
             Ok(())
         })
+    }
+
+    /// Allocates the memory the load is about to copy pages into, on a thread of its own
+    /// that runs ahead of the copies: a fault per 4 KiB page (or a huge page zeroed and
+    /// possibly compacted for, on the copier's time) is slow on some hosts, where one
+    /// `MADV_POPULATE_WRITE` per range is not. Only for memory that reads as zeros (fresh,
+    /// or just discarded); old contents are discarded first, as for any write.
+    fn will_write(&mut self, block: usize, ranges: &[Range<u64>]) -> Result<(), BoxError> {
+        self.before_write(block)?;
+        if self.old.get(block) != Some(&Old::Zero) {
+            return Ok(());
+        }
+        let mem = self.ram.memory();
+        let mut host = Vec::new();
+        for r in ranges {
+            self.each_piece(block, r.start, r.end - r.start, u64::MAX, |addr, _, n| {
+                let ptr = mem
+                    .get_host_address(addr)
+                    .map_err(|e| BoxError::from(e.to_string()))?;
+                host.push((ptr as usize, n));
+                Ok(())
+            })?;
+        }
+        let thread = std::thread::Builder::new()
+            .name("ram-prefault".into())
+            .spawn(move || {
+                for (addr, len) in host {
+                    populate_write(addr, len);
+                }
+            })?;
+        self.prefault.push(thread);
+        Ok(())
     }
 
     /// Which parts of a block may hold data, without touching its pages:

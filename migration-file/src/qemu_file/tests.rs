@@ -478,7 +478,8 @@ fn shared_input_reads_in_place() {
     let bytes = Arc::new(w.into_bytes().expect("bytes"));
     let mut plain = QemuFile::from_bytes(bytes.to_vec(), "p");
     let mut f = QemuFile::from_shared(bytes.clone(), "s");
-    assert!(f.shared_bytes().is_some_and(|b| Arc::ptr_eq(b, &bytes)));
+    let shared: Arc<dyn crate::SharedInput> = bytes.clone();
+    assert!(f.shared_bytes().is_some_and(|b| Arc::ptr_eq(b, &shared)));
     assert!(plain.shared_bytes().is_none());
     assert!(matches!(f.seek_to(0), Err(Error::NotSeekable { .. })));
     for g in [&mut plain, &mut f] {

@@ -4,7 +4,7 @@
 
 use cpr_migration_file::QemuFile;
 
-use super::{PAGE, PAGE64, RamBlockDesc, RamBlocks, validate_blocks};
+use super::{PAGE, PAGE64, RamBlockDesc, RamBlocks, WILL_WRITE_GAP, validate_blocks};
 use crate::config::read_configuration;
 use crate::consts::*;
 use crate::error::{Error, Result};
@@ -69,6 +69,9 @@ pub(crate) struct RamLoader<'r> {
     adopt: bool,
     /// Offset of START's type byte, and of the byte after END's footer.
     span: (u64, u64),
+    /// Without a sink: the ranges each local block has page data for (see
+    /// [`RamBlocks::will_write`]).
+    page_ranges: Vec<Vec<std::ops::Range<u64>>>,
 }
 
 /// Most blocks [`RamLoader::adopting`] takes from a stream.
@@ -96,7 +99,27 @@ impl<'r> RamLoader<'r> {
             pending_zero: None,
             adopt: false,
             span: (0, 0),
+            page_ranges: Vec::new(),
         })
+    }
+
+    /// The ranges of each local block (by index) that the stream carries page data for,
+    /// merged across gaps under [`WILL_WRITE_GAP`], as a loader without a sink found them.
+    pub(crate) fn take_page_ranges(&mut self) -> Vec<Vec<std::ops::Range<u64>>> {
+        std::mem::take(&mut self.page_ranges)
+    }
+
+    fn note_page(&mut self, block: usize, addr: u64) {
+        if self.page_ranges.len() <= block {
+            self.page_ranges.resize_with(block + 1, Vec::new);
+        }
+        let Some(ranges) = self.page_ranges.get_mut(block) else {
+            return;
+        };
+        match ranges.last_mut() {
+            Some(r) if addr >= r.end && addr - r.end < WILL_WRITE_GAP => r.end = addr + PAGE64,
+            _ => ranges.push(addr..addr + PAGE64),
+        }
     }
 
     /// A loader without local RAM that takes the block list of the stream's START section
@@ -118,6 +141,7 @@ impl<'r> RamLoader<'r> {
             pending_zero: None,
             adopt: true,
             span: (0, 0),
+            page_ranges: Vec::new(),
         }
     }
 
@@ -428,6 +452,7 @@ impl<'r> RamLoader<'r> {
                     }
                     None => {
                         f.skip(PAGE64).map_err(read)?;
+                        self.note_page(local, addr);
                         Ok(())
                     }
                 };

@@ -2,12 +2,14 @@
 
 use std::sync::Arc;
 
-use cpr_migration_file::QemuFile;
+use cpr_migration_file::{QemuFile, SharedInput};
 
-use super::{RamBlocks, RamLoader};
+use super::{RamBlockDesc, RamBlocks, RamLoader};
 use crate::error::{Error, Result};
 use crate::registry::Registry;
-use crate::stream::{LoadedState, get, load_device_state_as, parse_stream, read_stream_header};
+use crate::stream::{
+    LoadedState, get, load_device_state_as, parse_stream, read_stream_header, verify_input,
+};
 
 /// [`load_device_state`](crate::load_device_state) with guest RAM, in two passes so that a corrupt
 /// file never changes guest RAM:
@@ -25,8 +27,10 @@ use crate::stream::{LoadedState, get, load_device_state_as, parse_stream, read_s
 ///    pages of copied blocks that carry no data (ZERO records, and pages no
 ///    record covers).
 ///    The bytes read must parse and hash as in pass 1 (parse only, when
-///    both passes read the same [`QemuFile::from_shared`] bytes, which
-///    cannot change)
+///    both passes read the same [`QemuFile::from_shared_input`] bytes: bytes
+///    in memory cannot change, and a file mapped under a lease
+///    ([`cpr_migration_file::MappedFile`]) that changed is
+///    [`Error::InputChanged`] after either pass)
 ///    ([`Error::StreamChanged`] otherwise; guest RAM may then be partly
 ///    written, so give a factory that re-reads the same bytes, e.g. a
 ///    duplicate of one fd, as `cpr`'s `cpr-load` does). A
@@ -77,18 +81,60 @@ pub(crate) fn load_state_as(
 
     // Pass 2: the same bytes again, now writing guest RAM.
     let mut f = open()?;
+    for (block, ranges) in check.take_page_ranges().iter().enumerate() {
+        if !ranges.is_empty() {
+            ram.will_write(block, ranges)
+                .map_err(|source| Error::RamAccess {
+                    op: "prepare",
+                    idstr: local
+                        .get(block)
+                        .map(|d| d.idstr.clone())
+                        .unwrap_or_default(),
+                    offset: ranges.first().map_or(0, |r| r.start),
+                    source,
+                })?;
+        }
+    }
+    let written = write_pages(
+        &mut f,
+        checked.as_ref(),
+        local,
+        ignore_shared,
+        ram,
+        &file,
+        (end_offset, end_crc),
+    );
+    // A file read in place that changed under this pass: its error, whatever the pass
+    // made of the bytes.
+    verify_input(&f)?;
+    written.map(|()| loaded)
+}
+
+/// Pass 2 of [`load_state_as`] on `f`: the `ram` section's pages into `ram`, checking
+/// that the bytes are the ones pass 1 checked (`checked`, or `end` = offset and CRC-32
+/// after the `ram` section).
+fn write_pages(
+    f: &mut QemuFile,
+    checked: Option<&Arc<dyn SharedInput>>,
+    local: Vec<RamBlockDesc>,
+    ignore_shared: bool,
+    ram: &mut dyn RamBlocks,
+    file: &str,
+    (end_offset, end_crc): (u64, u32),
+) -> Result<()> {
     f.reset_crc();
-    // The same immutable bytes pass 1 hashed: hashing them again proves nothing.
-    let same = matches!((&checked, f.shared_bytes()), (Some(a), Some(b)) if Arc::ptr_eq(a, b));
+    // The same bytes pass 1 hashed (held in memory, or a file mapped under a lease that
+    // `verify_input` checks): hashing them again proves nothing.
+    let same = matches!((checked, f.shared_bytes()), (Some(a), Some(b)) if Arc::ptr_eq(a, b));
     if same {
         f.disable_crc();
     }
-    read_stream_header(&mut f).map_err(|e| Error::NotVmstateFile {
-        file: file.clone(),
+    read_stream_header(f).map_err(|e| Error::NotVmstateFile {
+        file: file.to_owned(),
         source: Box::new(e),
     })?;
     let mut writer = RamLoader::new(local, ignore_shared, Some(ram))?;
-    if let Err(e) = writer.configuration(&mut f) {
+    if let Err(e) = writer.configuration(f) {
         return Err(Error::StreamChanged {
             offset: f.position(),
             source: Some(Box::new(e)),
@@ -96,8 +142,8 @@ pub(crate) fn load_state_as(
     }
     while !writer.is_done() {
         let offset = f.position();
-        let read = get(&mut f, "section type", QemuFile::get_u8)
-            .and_then(|ty| writer.section(&mut f, ty, offset));
+        let read =
+            get(f, "section type", QemuFile::get_u8).and_then(|ty| writer.section(f, ty, offset));
         match read {
             Ok(()) => {}
             // The VMM failed to write: its error, as is.
@@ -117,7 +163,7 @@ pub(crate) fn load_state_as(
             source: None,
         });
     }
-    Ok(loaded)
+    Ok(())
 }
 
 /// Whether `e` is (wraps) a [`RamBlocks`] failure.
