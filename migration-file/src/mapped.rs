@@ -408,7 +408,9 @@ mod tests {
     }
 
     fn pattern(n: usize) -> Vec<u8> {
-        (0..n).map(|i| u8::try_from(i % 251).expect("< 251")).collect()
+        (0..n)
+            .map(|i| u8::try_from(i % 251).expect("< 251"))
+            .collect()
     }
 
     #[test]

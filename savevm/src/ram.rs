@@ -210,6 +210,12 @@ pub trait RamBlocks {
         let _ = (block, ranges);
         Ok(())
     }
+    /// After a load's last page: anything [`write`](Self::write) or
+    /// [`zero`](Self::zero) kept back (to batch it) must reach guest RAM now. The
+    /// default has nothing kept back.
+    fn finish_writes(&mut self) -> std::result::Result<(), BoxError> {
+        Ok(())
+    }
 }
 
 /// Gap under which [`RamBlocks::will_write`] ranges are merged: a huge page (2 MiB), which

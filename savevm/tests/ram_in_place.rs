@@ -153,6 +153,8 @@ fn an_input_that_changed_is_refused_after_either_pass() {
 struct Recording {
     ram: MemRam,
     told: Vec<(usize, Vec<std::ops::Range<u64>>, usize)>,
+    /// Calls to finish_writes, with the writes and zeros made by then.
+    finished: Vec<usize>,
 }
 
 impl RamBlocks for Recording {
@@ -185,10 +187,15 @@ impl RamBlocks for Recording {
         self.told.push((block, ranges.to_vec(), self.ram.touched()));
         Ok(())
     }
+    fn finish_writes(&mut self) -> std::result::Result<(), BoxError> {
+        self.finished.push(self.ram.touched());
+        Ok(())
+    }
 }
 
 /// The ranges with page data, merged across gaps under 2 MiB, told once per block before
-/// the first write; not told for a block without page data.
+/// the first write; not told for a block without page data. Then, after the last page,
+/// that the writes are done.
 #[test]
 #[allow(clippy::single_range_in_vec_init)]
 fn the_vmm_is_told_which_ranges_will_be_written() {
@@ -210,6 +217,7 @@ fn the_vmm_is_told_which_ranges_will_be_written() {
     let mut dst = Recording {
         ram: MemRam::filled(&descs, 0xee),
         told: Vec::new(),
+        finished: Vec::new(),
     };
     load(&bytes, &Registry::new(), &mut dst).expect("load");
     assert_eq!(
@@ -217,6 +225,8 @@ fn the_vmm_is_told_which_ranges_will_be_written() {
         vec![(0, vec![0..516 * p], 0), (2, vec![0..16 * p], 0)]
     );
     assert_eq!(dst.ram.block("pc.ram"), src.block("pc.ram"));
+    // Told once the last write and zero run were made.
+    assert_eq!(dst.finished, vec![dst.ram.touched()]);
 
     // A gap of exactly 2 MiB splits.
     let descs = vec![RamBlockDesc::copied("pc.ram", 1024 * p)];
@@ -227,6 +237,7 @@ fn the_vmm_is_told_which_ranges_will_be_written() {
     let mut dst = Recording {
         ram: MemRam::filled(&descs, 0xee),
         told: Vec::new(),
+        finished: Vec::new(),
     };
     load(&bytes, &Registry::new(), &mut dst).expect("load");
     assert_eq!(dst.told, vec![(0, vec![0..p, 513 * p..514 * p], 0)]);

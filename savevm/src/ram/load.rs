@@ -557,6 +557,21 @@ impl<'r> RamLoader<'r> {
         for (block, start, end) in tails {
             self.zero(block, start, end)?;
         }
-        self.flush_zero()
+        self.flush_zero()?;
+        let finished = match self.sink.as_deref_mut() {
+            Some(sink) => sink.finish_writes(),
+            None => Ok(()),
+        };
+        finished.map_err(|source| Error::RamAccess {
+            op: "finishing the writes",
+            idstr: self
+                .descs()
+                .filter(|d| !d.ignored)
+                .map(|d| d.idstr.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            offset: 0,
+            source,
+        })
     }
 }
