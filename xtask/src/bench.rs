@@ -13,7 +13,10 @@
 //! in place (`x-ignore-shared`), for each RAM size at 128 MiB of guest data; and the same
 //! against the guest's data (`--data`, written in full before the save) at one RAM size
 //! (`--data-mem`). Each row prints QEMU 10's figure from issue 10 where there is one, and
-//! our target, half of it. `--copy-only` runs just those tables.
+//! our target, half of it. `--copy-only` runs just those tables. Blackout there = from
+//! `migrate` sent until the guest reports progress in the new process, which is started
+//! on the reply to the old one's `quit` (a completed migration has handed the RAM over),
+//! as in the reboot-mode cycle.
 //!
 //! RAM files are sparse files in a scratch directory on /dev/shm, and the guest's workload
 //! is limited to 128 MiB (`--workload-size`) so that the 16 GiB case does not fill the
@@ -229,7 +232,10 @@ fn mainline_run(
     )?;
     qmp_wait_completed(&mut vm)?;
     let migrate = t0.elapsed();
-    vm.quit()?;
+    // A completed migration has handed the RAM over: the new process starts on the reply
+    // to `quit`, while the old one is still exiting (as in the reboot-mode cycle).
+    vm.quit_on_reply()?;
+    let mut old = vm;
     let mut dest = args.clone();
     dest.push("--incoming".into());
     dest.push("defer".into());
@@ -252,6 +258,7 @@ fn mainline_run(
     }
     let file_bytes = std::fs::metadata(&files.state).map_or(0, |m| m.len());
     vm.quit()?;
+    old.wait_exit(Duration::from_secs(20))?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(MainlineRun {
         migrate,
