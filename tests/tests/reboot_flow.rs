@@ -401,3 +401,48 @@ fn failed_migrate_is_status_failed_and_the_guest_runs_on() {
     let p = vm.progress();
     vm.wait_progress(p);
 }
+
+/// Copy mode (private anonymous RAM, copied into the file): the checkpoint loads when it
+/// can be mapped under a read lease, and also when it cannot (someone has it open for
+/// writing) and is read instead; either way the guest finds its RAM intact and carries on.
+#[test]
+fn copied_ram_loads_mapped_or_read() {
+    let Some(scene) = scene("copied_ram_loads_mapped_or_read") else {
+        return;
+    };
+    let state = &scene.state;
+    let anon = || {
+        let mut a = args(None, 1);
+        a.mem_share = cpr::config::OnOff::Off;
+        // Past the size whose checksum is computed on two threads.
+        a.workload_size = Some(cpr::config::Size(12 << 20));
+        a
+    };
+    let cpr_reboot = || {
+        Command::MigrateSetParameters(Box::new(SetParameters {
+            mode: Some(MigMode::CprReboot),
+            ..SetParameters::default()
+        }))
+    };
+    let mut old = Vm::new(anon());
+    old.boot();
+    old.wait_progress(3 * 4096);
+    old.ok(cpr_reboot());
+    old.ok(migrate(state));
+    let saved = old.progress();
+    drop(old);
+    assert!(std::fs::metadata(state).expect("checkpoint").len() > 12 << 20);
+    for writer_open in [false, true] {
+        let writer = writer_open.then(|| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(state)
+                .expect("writer")
+        });
+        let mut new = Vm::incoming_defer(anon());
+        new.ok(migrate_incoming(state));
+        assert_eq!(new.state(), RunState::Running, "writer open: {writer_open}");
+        new.wait_progress(saved);
+        drop(writer);
+    }
+}
