@@ -211,6 +211,20 @@ fn ram_blocks_reads_the_block_list_a_loader_then_accepts() {
         .expect("the block list")
         + 2;
     assert_eq!(&odd[at..at + 8], &4096u64.to_be_bytes());
+    // An empty name: nothing but the adopted list's own check (as a loader checks its
+    // local list) refuses it.
+    let mut unnamed = odd.clone();
+    unnamed.splice(at - 2..at, [0u8]);
+    match blocks(&unnamed) {
+        Err(Error::LoadSection { source, .. }) => match *source {
+            Error::InvalidRamBlock { idstr, reason } => {
+                assert_eq!(idstr, "");
+                assert_eq!(reason, "the idstr must be 1 to 255 bytes long");
+            }
+            other => panic!("an unnamed block: {other:?}"),
+        },
+        other => panic!("an unnamed block: {other:?}"),
+    }
     odd[at + 7] = 1;
     assert!(blocks(&odd).is_err(), "length 4097 accepted");
     for cut in [20, 40, 60] {
