@@ -19,7 +19,6 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -28,10 +27,7 @@ use serde_json::{Value, json};
 
 use cpr::checkpoint::{self, CheckpointKind, Inspection};
 use cpr::config::Incoming;
-use cpr_migration_file::QemuFile;
 use cpr_savevm::{BoxError, RamBlockDesc, RamBlocks};
-use nix::fcntl::OFlag;
-use nix::sys::stat::Mode;
 
 use crate::error::AppError;
 
@@ -69,14 +65,8 @@ pub fn run(args: &InspectArgs) -> Result<(), AppError> {
         path: path.clone(),
         source,
     })?;
-    let pinned = format!("/proc/self/fd/{}", file.as_raw_fd());
-    let open = || -> cpr_savevm::Result<QemuFile> {
-        let io = |op| move |source| cpr_savevm::Error::Io { op, source };
-        let mut f = QemuFile::open(&pinned, OFlag::O_RDONLY, Mode::empty(), "inspect")
-            .map_err(io("reopening the checkpoint"))?;
-        f.seek_to(offset).map_err(io("seeking to the stream"))?;
-        Ok(f)
-    };
+    let source = checkpoint::StreamSource::new(&file, &path, offset, "inspect");
+    let open = || source.open();
     let failed = |source| AppError::Inspect {
         path: path.clone(),
         source: Box::new(source),

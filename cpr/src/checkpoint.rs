@@ -700,8 +700,10 @@ pub fn parse(
 }
 
 mod inspect;
+mod source;
 
 pub use inspect::{CheckpointKind, Inspection, inspect, stream_ram_blocks};
+pub use source::StreamSource;
 
 #[cfg(test)]
 mod saveable_tests;

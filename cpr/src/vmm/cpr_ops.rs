@@ -15,16 +15,12 @@
 //!   (`prelaunch`), ready for a good one. V7 applies sections as it reads them and aborts
 //!   QEMU on an impossible run-state transition.
 
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Arc;
 
-use cpr_migration_file::{MappedFile, QemuFile, SharedInput};
+use cpr_migration_file::QemuFile;
 use cpr_runstate::{RunState, check_transition};
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
-use nix::sys::stat::Mode;
 
 use super::Vmm;
 use super::api::{MigrationCapability, Response};
@@ -376,32 +372,9 @@ impl Vmm {
         //    reads a duplicate of that descriptor from `offset`, so a file renamed over
         //    the path meanwhile cannot mix two checkpoints.
         let file = target::open_for_read(filename)?;
-        // Read in place where the file can be mapped under a read lease (nothing copied
-        // out of the page cache; both passes read the same bytes, hashed once); else
-        // read twice through a buffer.
-        let mapped = match MappedFile::map(&file, offset) {
-            Ok(m) => Some(Arc::new(m)),
-            Err(why) => {
-                log::debug!(
-                    "{} is read, not mapped: {}",
-                    filename.display(),
-                    crate::error::chain(&why)
-                );
-                None
-            }
-        };
-        let pinned = format!("/proc/self/fd/{}", file.as_raw_fd());
-        let open = || -> cpr_savevm::Result<QemuFile> {
-            if let Some(m) = &mapped {
-                let input: Arc<dyn SharedInput> = m.clone();
-                return Ok(QemuFile::from_shared_input(input, "cpr-load"));
-            }
-            let io = |op| move |source| cpr_savevm::Error::Io { op, source };
-            let mut f = QemuFile::open(&pinned, OFlag::O_RDONLY, Mode::empty(), "cpr-load")
-                .map_err(io("reopening the checkpoint"))?;
-            f.seek_to(offset).map_err(io("seeking to the stream"))?;
-            Ok(f)
-        };
+        // Mapped in place where it can be (see StreamSource).
+        let source = checkpoint::StreamSource::new(&file, filename, offset, "cpr-load");
+        let open = || source.open();
         // 3. Magic and version (a short or empty file reads as "not a vmstate file").
         //    A stream whose first section is QEMU's `ram` START section carries RAM (a
         //    mainline stream); otherwise it is a V7 device-state stream (RAM in place).
@@ -414,16 +387,8 @@ impl Vmm {
         let has_ram = kind.has_ram();
         // 7. cpr_set_mode(none): a no-op too.
         let loaded = self.load_stream(open, flavor, has_ram);
-        // Unmapping a large file mapping takes a while on some hosts: off the command's
-        // path (the lease goes with it; the guest may already be running).
-        if let Some(m) = mapped {
-            let unmap = std::thread::Builder::new()
-                .name("unmap-stream".into())
-                .spawn(move || drop(m));
-            if let Err(e) = unmap {
-                log::debug!("unmapping the stream on this thread: {e}");
-            }
-        }
+        // Off the command's path (the guest may already be running).
+        source.release_in_background();
         loaded
     }
 
