@@ -194,9 +194,10 @@ impl MappedFile {
             }
         };
         slot.faulted.store(false, Ordering::Release);
+        // Start first: while `end` is still 0 the slot guards nothing.
+        slot.start.store(map.as_ptr() as usize, Ordering::Release);
         slot.end
             .store(map.as_ptr() as usize + map_len, Ordering::Release);
-        slot.start.store(map.as_ptr() as usize, Ordering::Release);
         std::mem::forget(lease);
         Ok(MappedFile {
             map,
@@ -236,22 +237,19 @@ impl SharedInput for MappedFile {
 
 impl Drop for MappedFile {
     fn drop(&mut self) {
+        // Unguarded first (end first: the slot then guards nothing), so that a SIGBUS in
+        // whatever is mapped at these addresses next is never taken for ours.
+        self.slot.end.store(0, Ordering::Release);
+        self.slot.start.store(0, Ordering::Release);
         // SAFETY: the mapping `map..map+map_len` was made by `map` and is owned by `self`;
         // the slices `bytes` handed out borrowed `self`, so none outlives this.
         let res = unsafe { munmap(self.map, self.map_len) };
-        if let Err(e) = res {
-            log_unmap(e);
-        }
-        self.slot.start.store(0, Ordering::Release);
-        self.slot.end.store(0, Ordering::Release);
+        // A failure leaks the address range; the file is still closed.
+        let _ = res;
         self.slot.used.store(false, Ordering::Release);
         // Let a writer waiting on the lease go now rather than at close.
         let _ = set_lease(self.file.as_raw_fd(), libc::F_UNLCK);
     }
-}
-
-fn log_unmap(_e: Errno) {
-    // Nothing to do: the address range is leaked, the file is still closed.
 }
 
 /// Releases a lease taken by [`take_lease`] on an early return of [`MappedFile::map`].
