@@ -90,6 +90,9 @@
 //!   [`Error::InvalidUtf8`].
 //! * **Integrity.** Every file keeps a running CRC-32 of the bytes put or
 //!   consumed ([`QemuFile::crc32`]) so callers can seal and verify streams.
+//!   Bytes may be hashed ahead, on another thread, and put with their hash
+//!   ([`HashedBytes`], [`QemuFile::put_hashed`]): the writing thread then
+//!   only writes them.
 //!
 //! `/dev/fdset/N` names (QEMU's fd passing in `qemu_open_old`) are not
 //! interpreted: callers that receive fds use [`QemuFile::from_fd`].
@@ -121,5 +124,5 @@ mod resolve;
 
 pub use atomic::AtomicFile;
 pub use error::{Error, Result};
-pub use qemu_file::{IO_BUF_SIZE, QemuFile};
+pub use qemu_file::{HashedBytes, IO_BUF_SIZE, QemuFile};
 pub use resolve::{FileId, MAX_SYMLINKS, ResolvedPath};
