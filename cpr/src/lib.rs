@@ -53,9 +53,11 @@
 //! shared: it is copied into the stream as QEMU's `ram` section ([`cpr_savevm::RamBlocks`],
 //! `vmm/ram_io.rs`), after QEMU's configuration section, both as QEMU 10 writes them, page
 //! by page with bounded memory (a zero page is one ZERO record; pages the guest never
-//! populated are left out and load as zeros), and loaded only after the whole file has
-//! been checked. QEMU's `scripts/analyze-migration.py` reads every stream `cpr-vm` writes
-//! (e2e "QEMU's analyze-migration.py reads every stream").
+//! populated are left out and load as zeros: found with `PAGEMAP_SCAN` for anonymous RAM,
+//! a few calls whatever the RAM size, where QEMU reads every page to find its zero pages),
+//! and loaded only after the whole file has been checked. QEMU's
+//! `scripts/analyze-migration.py` reads every stream `cpr-vm` writes (e2e "QEMU's
+//! analyze-migration.py reads every stream").
 //! Loading frees a copied block's old contents first (a hole punched in its file, or its
 //! anonymous pages dropped: [`cpr_memory::MappedBlock::discard`]) instead of reading and
 //! clearing them as QEMU does, so a load costs what the stream carries, not the RAM size.

@@ -90,6 +90,9 @@
 //!   [`Error::InvalidUtf8`].
 //! * **Integrity.** Every file keeps a running CRC-32 of the bytes put or
 //!   consumed ([`QemuFile::crc32`]) so callers can seal and verify streams.
+//!   Bytes may be hashed ahead, on another thread, and put with their hash
+//!   ([`HashedBytes`], [`QemuFile::put_hashed`]): the writing thread then
+//!   only writes them.
 //! * **Files read in place, safely.** [`MappedFile`] maps a stream file
 //!   read-only under a read lease (`F_SETLEASE`), so nobody can open it for
 //!   writing or truncate it unnoticed while it is read, with a SIGBUS guard
@@ -132,5 +135,5 @@ mod resolve;
 pub use atomic::AtomicFile;
 pub use error::{Error, Result};
 pub use mapped::{MapRefused, MappedFile};
-pub use qemu_file::{IO_BUF_SIZE, QemuFile, SharedInput};
+pub use qemu_file::{HashedBytes, IO_BUF_SIZE, QemuFile, SharedInput};
 pub use resolve::{FileId, MAX_SYMLINKS, ResolvedPath};

@@ -15,8 +15,10 @@ use nix::sys::stat::Mode;
 use crate::error::{Error, Result};
 
 mod backend;
+mod hashed;
 
 use backend::Backend;
+pub use hashed::HashedBytes;
 
 /// Size of the stream buffer, QEMU's `IO_BUF_SIZE` (32 KiB).
 ///

@@ -89,8 +89,9 @@ pub const RAM_BLOCK_ADDR: u64 = 0;
 /// Record bytes (pages and zero records) one RAM PART section carries at
 /// most, about 1 MiB.
 pub const RAM_PART_MAX_DATA: usize = 1 << 20;
-/// Bytes of guest RAM read at a time while saving (64 pages).
-pub const RAM_READ_BATCH: usize = 64 * TARGET_PAGE_SIZE as usize;
+/// Bytes of the `ram` section's PARTs built before they are handed to the
+/// file at once while saving (records are never split between batches).
+pub const RAM_SAVE_BATCH: usize = 512 << 10;
 
 /// Human name of a section type byte, for diagnostics.
 pub fn section_type_name(ty: u8) -> Option<&'static str> {

@@ -229,7 +229,11 @@
 //!   duplicate sections and section types that a device-state stream never
 //!   holds (START/PART/END/COMMAND/CONFIGURATION) are errors.
 //! * **Guest RAM with bounded memory, loaded in two passes.**
-//!   [`save_state`] streams RAM a few pages at a time. A zero page it reads
+//!   [`save_state`] streams RAM in batches of [`consts::RAM_SAVE_BATCH`]
+//!   bytes, each page read straight into its place in the batch and the
+//!   batch hashed there, while a second thread writes the previous batch
+//!   (QEMU's migration thread reads and writes in turn, through its 32 KiB
+//!   buffer; the stream's bytes are the same). A zero page it reads
 //!   is one ZERO record, as in QEMU, but pages the VMM knows were never
 //!   populated are not written at all, so a sparse 16 GiB guest costs a few
 //!   bytes; the loader zeroes what no record covers. [`load_state`] first

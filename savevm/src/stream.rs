@@ -174,8 +174,8 @@ pub fn save_device_state(f: &mut QemuFile, registry: &mut Registry) -> Result<Sa
 /// block list, PARTs with pages and zero pages, END; see the
 /// [crate docs](crate#the-stream)) come right after magic and version, and
 /// the vmdesc describes the configuration and, under `"ram"`, the blocks.
-/// Guest RAM is read a few pages at a time: memory use does not grow with
-/// it.
+/// Guest RAM is read and written a batch at a time (the writing on a
+/// thread of its own): memory use does not grow with it.
 ///
 /// Without `ram` the bytes are exactly [`save_device_state`]'s. A
 /// [`RamBlocks::read`] error is [`Error::RamAccess`]; a block list that

@@ -435,8 +435,8 @@ fn save_refuses_bad_block_lists_and_reports_read_errors() {
         "ramblock \"odd\": used_length must be a non-zero multiple of the 4096-byte target page"
     );
 
-    // blocks() says 2 pages, the memory has 1: the block's one batched read
-    // (offset 0, both pages) fails.
+    // blocks() says 2 pages, the memory has 1: the read of the second page
+    // fails.
     let mut short = MemRam::filled(&[RamBlockDesc::copied("pc.ram", 2 * PAGE as u64)], 1);
     short.data[0].truncate(PAGE);
     let mut f = QemuFile::memory_writer("t");
@@ -444,7 +444,7 @@ fn save_refuses_bad_block_lists_and_reports_read_errors() {
         Err(e @ Error::RamAccess { .. }) => {
             assert_eq!(
                 chain(&e),
-                "ramblock \"pc.ram\": read at 0x0 failed: out of range"
+                "ramblock \"pc.ram\": read at 0x1000 failed: out of range"
             );
         }
         other => panic!("{other:?}"),
@@ -552,4 +552,36 @@ fn stream_check_refuses_before_ram_is_written() {
     assert_eq!(*seen.lock().unwrap(), Some((2, Some(3))));
     assert_eq!(dst.touched(), 0, "guest RAM was written");
     assert_eq!(m.restores(), 0);
+}
+
+/// A file that fills up while guest RAM is written (by the saver's writer thread): the
+/// save stops there with the file's error and the offset it failed at, whatever batch the
+/// RAM reader was building.
+#[test]
+fn save_reports_a_full_file_during_ram() {
+    struct Full(usize);
+    impl std::io::Write for Full {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.0);
+            if n == 0 {
+                return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            self.0 -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let ram = GenRam::new(vec![RamBlockDesc::copied("pc.ram", 64 << 20)], 1);
+    for room in [100, 3 << 20, 20 << 20] {
+        let mut f = QemuFile::from_writer(Full(room), "full");
+        match save_state(&mut f, &mut Registry::new(), Some(&ram)) {
+            Err(Error::Io {
+                source: cpr_migration_file::Error::Write { offset, .. },
+                ..
+            }) => assert_eq!(offset, room as u64),
+            other => panic!("{room}: {other:?}"),
+        }
+    }
 }
