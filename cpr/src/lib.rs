@@ -58,9 +58,13 @@
 //! and loaded only after the whole file has been checked. QEMU's
 //! `scripts/analyze-migration.py` reads every stream `cpr-vm` writes (e2e "QEMU's
 //! analyze-migration.py reads every stream").
-//! Loading frees a copied block's old contents first (a hole punched in its file, or its
-//! anonymous pages dropped: [`cpr_memory::MappedBlock::discard`]) instead of reading and
-//! clearing them as QEMU does, so a load costs what the stream carries, not the RAM size.
+//! A load costs what the stream carries, not the RAM size, and copies each page once: the
+//! checkpoint is mapped in place under a read lease (`checkpoint::StreamSource`, with
+//! `cpr_migration_file::MappedFile`), hashed once on two threads, then its pages go into
+//! anonymous RAM that a thread allocates ahead of the copies, or through a shared file's
+//! descriptor onto its old pages, whose zero runs are punched out. Private anonymous
+//! blocks drop their old pages first ([`cpr_memory::MappedBlock::discard`]). QEMU reads
+//! the file through a 32 KiB buffer and, into a shared file, reads and clears every page.
 //!
 //! ## Live update by hand-off: `cpr-transfer` (QEMU 10.0) and `cpr-exec` (QEMU 10.2)
 //!
