@@ -291,17 +291,26 @@ impl QemuFile {
 
     // ----------------------------------------------------------------- output
 
-    /// Write raw bytes. Like every put, this never fails visibly: an error is
-    /// latched and reported by [`flush`](Self::flush), [`close`](Self::close)
-    /// and [`check`](Self::check); once latched, puts do nothing.
-    pub fn put_buffer(&mut self, mut buf: &[u8]) {
+    /// Whether a put may go ahead: no error latched, and an output file (else
+    /// [`Error::NotWritable`] is latched).
+    fn may_put(&mut self) -> bool {
         if self.error.is_some() {
-            return;
+            return false;
         }
         if !self.writable {
             self.latch(Error::NotWritable {
                 name: self.name.clone(),
             });
+            return false;
+        }
+        true
+    }
+
+    /// Write raw bytes. Like every put, this never fails visibly: an error is
+    /// latched and reported by [`flush`](Self::flush), [`close`](Self::close)
+    /// and [`check`](Self::check); once latched, puts do nothing.
+    pub fn put_buffer(&mut self, mut buf: &[u8]) {
+        if !self.may_put() {
             return;
         }
         while !buf.is_empty() {

@@ -193,6 +193,18 @@ impl RamBlocks for Recording {
     }
 }
 
+/// Saves `src` and loads it into a [`Recording`] of the same blocks.
+fn load_recording(descs: &[RamBlockDesc], src: &MemRam) -> Recording {
+    let (bytes, _) = save(&mut Registry::new(), src);
+    let mut dst = Recording {
+        ram: MemRam::filled(descs, 0xee),
+        told: Vec::new(),
+        finished: Vec::new(),
+    };
+    load(&bytes, &Registry::new(), &mut dst).expect("load");
+    dst
+}
+
 /// The ranges with page data, merged across gaps under 2 MiB, told once per block before
 /// the first write; not told for a block without page data. Then, after the last page,
 /// that the writes are done.
@@ -213,13 +225,7 @@ fn the_vmm_is_told_which_ranges_will_be_written() {
     }
     src.block_mut("vram")[0] = 1;
     src.block_mut("vram")[15 * PAGE] = 1;
-    let (bytes, _) = save(&mut Registry::new(), &src);
-    let mut dst = Recording {
-        ram: MemRam::filled(&descs, 0xee),
-        told: Vec::new(),
-        finished: Vec::new(),
-    };
-    load(&bytes, &Registry::new(), &mut dst).expect("load");
+    let dst = load_recording(&descs, &src);
     assert_eq!(
         dst.told,
         vec![(0, vec![0..516 * p], 0), (2, vec![0..16 * p], 0)]
@@ -233,12 +239,6 @@ fn the_vmm_is_told_which_ranges_will_be_written() {
     let mut src = MemRam::filled(&descs, 0);
     src.block_mut("pc.ram")[0] = 1;
     src.block_mut("pc.ram")[513 * PAGE] = 1;
-    let (bytes, _) = save(&mut Registry::new(), &src);
-    let mut dst = Recording {
-        ram: MemRam::filled(&descs, 0xee),
-        told: Vec::new(),
-        finished: Vec::new(),
-    };
-    load(&bytes, &Registry::new(), &mut dst).expect("load");
+    let dst = load_recording(&descs, &src);
     assert_eq!(dst.told, vec![(0, vec![0..p, 513 * p..514 * p], 0)]);
 }

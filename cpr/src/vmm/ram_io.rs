@@ -663,6 +663,22 @@ mod tests {
         GuestRam::map(&blocks, OpenMode::OpenOrCreate).expect("map")
     }
 
+    /// `pc.ram` of `size` in a shared file at `path`, every byte 0x5a.
+    fn shared_file_full_of_0x5a(path: &std::path::Path, size: u64) -> GuestRam {
+        let block = RamBlock::builder("pc.ram", size)
+            .file(path)
+            .shared(true)
+            .build()
+            .expect("block");
+        let blocks = RamBlockList::from_blocks([block]).expect("list");
+        let ram = GuestRam::map(&blocks, OpenMode::OpenOrCreate).expect("map");
+        let full = vec![0x5a; usize::try_from(size).expect("size")];
+        ram.memory()
+            .write_slice(&full, GuestAddress(0))
+            .expect("fill");
+        ram
+    }
+
     #[test]
     fn pieces_stop_at_the_3_gib_window_boundary() {
         let spans = [
@@ -749,17 +765,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("pc.ram");
         let size: u64 = 8 << 20;
-        let block = RamBlock::builder("pc.ram", size)
-            .file(&path)
-            .shared(true)
-            .build()
-            .expect("block");
-        let blocks = RamBlockList::from_blocks([block]).expect("list");
-        let ram = GuestRam::map(&blocks, OpenMode::OpenOrCreate).expect("map");
+        let ram = shared_file_full_of_0x5a(&path, size);
         let n = usize::try_from(size).expect("size");
-        ram.memory()
-            .write_slice(&vec![0x5a; n], GuestAddress(0))
-            .expect("fill");
         let mut io = GuestRamIo::new(&ram, false, false);
         assert_eq!(io.via_fd, vec![true]);
         // Pages 1-2 (one pwrite), a zero run over 3..10, page 10, then the tail.
@@ -837,17 +844,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("pc.ram");
         let size = 64 << 20;
-        let block = RamBlock::builder("pc.ram", size)
-            .file(&path)
-            .shared(true)
-            .build()
-            .expect("block");
-        let blocks = RamBlockList::from_blocks([block]).expect("list");
-        let ram = GuestRam::map(&blocks, OpenMode::OpenOrCreate).expect("map");
+        let ram = shared_file_full_of_0x5a(&path, size);
         let full = vec![0x5a; usize::try_from(size).expect("size")];
-        ram.memory()
-            .write_slice(&full, GuestAddress(0))
-            .expect("fill");
         let mut io = GuestRamIo::new(&ram, false, false);
         io.zero(0, 0, 4096).expect("zero run");
         io.write(0, 4096, &[1; 4096]).expect("page");

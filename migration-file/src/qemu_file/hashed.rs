@@ -52,13 +52,7 @@ impl QemuFile {
     /// the buffer: whatever is buffered is written first, then `b` in place. Errors latch,
     /// as for every put.
     pub fn put_hashed(&mut self, b: &HashedBytes) {
-        if self.error.is_some() {
-            return;
-        }
-        if !self.writable {
-            self.latch(Error::NotWritable {
-                name: self.name.clone(),
-            });
+        if !self.may_put() {
             return;
         }
         let bytes = b.as_slice();
