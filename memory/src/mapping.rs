@@ -491,19 +491,7 @@ pub fn sync(ram: &GuestRam) -> Result<SyncReport> {
 }
 
 fn map_block(block: &RamBlock, mode: OpenMode) -> Result<MappedBlock> {
-    let opened = open_backing(block, mode)?;
-    let windows = block
-        .windows()
-        .iter()
-        .map(|w| map_window(block, &opened, w))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(MappedBlock {
-        block: block.clone(),
-        windows,
-        file: opened.file,
-        origin: opened.origin,
-        char_device: opened.char_device,
-    })
+    map_opened(block, open_backing(block, mode)?)
 }
 
 /// A memfd block's windows as address-space reservations (see
@@ -515,6 +503,11 @@ fn reserve_block(block: &RamBlock) -> Result<MappedBlock> {
         char_device: false,
         hugetlbfs: false,
     };
+    map_opened(block, opened)
+}
+
+/// Maps each window of `block` over what `opened` holds (its backing, or a reservation).
+fn map_opened(block: &RamBlock, opened: Opened) -> Result<MappedBlock> {
     let windows = block
         .windows()
         .iter()
@@ -523,9 +516,9 @@ fn reserve_block(block: &RamBlock) -> Result<MappedBlock> {
     Ok(MappedBlock {
         block: block.clone(),
         windows,
-        file: None,
-        origin: Origin::Reserved,
-        char_device: false,
+        file: opened.file,
+        origin: opened.origin,
+        char_device: opened.char_device,
     })
 }
 

@@ -492,15 +492,7 @@ impl Vmm {
                 self.set_migration_status(MigrationStatus::Completed);
                 // The checkpoint hands the RAM over to the process that loads it.
                 self.rs.machine_mut().ram.release();
-                let done = if self.rs.state() == RunState::Suspended {
-                    self.rs.runstate_set(RunState::FinishMigrate)
-                } else {
-                    Ok(())
-                }
-                .and_then(|()| self.rs.runstate_set(RunState::Postmigrate));
-                if let Err(e) = done {
-                    log::error!("{}", Error::from(e).chain());
-                }
+                self.enter_postmigrate();
                 if exec {
                     self.schedule_exec(old);
                 }
@@ -544,6 +536,20 @@ impl Vmm {
         };
         if let Err(e) = back {
             log::error!("cannot restore the VM's state: {}", Error::from(e).chain());
+        }
+    }
+
+    /// After a completed outgoing migration: `postmigrate` (a suspended guest goes
+    /// through `finish-migrate` first).
+    pub(super) fn enter_postmigrate(&mut self) {
+        let done = if self.rs.state() == RunState::Suspended {
+            self.rs.runstate_set(RunState::FinishMigrate)
+        } else {
+            Ok(())
+        }
+        .and_then(|()| self.rs.runstate_set(RunState::Postmigrate));
+        if let Err(e) = done {
+            log::error!("{}", Error::from(e).chain());
         }
     }
 

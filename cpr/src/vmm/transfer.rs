@@ -239,15 +239,7 @@ impl Vmm {
                 self.migration.info.total_time = Some(ms(start.elapsed()));
                 self.migration.info.downtime = Some(ms(stop.elapsed()));
                 self.set_migration_status(MigrationStatus::Completed);
-                let done = if self.rs.state() == RunState::Suspended {
-                    self.rs.runstate_set(RunState::FinishMigrate)
-                } else {
-                    Ok(())
-                }
-                .and_then(|()| self.rs.runstate_set(RunState::Postmigrate));
-                if let Err(e) = done {
-                    log::error!("{}", Error::from(e).chain());
-                }
+                self.enter_postmigrate();
                 // 5. The monitor socket is the new process's now.
                 if adopted
                     && monitor.is_some()
