@@ -203,6 +203,25 @@ pub fn transfer_cycle(
     ))
 }
 
+/// Mode `cpr-exec` on `vm`, whose `cpr-exec-command` runs `binary` again with `args` plus
+/// `--incoming file:` (the state file of `files`).
+pub fn set_cpr_exec(
+    vm: &mut VmProcess,
+    binary: &Path,
+    args: &[OsString],
+    files: &VmFiles,
+) -> Result<()> {
+    let mut command: Vec<String> = vec![binary.display().to_string()];
+    command.extend(args.iter().map(|a| a.to_string_lossy().into_owned()));
+    command.push("--incoming".into());
+    command.push(format!("file:{}", files.state.display()));
+    vm.execute(
+        "migrate-set-parameters",
+        json!({"mode": "cpr-exec", "cpr-exec-command": command}),
+    )
+    .map(drop)
+}
+
 /// One cpr-exec of the running guest of `vm` (arguments `args`, monitor at `qmp`): the
 /// same process execs `binary` with the same arguments plus `--incoming file:`.
 pub fn exec_cycle(
@@ -212,14 +231,7 @@ pub fn exec_cycle(
     args: &[OsString],
     qmp: &Path,
 ) -> Result<(VmProcess, HandoffRun)> {
-    let mut command: Vec<String> = vec![binary.display().to_string()];
-    command.extend(args.iter().map(|a| a.to_string_lossy().into_owned()));
-    command.push("--incoming".into());
-    command.push(format!("file:{}", files.state.display()));
-    vm.execute(
-        "migrate-set-parameters",
-        json!({"mode": "cpr-exec", "cpr-exec-command": command}),
-    )?;
+    set_cpr_exec(&mut vm, binary, args, files)?;
     let before = vm.progress()?;
     let pid = vm.pid();
     let t0 = Instant::now();

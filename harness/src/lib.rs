@@ -247,6 +247,38 @@ impl VmProcess {
         serde_json::from_value(v).map_err(|e| HarnessError::Check(format!("bad progress: {e}")))
     }
 
+    /// Mainline's CPR reboot mode: `x-ignore-shared` as `ignore_shared`, then
+    /// `migrate-set-parameters {mode: cpr-reboot}`.
+    pub fn set_cpr_reboot(&mut self, ignore_shared: bool) -> Result<()> {
+        self.execute(
+            "migrate-set-capabilities",
+            json!({"capabilities": [{"capability": "x-ignore-shared", "state": ignore_shared}]}),
+        )?;
+        self.execute("migrate-set-parameters", json!({"mode": "cpr-reboot"}))
+            .map(drop)
+    }
+
+    /// Polls `query-migrate` (every 500 µs, so that timings stay close) until `completed`
+    /// and returns that answer; `failed`, or no completion within `timeout`, is an error.
+    pub fn wait_migration_completed(&mut self, timeout: Duration) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let info = self.execute("query-migrate", json!({}))?;
+            match info["status"].as_str() {
+                Some("completed") => return Ok(info),
+                Some("failed") => {
+                    return Err(HarnessError::Check(format!("migration failed: {info}")));
+                }
+                _ if Instant::now() >= deadline => {
+                    return Err(HarnessError::Check(format!(
+                        "migration did not complete: {info}"
+                    )));
+                }
+                _ => std::thread::sleep(Duration::from_micros(500)),
+            }
+        }
+    }
+
     /// Polls until the guest's progress exceeds `above` (and, if `ticks_above` is given,
     /// its ticks exceed that too); returns the first such report.
     pub fn wait_progress(

@@ -70,6 +70,13 @@ const PHASES: [Phase; 8] = [
     ("old process gone", |c| c.old_gone),
 ];
 
+/// The files of a VM in `dir`, emptied first (a run killed midway may have left some).
+pub fn fresh_files(dir: &Path) -> Result<VmFiles, HarnessError> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| HarnessError::Check(e.to_string()))?;
+    Ok(VmFiles::in_dir(dir))
+}
+
 fn run_config(
     binary: &Path,
     scratch: &Path,
@@ -78,9 +85,7 @@ fn run_config(
     runs: u32,
 ) -> Result<Row, HarnessError> {
     let dir = scratch.join(format!("{mem}-{smp}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| HarnessError::Check(e.to_string()))?;
-    let files = VmFiles::in_dir(&dir);
+    let files = fresh_files(&dir)?;
     let args = files.args(mem, smp, &["--workload-size", "128M"]);
     let mut vm = VmProcess::spawn(binary, &args, &files.qmp, None)?;
     vm.wait_progress(0, Some(5), Duration::from_secs(60))?;
@@ -134,30 +139,6 @@ struct MainlineRun {
     file_bytes: u64,
 }
 
-fn qmp_wait_completed(vm: &mut VmProcess) -> Result<(), HarnessError> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let info = vm.execute("query-migrate", json!({}))?;
-        match info["status"].as_str() {
-            Some("completed") => return Ok(()),
-            Some("failed") => return Err(HarnessError::Check(format!("migration failed: {info}"))),
-            _ if std::time::Instant::now() > deadline => {
-                return Err(HarnessError::Check("migration did not complete".into()));
-            }
-            _ => std::thread::sleep(Duration::from_micros(500)),
-        }
-    }
-}
-
-fn mainline_configure(vm: &mut VmProcess, ignore_shared: bool) -> Result<(), HarnessError> {
-    vm.execute(
-        "migrate-set-capabilities",
-        json!({"capabilities": [{"capability": "x-ignore-shared", "state": ignore_shared}]}),
-    )?;
-    vm.execute("migrate-set-parameters", json!({"mode": "cpr-reboot"}))?;
-    Ok(())
-}
-
 /// Where the guest's RAM is in a mainline run, and so what the stream carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RamMode {
@@ -208,9 +189,7 @@ fn mainline_run(
 ) -> Result<MainlineRun, HarnessError> {
     let MainlineConfig { mem, ram, workload } = *cfg;
     let dir = scratch.join(format!("{mem}-{workload}-{}", ram.name().replace(' ', "-")));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| HarnessError::Check(e.to_string()))?;
-    let files = VmFiles::in_dir(&dir);
+    let files = fresh_files(&dir)?;
     let mut args = files.args(mem, 1, &["--workload-size", workload]);
     if ram == RamMode::Anonymous {
         let i = args.iter().position(|a| a == "--mem-path").unwrap_or(0);
@@ -223,14 +202,14 @@ fn mainline_run(
     // Every page of the workload written at least once: the stream carries all of it.
     let pages = size_bytes(workload) / 4096;
     vm.wait_progress(pages, Some(5), Duration::from_secs(300))?;
-    mainline_configure(&mut vm, ignore_shared)?;
+    vm.set_cpr_reboot(ignore_shared)?;
     let before = vm.progress()?;
     let t0 = std::time::Instant::now();
     vm.execute(
         "migrate",
         json!({"uri": format!("file:{}", files.state.display())}),
     )?;
-    qmp_wait_completed(&mut vm)?;
+    vm.wait_migration_completed(Duration::from_secs(120))?;
     let migrate = t0.elapsed();
     // A completed migration has handed the RAM over: the new process starts on the reply
     // to `quit`, while the old one is still exiting (as in the reboot-mode cycle).
@@ -240,13 +219,13 @@ fn mainline_run(
     dest.push("--incoming".into());
     dest.push("defer".into());
     let mut vm = VmProcess::spawn(binary, &dest, &files.qmp, None)?;
-    mainline_configure(&mut vm, ignore_shared)?;
+    vm.set_cpr_reboot(ignore_shared)?;
     let t1 = std::time::Instant::now();
     vm.execute(
         "migrate-incoming",
         json!({"uri": format!("file:{}", files.state.display())}),
     )?;
-    qmp_wait_completed(&mut vm)?;
+    vm.wait_migration_completed(Duration::from_secs(120))?;
     let incoming = t1.elapsed();
     let after = vm.wait_new_report(Duration::from_secs(60))?;
     let blackout = t0.elapsed();

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cpr_harness::handoff::{HandoffRun, exec_cycle, transfer_cycle};
-use cpr_harness::{HarnessError, VmFiles, VmProcess};
+use cpr_harness::{HarnessError, VmProcess};
 use serde_json::{Value, json};
 
 use crate::bench::{ms, stats};
@@ -38,9 +38,7 @@ fn run_config(
     runs: u32,
 ) -> Result<Rows, HarnessError> {
     let dir = scratch.join(format!("handoff-{mem}-{smp}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| HarnessError::Check(e.to_string()))?;
-    let files = VmFiles::in_dir(&dir);
+    let files = crate::bench::fresh_files(&dir)?;
     let args = files.memfd_args(mem, smp, &["--workload-size", "128M"]);
     let mut vm = VmProcess::spawn(binary, &args, &files.qmp, None)?;
     vm.wait_progress(0, Some(5), Duration::from_secs(60))?;

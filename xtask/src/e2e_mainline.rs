@@ -5,7 +5,7 @@
 
 use std::ffi::OsString;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cpr_harness::VmFiles;
 use cpr_harness::{HarnessError, VmProcess};
@@ -70,18 +70,7 @@ fn configure(vm: &mut VmProcess, ignore_shared: bool) -> Result<(), HarnessError
 
 /// Polls `query-migrate` until `completed` (or fails on `failed`).
 fn wait_completed(vm: &mut VmProcess) -> Result<Value, HarnessError> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let info = vm.execute("query-migrate", json!({}))?;
-        match info["status"].as_str() {
-            Some("completed") => return Ok(info),
-            Some("failed") => return Err(fail(format!("migration failed: {info}"))),
-            _ if Instant::now() >= deadline => {
-                return Err(fail(format!("migration did not complete: {info}")));
-            }
-            _ => std::thread::sleep(Duration::from_millis(2)),
-        }
-    }
+    vm.wait_migration_completed(WAIT)
 }
 
 /// The MIGRATION statuses seen, in order.

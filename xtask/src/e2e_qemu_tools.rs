@@ -33,7 +33,6 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use cpr_harness::{HarnessError, VmFiles, VmProcess};
 use serde_json::{Value, json};
@@ -365,34 +364,14 @@ fn anonymous_ram(pid: u32) -> Result<Vec<u64>, HarnessError> {
     Ok(found)
 }
 
-/// Sets `x-ignore-shared` and mode `cpr-reboot`.
-fn configure(vm: &mut VmProcess, ignore_shared: bool) -> Result<(), HarnessError> {
-    vm.execute(
-        "migrate-set-capabilities",
-        json!({"capabilities": [{"capability": "x-ignore-shared", "state": ignore_shared}]}),
-    )?;
-    vm.execute("migrate-set-parameters", json!({"mode": "cpr-reboot"}))?;
-    Ok(())
-}
-
 /// `migrate` to `file` and wait until it completes (the source is then `postmigrate`).
 fn migrate(vm: &mut VmProcess, file: &Path) -> Result<(), HarnessError> {
     vm.execute(
         "migrate",
         json!({"uri": format!("file:{}", file.display())}),
     )?;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let info = vm.execute("query-migrate", json!({}))?;
-        match info["status"].as_str() {
-            Some("completed") => return expect_status(vm, "postmigrate"),
-            Some("failed") => return Err(fail(format!("migration failed: {info}"))),
-            _ if Instant::now() >= deadline => {
-                return Err(fail(format!("migration did not complete: {info}")));
-            }
-            _ => std::thread::sleep(Duration::from_millis(2)),
-        }
-    }
+    vm.wait_migration_completed(WAIT)?;
+    expect_status(vm, "postmigrate")
 }
 
 fn cpr_save(vm: &mut VmProcess, file: &Path) -> Result<(), HarnessError> {
@@ -458,11 +437,11 @@ pub fn analyze_migration(binary: &Path) -> Outcome {
     run("v7-suspended", 2, Ram::None)?;
     wake(&mut vm)?;
 
-    configure(&mut vm, true)?;
+    vm.set_cpr_reboot(true)?;
     migrate(&mut vm, &state("inplace-running"))?;
     run("inplace-running", 2, Ram::InPlace)?;
     cont(&mut vm)?;
-    configure(&mut vm, false)?;
+    vm.set_cpr_reboot(false)?;
     stop(&mut vm)?;
     migrate(&mut vm, &state("copied-file-paused"))?;
     run(
@@ -471,7 +450,7 @@ pub fn analyze_migration(binary: &Path) -> Outcome {
         Ram::Copied(Source::File(files.ram.clone())),
     )?;
     cont(&mut vm)?;
-    configure(&mut vm, true)?;
+    vm.set_cpr_reboot(true)?;
     suspend(&mut vm)?;
     migrate(&mut vm, &state("inplace-suspended"))?;
     run("inplace-suspended", 2, Ram::InPlace)?;
@@ -492,7 +471,7 @@ pub fn analyze_migration(binary: &Path) -> Outcome {
         })
     };
     let src = source(vm.pid())?;
-    configure(&mut vm, false)?;
+    vm.set_cpr_reboot(false)?;
     migrate(&mut vm, &state("copied-anon-running"))?;
     run("copied-anon-running", 1, Ram::Copied(src))?;
     cont(&mut vm)?;

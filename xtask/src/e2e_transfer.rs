@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cpr_harness::handoff::{transfer_channels, transfer_incoming, wait_path};
+use cpr_harness::handoff::{set_cpr_exec, transfer_channels, transfer_incoming, wait_path};
 use cpr_harness::{HarnessError, Progress, VmFiles, VmProcess};
 use serde_json::{Value, json};
 
@@ -246,14 +246,7 @@ pub fn exec(binary: &Path, smp: u32) -> Outcome {
     let mut vm = boot(binary, &files, &args)?;
     wait_generation(&mut vm, 1)?;
     let pid = vm.pid();
-    let mut command: Vec<String> = vec![binary.display().to_string()];
-    command.extend(args.iter().map(|a| a.to_string_lossy().into_owned()));
-    command.push("--incoming".into());
-    command.push(format!("file:{}", files.state.display()));
-    vm.execute(
-        "migrate-set-parameters",
-        json!({"mode": "cpr-exec", "cpr-exec-command": command}),
-    )?;
+    set_cpr_exec(&mut vm, binary, &args, &files)?;
     let before = vm.progress()?;
     let t = Instant::now();
     vm.execute(
